@@ -1,0 +1,77 @@
+"""`billing.dlq.v1`: input records the worker could not apply, kept for replay."""
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Self
+
+from pydantic import Field, model_validator
+
+from schemas._types import OutputModel, Timestamp
+
+
+class DeadLetter(OutputModel):
+    """An input record that was not applied, with where it came from and why."""
+
+    source_topic: str = Field(
+        min_length=1, max_length=249, description="Topic the record was read from."
+    )
+    source_partition: int = Field(strict=True, ge=0, description="Its partition.")
+    source_offset: int = Field(strict=True, ge=0, description="Its offset.")
+    key: str | None = Field(
+        None, description="Its key decoded as UTF-8 (invalid bytes replaced); null when absent."
+    )
+    payload: str = Field(
+        description="Its value decoded as UTF-8 (invalid bytes replaced), for reading."
+    )
+    payload_base64: str = Field(
+        description="Its value exactly as received, base64-encoded: use this to replay."
+    )
+    error_code: str = Field(
+        max_length=64,
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="Machine-readable reason, snake_case (e.g. invalid_payload, no_rate).",
+    )
+    reason: str = Field(min_length=1, description="Human-readable reason.")
+    failed_at: Timestamp = Field(description="When the record was dead-lettered (UTC).")
+
+    @classmethod
+    def from_record(
+        cls,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        error_code: str,
+        reason: str,
+        failed_at: datetime,
+    ) -> Self:
+        """Build a dead letter from a consumed record's raw key and value bytes."""
+        raw = value or b""
+        return cls(
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
+            key=None if key is None else key.decode("utf-8", errors="replace"),
+            payload=raw.decode("utf-8", errors="replace"),
+            payload_base64=base64.b64encode(raw).decode("ascii"),
+            error_code=error_code,
+            reason=reason,
+            failed_at=failed_at,
+        )
+
+    def original_payload(self) -> bytes:
+        """The record value exactly as it was consumed."""
+        return base64.b64decode(self.payload_base64, validate=True)
+
+    @model_validator(mode="after")
+    def _payload_matches_base64(self) -> Self:
+        try:
+            raw = self.original_payload()
+        except binascii.Error as exc:
+            raise ValueError("payload_base64 is not valid base64") from exc
+        if raw.decode("utf-8", errors="replace") != self.payload:
+            raise ValueError("payload does not match payload_base64")
+        return self

@@ -1,0 +1,62 @@
+"""`billing.reminders.v1`: reminders for the notification service to e-mail."""
+
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+
+from schemas._types import OutputModel, Timestamp
+
+ReminderKind = Literal["low_balance", "balance_depleted", "credits_expiring", "credits_expired"]
+LOT_KINDS: frozenset[str] = frozenset({"credits_expiring", "credits_expired"})
+
+
+class Reminder(OutputModel):
+    """A top-up or expiry reminder about one account."""
+
+    reminder_id: str = Field(
+        min_length=1,
+        max_length=128,
+        description="Deterministic: the same reminder always has the same id, for de-duplication.",
+    )
+    account_id: str = Field(
+        min_length=1, max_length=64, description="Account concerned; also the Kafka message key."
+    )
+    kind: ReminderKind = Field(description="What the reminder is about.")
+    balance: int = Field(
+        strict=True, description="Account balance in JPY when it was raised (may be negative)."
+    )
+    threshold: int | None = Field(
+        None,
+        strict=True,
+        ge=0,
+        description="The reminder threshold in JPY, when one is configured.",
+    )
+    email: str | None = Field(
+        None,
+        max_length=254,
+        description="Configured reminder address; null when none is configured.",
+    )
+    created_at: Timestamp = Field(description="When the reminder was raised (UTC).")
+    lot_id: str | None = Field(
+        None, min_length=1, max_length=128, description="The credit lot, for lot kinds only."
+    )
+    amount: int | None = Field(
+        None,
+        strict=True,
+        ge=0,
+        description="Credit expiring or forfeited in JPY, for lot kinds only.",
+    )
+    expires_at: Timestamp | None = Field(
+        None, description="When the lot expires or expired, for lot kinds only."
+    )
+
+    @model_validator(mode="after")
+    def _lot_fields_match_kind(self) -> Self:
+        lot_fields = (self.lot_id, self.amount, self.expires_at)
+        if self.kind in LOT_KINDS and None in lot_fields:
+            raise ValueError(f"{self.kind} needs lot_id, amount and expires_at")
+        if self.kind not in LOT_KINDS and lot_fields != (None, None, None):
+            raise ValueError(f"{self.kind} takes no lot_id, amount or expires_at")
+        if self.kind == "low_balance" and (self.threshold is None or self.email is None):
+            raise ValueError("low_balance needs threshold and email")
+        return self

@@ -1,0 +1,225 @@
+"""PostgreSQL unit of work: set-based reads and writes, one transaction per batch."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+
+from worker.domain.account import Account, OpenInvoice
+from worker.domain.lots import Lot
+from worker.service.ports import Changes, EventKey
+
+_LOCK_ACCOUNTS = """
+SELECT * FROM accounts WHERE account_id = ANY($1::text[]) ORDER BY account_id FOR UPDATE
+"""
+_LOAD_LOTS = """
+SELECT * FROM lots
+WHERE account_id = ANY($1::text[]) AND NOT forfeited AND remaining_jpy > 0
+"""
+_LOAD_INVOICES = """
+SELECT invoice_id, account_id, total_jpy, paid_jpy FROM invoices
+WHERE account_id = ANY($1::text[]) AND paid_jpy < total_jpy
+"""
+_SEEN = """
+SELECT p.source, p.event_id, p.fingerprint
+FROM processed_events p
+JOIN unnest($1::text[], $2::text[]) AS k(source, event_id)
+  ON p.source = k.source AND p.event_id = k.event_id
+"""
+_DUE = """
+SELECT DISTINCT account_id FROM lots
+WHERE NOT forfeited AND remaining_jpy > 0
+  AND (expires_at + $2::interval <= $1
+       OR (NOT expiring_notified AND expires_at - $3::interval <= $1))
+LIMIT $4
+"""
+_SAVE_ACCOUNTS = """
+UPDATE accounts a SET
+    plan = u.plan, opened = u.opened, overdraft_jpy = u.overdraft_jpy,
+    postpay_due_jpy = u.postpay_due_jpy, postpay_since = u.postpay_since,
+    contract_id = u.contract_id, reminder_enabled = u.reminder_enabled,
+    reminder_threshold_jpy = u.reminder_threshold_jpy, reminder_email = u.reminder_email,
+    balance_jpy = u.balance_jpy, updated_at = now()
+FROM unnest($1::text[], $2::text[], $3::bool[], $4::bigint[], $5::bigint[], $6::timestamptz[],
+            $7::text[], $8::bool[], $9::bigint[], $10::text[], $11::bigint[])
+    AS u(account_id, plan, opened, overdraft_jpy, postpay_due_jpy, postpay_since, contract_id,
+         reminder_enabled, reminder_threshold_jpy, reminder_email, balance_jpy)
+WHERE a.account_id = u.account_id
+"""
+_SAVE_LOTS = """
+INSERT INTO lots (lot_id, account_id, source, amount_jpy, remaining_jpy, forfeited_jpy,
+                  granted_at, expires_at, forfeited, expiring_notified)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                     $6::bigint[], $7::timestamptz[], $8::timestamptz[], $9::bool[], $10::bool[])
+ON CONFLICT (lot_id) DO UPDATE SET
+    remaining_jpy = EXCLUDED.remaining_jpy, forfeited_jpy = EXCLUDED.forfeited_jpy,
+    forfeited = EXCLUDED.forfeited, expiring_notified = EXCLUDED.expiring_notified
+"""
+_SAVE_INVOICES = """
+UPDATE invoices i SET paid_jpy = u.paid_jpy
+FROM unnest($1::text[], $2::bigint[]) AS u(invoice_id, paid_jpy)
+WHERE i.invoice_id = u.invoice_id
+"""
+_SAVE_OUTBOX = """
+INSERT INTO outbox (message_id, topic, key, payload)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])
+ON CONFLICT (message_id) DO NOTHING
+"""
+
+
+def _account(row: asyncpg.Record) -> Account:
+    return Account(
+        account_id=row["account_id"],
+        plan=row["plan"],
+        opened=row["opened"],
+        overdraft_jpy=row["overdraft_jpy"],
+        postpay_due_jpy=row["postpay_due_jpy"],
+        postpay_since=row["postpay_since"],
+        contract_id=row["contract_id"],
+        reminder_enabled=row["reminder_enabled"],
+        reminder_threshold_jpy=row["reminder_threshold_jpy"],
+        reminder_email=row["reminder_email"],
+    )
+
+
+def _lot(row: asyncpg.Record) -> Lot:
+    return Lot(
+        lot_id=row["lot_id"],
+        amount_jpy=row["amount_jpy"],
+        granted_at=row["granted_at"],
+        expires_at=row["expires_at"],
+        source=row["source"],
+        remaining_jpy=row["remaining_jpy"],
+        forfeited_jpy=row["forfeited_jpy"],
+        forfeited=row["forfeited"],
+        expiring_notified=row["expiring_notified"],
+        dirty=False,
+    )
+
+
+class PgUnitOfWork:
+    """The service layer's UnitOfWork on one connection inside one transaction."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def lock_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
+        if not account_ids:
+            return {}
+        ids = list(account_ids)
+        await self.conn.execute(
+            "INSERT INTO accounts (account_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+            ids,
+        )
+        accounts = {row["account_id"]: _account(row)
+                    for row in await self.conn.fetch(_LOCK_ACCOUNTS, ids)}
+        for row in await self.conn.fetch(_LOAD_LOTS, ids):
+            accounts[row["account_id"]].lots.append(_lot(row))
+        for row in await self.conn.fetch(_LOAD_INVOICES, ids):
+            accounts[row["account_id"]].invoices[row["invoice_id"]] = OpenInvoice(
+                row["invoice_id"], row["total_jpy"], row["paid_jpy"]
+            )
+        return accounts
+
+    async def seen(self, keys: Sequence[EventKey]) -> dict[EventKey, bytes]:
+        if not keys:
+            return {}
+        rows = await self.conn.fetch(_SEEN, [k[0] for k in keys], [k[1] for k in keys])
+        return {(row["source"], row["event_id"]): bytes(row["fingerprint"]) for row in rows}
+
+    async def accounts_due_for_expiry(
+        self, now: datetime, lateness: timedelta, notice: timedelta, limit: int
+    ) -> list[str]:
+        rows = await self.conn.fetch(_DUE, now, lateness, notice, limit)
+        return sorted(row["account_id"] for row in rows)
+
+    async def save(self, changes: Changes) -> None:
+        await self._save_accounts(changes.accounts)
+        await self._save_ledger(changes)
+        if changes.processed:
+            await self.conn.copy_records_to_table(
+                "processed_events",
+                columns=["source", "event_id", "fingerprint", "account_id", "topic",
+                         "partition", "offset"],
+                records=[
+                    (d.record.source, d.command.event_id, d.fingerprint, d.command.account_id,
+                     d.record.topic, d.record.partition, d.record.offset)
+                    for d in changes.processed
+                ],
+            )
+        if changes.outbox:
+            await self.conn.execute(
+                _SAVE_OUTBOX,
+                [m.message_id for m in changes.outbox],
+                [m.topic for m in changes.outbox],
+                [m.key for m in changes.outbox],
+                [m.payload for m in changes.outbox],
+            )
+
+    async def _save_accounts(self, accounts: list[Account]) -> None:
+        if not accounts:
+            return
+        columns: list[list[Any]] = [[] for _ in range(11)]
+        lots: list[tuple[Any, ...]] = []
+        invoices: list[OpenInvoice] = []
+        for a in accounts:
+            values = (a.account_id, a.plan, a.opened, a.overdraft_jpy, a.postpay_due_jpy,
+                      a.postpay_since, a.contract_id, a.reminder_enabled,
+                      a.reminder_threshold_jpy, a.reminder_email, a.balance_jpy)
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+            lots += [(lot.lot_id, a.account_id, lot.source, lot.amount_jpy, lot.remaining_jpy,
+                      lot.forfeited_jpy, lot.granted_at, lot.expires_at, lot.forfeited,
+                      lot.expiring_notified) for lot in a.lots if lot.dirty]
+            invoices += [i for i in a.invoices.values() if i.dirty]
+        await self.conn.execute(_SAVE_ACCOUNTS, *columns)
+        if lots:
+            await self.conn.execute(_SAVE_LOTS, *(list(c) for c in zip(*lots, strict=True)))
+        if invoices:
+            await self.conn.execute(
+                _SAVE_INVOICES, [i.invoice_id for i in invoices], [i.paid_jpy for i in invoices]
+            )
+
+    async def _save_ledger(self, changes: Changes) -> None:
+        effects = changes.effects
+        if effects.ledger:
+            await self.conn.copy_records_to_table(
+                "ledger_entries",
+                columns=["entry_id", "account_id", "kind", "amount_jpy", "balance_after_jpy",
+                         "occurred_at", "ref", "allocations"],
+                records=[
+                    (e.entry_id, e.account_id, e.kind, e.amount_jpy, e.balance_after_jpy,
+                     e.occurred_at, e.ref,
+                     orjson.dumps([{"lot_id": lot, "amount_jpy": n} for lot, n in e.allocations])
+                     .decode())
+                    for e in effects.ledger
+                ],
+            )
+        if effects.postpay:
+            await self.conn.copy_records_to_table(
+                "postpay_usage",
+                columns=["event_id", "account_id", "period", "occurred_at", "country",
+                         "unit_price_jpy", "segments", "amount_jpy", "from_lots_jpy"],
+                records=[
+                    (p.event_id, p.account_id, p.period, p.occurred_at, p.country,
+                     p.unit_price_jpy, p.segments, p.amount_jpy, p.from_lots_jpy)
+                    for p in effects.postpay
+                ],
+            )
+
+
+class PgStore:
+    """Hands out units of work from a pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[PgUnitOfWork]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield PgUnitOfWork(conn)

@@ -1,0 +1,134 @@
+"""Builds the worker from settings and runs it; nothing connects at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from pydantic import ValidationError
+
+from worker import logs
+from worker.adapters.postgres import PgStore
+from worker.adapters.rates import load_rate_table
+from worker.adapters.relay import OutboxRelay, drain
+from worker.adapters.wire import Decoder, Encoder
+from worker.config import Settings, SettingsError
+from worker.domain.account import Policy
+from worker.domain.rating import RateTable
+from worker.entrypoints.stream import StreamProcessor, retry
+from worker.errors import ShuttingDown, is_retriable
+from worker.metrics import Metrics
+from worker.service.billing import sweep_expiry
+
+log = logs.get("worker.app")
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(
+        test_credits_jpy=settings.test_credits_jpy,
+        lot_validity=timedelta(days=settings.lot_validity_days),
+        lateness=timedelta(seconds=settings.lateness_allowance_s),
+        expiring_notice=timedelta(days=settings.expiring_notice_days),
+        zone=settings.zone,
+    )
+
+
+def rates_from(settings: Settings) -> RateTable:
+    try:
+        return load_rate_table(settings.rate_table_path)
+    except (ValidationError, ValueError, OSError) as exc:
+        raise SettingsError(f"BILLING_RATE_TABLE_PATH: unusable rate table: {exc}") from exc
+
+
+def encoder_from(settings: Settings) -> Encoder:
+    return Encoder(settings.topic_reminders, settings.topic_invoices, settings.topic_dlq)
+
+
+async def create_pool(settings: Settings, size: int = 4) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=size,
+                                     command_timeout=60)
+    assert pool is not None
+    return pool
+
+
+@dataclass
+class Worker:
+    """Every long-running part of one worker process."""
+
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    pool: asyncpg.Pool | None = None
+    stream: StreamProcessor | None = None
+    relay: OutboxRelay | None = None
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT, then finish the batch, commit, drain the outbox, exit."""
+        s = self.settings
+        rates = rates_from(s)
+        policy = policy_from(s)
+        encoder = encoder_from(s)
+        self._install_signals()
+        self.pool = await retry("database_connect", lambda: create_pool(s), self.stop,
+                                self.metrics, s.retry_max_backoff_s)
+        store = PgStore(self.pool)
+        relay = OutboxRelay(s.database_url, s.kafka_bootstrap_servers, s.client_id, self.metrics,
+                            s.outbox_batch_size, s.outbox_poll_interval_ms / 1000)
+        self.relay = relay
+        self.stream = StreamProcessor(s, store, Decoder(rates), encoder, policy, self.metrics,
+                                      on_applied=lambda _: relay.wake())
+        relay_stop = asyncio.Event()
+        from worker.entrypoints.web import serve  # noqa: PLC0415 - aiohttp only when running
+
+        web = await serve(self)
+        tasks = [
+            asyncio.create_task(self.stream.run(self.stop), name="stream"),
+            asyncio.create_task(relay.run(relay_stop), name="relay"),
+            asyncio.create_task(self._sweeper(store, policy, encoder), name="expiry-sweep"),
+        ]
+        log.info("worker_started", group=s.consumer_group, topics=[s.topic_usage,
+                                                                   s.topic_account_events])
+        try:
+            await self.stop.wait()
+            await asyncio.wait_for(tasks[0], timeout=s.shutdown_timeout_s)
+            await drain(relay, s.database_url, timeout_s=s.shutdown_timeout_s / 2)
+        finally:
+            relay_stop.set()
+            for task in tasks[1:]:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await web.cleanup()
+            await self.pool.close()
+            log.info("worker_stopped")
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("shutdown_requested", signal=sig.name)
+        self.stop.set()
+
+    async def _sweeper(self, store: PgStore, policy: Policy, encoder: Encoder) -> None:
+        """Forfeits due lots and announces expiring ones on a timer; safe on many workers."""
+        interval = self.settings.expiry_sweep_interval_s
+        while not self.stop.is_set():
+            try:
+                while await sweep_expiry(store, datetime.now(UTC), policy, encoder) >= 500:
+                    pass
+                if self.relay is not None:
+                    self.relay.wake()
+            except ShuttingDown:
+                return
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                log.warning("expiry_sweep_retrying", cause=type(exc).__name__, error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=interval)

@@ -1,0 +1,203 @@
+"""An account's credit state and the rules that change it, one command at a time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from worker.domain import reminders
+from worker.domain.errors import Rejected
+from worker.domain.events import (
+    ChargeUsage,
+    Command,
+    ConfigureReminder,
+    Effects,
+    LedgerEntry,
+    LedgerKind,
+    OpenAccount,
+    PayInvoice,
+    PostpayCharge,
+    PurchaseCredits,
+    SwitchToPostpay,
+)
+from worker.domain.invoicing import period_of
+from worker.domain.lots import Allocation, Lot, debit, new_lot
+
+PACKAGE_JPY = 1_000
+INVOICE_PURCHASE_MIN_EXCLUSIVE_JPY = 100_000
+
+Plan = Literal["prepay", "postpay"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The configurable parts of the rules."""
+
+    test_credits_jpy: int = 100
+    lot_validity: timedelta = timedelta(days=90)
+    lateness: timedelta = timedelta(hours=1)
+    expiring_notice: timedelta = timedelta(days=7)
+    zone: tzinfo = ZoneInfo("Asia/Tokyo")
+
+
+@dataclass
+class OpenInvoice:
+    """An issued postpay invoice and what has been paid on it."""
+
+    invoice_id: str
+    total_jpy: int
+    paid_jpy: int = 0
+    dirty: bool = False
+
+    @property
+    def outstanding_jpy(self) -> int:
+        return self.total_jpy - self.paid_jpy
+
+
+@dataclass
+class Account:
+    """Plan, lots, debts and reminder setting of one account."""
+
+    account_id: str
+    plan: Plan = "prepay"
+    opened: bool = False
+    overdraft_jpy: int = 0
+    postpay_due_jpy: int = 0
+    postpay_since: datetime | None = None
+    contract_id: str | None = None
+    reminder_enabled: bool = False
+    reminder_threshold_jpy: int | None = None
+    reminder_email: str | None = None
+    lots: list[Lot] = field(default_factory=list)
+    invoices: dict[str, OpenInvoice] = field(default_factory=dict)
+
+    @property
+    def balance_jpy(self) -> int:
+        credit = sum(lot.remaining_jpy for lot in self.lots if not lot.forfeited)
+        return credit - self.overdraft_jpy - self.postpay_due_jpy
+
+    def apply(self, command: Command, policy: Policy, effects: Effects) -> None:  # noqa: C901
+        """Apply one command; raises Rejected (leaving the account unchanged) if it breaks a rule."""
+        if isinstance(command, ChargeUsage):
+            self._charge(command, policy, effects)
+        elif isinstance(command, PurchaseCredits):
+            _check_purchase(command)
+            self._grant(command.event_id, command.amount_jpy, command.occurred_at, "purchase",
+                        policy, effects)
+        elif isinstance(command, OpenAccount):
+            if self.opened:
+                raise Rejected("already_opened", f"account {self.account_id} is already open")
+            self.opened = True
+            credits = command.test_credits_jpy
+            amount = policy.test_credits_jpy if credits is None else credits
+            if amount > 0:
+                self._grant(command.event_id, amount, command.occurred_at, "test_credits",
+                            policy, effects)
+        elif isinstance(command, ConfigureReminder):
+            self._configure(command, effects)
+        elif isinstance(command, SwitchToPostpay):
+            if self.plan == "postpay":
+                raise Rejected("already_postpay", f"account {self.account_id} is already postpay")
+            self.plan = "postpay"
+            self.postpay_since = command.occurred_at
+            self.contract_id = command.contract_id
+        else:
+            self._pay(command, effects)
+
+    def _record(
+        self,
+        kind: LedgerKind,
+        ref: str,
+        amount_jpy: int,
+        at: datetime,
+        before_jpy: int,
+        effects: Effects,
+        allocations: list[Allocation] | None = None,
+    ) -> None:
+        after = self.balance_jpy
+        effects.ledger.append(LedgerEntry(
+            entry_id=f"{kind}:{ref}",
+            account_id=self.account_id,
+            kind=kind,
+            amount_jpy=amount_jpy,
+            balance_after_jpy=after,
+            occurred_at=at,
+            ref=ref,
+            allocations=tuple(allocations or ()),
+        ))
+        effects.reminders.extend(reminders.on_balance_change(self, before_jpy, after, ref, at))
+
+    def _grant(self, ref: str, amount: int, at: datetime, source: str, policy: Policy,
+               effects: Effects) -> None:
+        before = self.balance_jpy
+        lot = new_lot(f"lot:{ref}", amount, at, policy.lot_validity, source)
+        repaid = lot.take(self.overdraft_jpy)
+        self.overdraft_jpy -= repaid
+        self.lots.append(lot)
+        self._record("grant", ref, amount, at, before, effects,
+                     [(lot.lot_id, repaid)] if repaid else None)
+
+    def _charge(self, command: ChargeUsage, policy: Policy, effects: Effects) -> None:
+        before = self.balance_jpy
+        amount = command.rated.amount_jpy
+        allocations, uncovered = debit(self.lots, amount, command.occurred_at)
+        since = self.postpay_since
+        if self.plan == "postpay" and since is not None and command.occurred_at >= since:
+            self.postpay_due_jpy += uncovered
+            effects.postpay.append(PostpayCharge(
+                event_id=command.event_id,
+                account_id=self.account_id,
+                occurred_at=command.occurred_at,
+                period=period_of(command.occurred_at, policy.zone),
+                country=command.rated.country,
+                unit_price_jpy=command.rated.unit_price_jpy,
+                segments=command.rated.segments,
+                amount_jpy=amount,
+                from_lots_jpy=amount - uncovered,
+            ))
+        else:
+            self.overdraft_jpy += uncovered
+        self._record("charge", command.event_id, -amount, command.occurred_at, before, effects,
+                     allocations)
+
+    def _configure(self, command: ConfigureReminder, effects: Effects) -> None:
+        self.reminder_enabled = command.enabled
+        self.reminder_threshold_jpy = command.threshold_jpy
+        self.reminder_email = command.email
+        effects.reminders.extend(reminders.on_configured(self, command.event_id,
+                                                         command.occurred_at))
+
+    def _pay(self, command: PayInvoice, effects: Effects) -> None:
+        invoice = self.invoices.get(command.invoice_id)
+        if invoice is None:
+            raise Rejected("unknown_invoice",
+                           f"invoice {command.invoice_id} is not an invoice of {self.account_id}")
+        if command.amount_jpy > invoice.outstanding_jpy:
+            raise Rejected(
+                "overpayment",
+                f"payment of JPY {command.amount_jpy} exceeds the JPY {invoice.outstanding_jpy} "
+                f"outstanding on invoice {command.invoice_id}",
+            )
+        before = self.balance_jpy
+        invoice.paid_jpy += command.amount_jpy
+        invoice.dirty = True
+        self.postpay_due_jpy -= command.amount_jpy
+        self._record("payment", command.event_id, command.amount_jpy, command.occurred_at,
+                     before, effects)
+
+
+def _check_purchase(command: PurchaseCredits) -> None:
+    if command.amount_jpy <= 0 or command.amount_jpy % PACKAGE_JPY:
+        raise Rejected(
+            "invalid_amount",
+            f"purchase of JPY {command.amount_jpy} is not a positive multiple of JPY 1,000",
+        )
+    if command.payment_method == "invoice" and (
+        command.amount_jpy <= INVOICE_PURCHASE_MIN_EXCLUSIVE_JPY
+    ):
+        raise Rejected(
+            "invoice_purchase_too_small",
+            f"an invoice-paid purchase must be over JPY 100,000, got JPY {command.amount_jpy}",
+        )

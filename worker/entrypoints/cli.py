@@ -1,0 +1,113 @@
+"""`billing-worker`: run the worker and the operations around it."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+
+from worker import logs
+from worker.config import Settings, SettingsError, load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="SMS billing worker: prepaid credit lots, postpay invoices, reminders.")
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead-letter topic tools.")
+app.add_typer(dlq_app, name="dlq")
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(78) from exc
+    logs.configure(settings.log_level, settings.log_json)
+    return settings
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@app.command()
+def run() -> None:
+    """Run the worker until SIGTERM or SIGINT."""
+    from worker.app import Worker  # noqa: PLC0415
+
+    settings = _settings()
+    try:
+        _run(Worker(settings).run())
+    except SettingsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(78) from exc
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations that are missing (idempotent)."""
+    import asyncpg  # noqa: PLC0415
+
+    from worker.adapters.migrate import migrate as apply  # noqa: PLC0415
+
+    settings = _settings()
+
+    async def go() -> list[str]:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return await apply(conn)
+        finally:
+            await conn.close()
+
+    applied = _run(go())
+    typer.echo("applied: " + ", ".join(applied) if applied else "database is up to date")
+
+
+@app.command()
+def account(
+    account_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    entries: Annotated[int, typer.Option(help="How many latest ledger entries to show.")] = 10,
+) -> None:
+    """Show an account: plan, balance, overdraft, reminder, lots, latest ledger entries."""
+    from worker.entrypoints.views import account_view, render_account  # noqa: PLC0415
+
+    settings = _settings()
+    view = _run(account_view(settings, account_id, entries))
+    if view is None:
+        typer.echo(f"unknown account: {account_id}", err=True)
+        raise typer.Exit(2)
+    if as_json:
+        sys.stdout.write(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        render_account(view)
+
+
+@app.command()
+def lag(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    max_lag: Annotated[int | None, typer.Option(help="Exit 1 when the total lag is above.")] = None,
+) -> None:
+    """Consumer lag of the group from the broker's committed offsets (works with no worker)."""
+    from worker.adapters.kafka_admin import group_lag  # noqa: PLC0415
+
+    settings = _settings()
+    report = _run(group_lag(settings))
+    if as_json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        for row in report["partitions"]:
+            typer.echo(f"{row['topic']:<32} {row['partition']:>4} committed={row['committed']} "
+                       f"end={row['end']} lag={row['lag']}")
+        typer.echo(f"total lag: {report['total']}")
+    if max_lag is not None and report["total"] > max_lag:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,215 @@
+"""The stream processor: reads both input topics in batches, applies, then commits offsets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
+from aiokafka.structs import OffsetAndMetadata
+
+from worker import logs
+from worker.config import Settings
+from worker.domain.account import Policy
+from worker.errors import ShuttingDown, is_retriable
+from worker.metrics import Metrics
+from worker.service.billing import BatchReport, apply_batch
+from worker.service.ports import Dead, Decoded, Encoder, InputRecord, Source, Store
+
+log = logs.get("worker.stream")
+T = TypeVar("T")
+
+
+async def retry(
+    operation: str,
+    action: Callable[[], Awaitable[T]],
+    stop: asyncio.Event,
+    metrics: Metrics,
+    max_backoff_s: float,
+) -> T:
+    """Run `action` until it succeeds; retriable failures wait with bounded backoff."""
+    delay = 0.1
+    last_cause = ""
+    while True:
+        try:
+            return await action()
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            cause = type(exc).__name__
+            metrics.retries.labels(operation, cause).inc()
+            if cause != last_cause:
+                log.warning("retrying", operation=operation, cause=cause, error=str(exc))
+                last_cause = cause
+            if stop.is_set():
+                raise ShuttingDown(operation) from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff_s)
+
+
+class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Lets a rebalance wait until the batch in hand is applied and committed."""
+
+    def __init__(self, lock: asyncio.Lock, metrics: Metrics) -> None:
+        self.lock = lock
+        self.metrics = metrics
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self.lock:
+            log.info("partitions_revoked", partitions=sorted(str(tp) for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.metrics.assigned.set(len(assigned))
+        log.info("partitions_assigned", partitions=sorted(str(tp) for tp in assigned))
+
+
+class StreamProcessor:
+    """One consumer in the group; batch in, one transaction, commit `offset + 1`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        decoder: Callable[[InputRecord], Decoded | Dead],
+        encoder: Encoder,
+        policy: Policy,
+        metrics: Metrics,
+        on_applied: Callable[[BatchReport], None] = lambda _: None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.decoder = decoder
+        self.encoder = encoder
+        self.policy = policy
+        self.metrics = metrics
+        self.on_applied = on_applied
+        self.sources: dict[str, Source] = {
+            settings.topic_usage: "usage",
+            settings.topic_account_events: "account",
+        }
+        self.lock = asyncio.Lock()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.last_commit: dict[TopicPartition, float] = {}
+
+    def build_consumer(self) -> AIOKafkaConsumer:
+        s = self.settings
+        return AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            group_id=s.consumer_group,
+            client_id=s.client_id,
+            group_instance_id=s.group_instance_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            # Range assignment keeps partition N of both input topics on one consumer.
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            max_poll_records=s.batch_max_records,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=3_000,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set; the batch in hand is finished and committed first."""
+        consumer = self.build_consumer()
+        self.consumer = consumer
+        consumer.subscribe(list(self.sources), listener=_Revocation(self.lock, self.metrics))
+        await retry("kafka_connect", consumer.start, stop, self.metrics,
+                    self.settings.retry_max_backoff_s)
+        try:
+            while not stop.is_set():
+                fetched = await consumer.getmany(timeout_ms=self.settings.batch_timeout_ms,
+                                                 max_records=self.settings.batch_max_records)
+                if not fetched:
+                    continue
+                async with self.lock:
+                    await self._handle(consumer, fetched, stop)
+        except ShuttingDown:
+            log.warning("stopped_with_batch_uncommitted", note="it will be redelivered")
+        finally:
+            self.consumer = None
+            await consumer.stop()
+
+    async def _handle(self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, Any],
+                      stop: asyncio.Event) -> None:
+        started = time.perf_counter()
+        records = [
+            InputRecord(self.sources[tp.topic], tp.topic, tp.partition, m.offset, m.key, m.value)
+            for tp, messages in fetched.items()
+            for m in messages
+        ]
+        decoded = [self.decoder(r) for r in records]
+        report = await self._apply(decoded, stop)
+        offsets = {tp: OffsetAndMetadata(messages[-1].offset + 1, "")
+                   for tp, messages in fetched.items()}
+        await self._commit(consumer, offsets, stop)
+        self._observe(report, len(records), time.perf_counter() - started)
+        self.on_applied(report)
+
+    async def _apply(self, decoded: Sequence[Decoded | Dead], stop: asyncio.Event) -> BatchReport:
+        """Apply the batch; a record that fails for a reason other than infrastructure is
+        isolated by splitting the batch and dead-lettered alone."""
+        async def attempt() -> BatchReport:
+            return await apply_batch(self.store, decoded, self.policy, self.encoder,
+                                     datetime.now(UTC))
+        try:
+            return await retry("apply_batch", attempt, stop, self.metrics,
+                               self.settings.retry_max_backoff_s)
+        except ShuttingDown:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition
+            if len(decoded) == 1:
+                item = decoded[0]
+                log.error("record_failed", topic=item.record.topic,
+                          partition=item.record.partition, offset=item.record.offset,
+                          error=repr(exc))
+                dead = Dead(item.record, "processing_error", f"could not be applied: {exc!r}")
+                return await self._apply([dead], stop)
+            middle = len(decoded) // 2
+            first = await self._apply(decoded[:middle], stop)
+            second = await self._apply(decoded[middle:], stop)
+            first.applied += second.applied
+            first.duplicates += second.duplicates
+            first.dead += second.dead
+            first.implicit_accounts += second.implicit_accounts
+            first.reminders += second.reminders
+            return first
+
+    async def _commit(self, consumer: AIOKafkaConsumer,
+                      offsets: dict[TopicPartition, OffsetAndMetadata],
+                      stop: asyncio.Event) -> None:
+        async def attempt() -> None:
+            await consumer.commit(offsets)
+        try:
+            await retry("commit", attempt, stop, self.metrics, self.settings.retry_max_backoff_s)
+        except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
+            # The database already holds the batch; whoever owns the partitions now re-reads
+            # it and skips every event as a duplicate.
+            log.warning("commit_lost_to_rebalance", error=str(exc))
+            return
+        now = time.monotonic()
+        for tp in offsets:
+            self.last_commit[tp] = now
+
+    def _observe(self, report: BatchReport, size: int, seconds: float) -> None:
+        m = self.metrics
+        m.batch_size.observe(size)
+        m.batch_seconds.observe(seconds)
+        for source, n in report.applied.items():
+            m.events.labels(self._topic(source), "applied").inc(n)
+        for source, n in report.duplicates.items():
+            m.events.labels(self._topic(source), "duplicate").inc(n)
+        for dead in report.dead:
+            m.events.labels(dead.record.topic, "dead_lettered").inc()
+            m.dlq.labels(dead.code).inc()
+            log.warning("dead_lettered", topic=dead.record.topic, partition=dead.record.partition,
+                        offset=dead.record.offset, error_code=dead.code, reason=dead.reason)
+        m.implicit_accounts.inc(report.implicit_accounts)
+        m.reminders.inc(report.reminders)
+
+    def _topic(self, source: Source) -> str:
+        return next(t for t, s in self.sources.items() if s == source)

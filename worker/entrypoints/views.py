@@ -1,0 +1,106 @@
+"""Read-only views for ops: one account's state as JSON-ready data, and its table."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from rich.console import Console
+from rich.table import Table
+
+from worker.config import Settings
+from worker.domain.invoicing import period_of
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+async def account_view(settings: Settings, account_id: str, entries: int) -> dict[str, Any] | None:
+    """The account as `billing-worker account --json` prints it; None when unknown."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        row = await conn.fetchrow("SELECT * FROM accounts WHERE account_id = $1", account_id)
+        if row is None:
+            return None
+        lots = await conn.fetch(
+            "SELECT * FROM lots WHERE account_id = $1 ORDER BY expires_at, granted_at, lot_id",
+            account_id)
+        ledger = await conn.fetch(
+            "SELECT * FROM ledger_entries WHERE account_id = $1"
+            " ORDER BY recorded_at DESC, entry_id DESC LIMIT $2", account_id, entries)
+        ledger_sum = await conn.fetchval(
+            "SELECT coalesce(sum(amount_jpy), 0) FROM ledger_entries WHERE account_id = $1",
+            account_id)
+        open_period = period_of(datetime.now(UTC), settings.zone)
+        running = await conn.fetchval(
+            "SELECT coalesce(sum(amount_jpy - from_lots_jpy), 0) FROM postpay_usage"
+            " WHERE account_id = $1 AND invoice_id IS NULL AND period = $2",
+            account_id, open_period)
+    finally:
+        await conn.close()
+    return {
+        "account_id": row["account_id"],
+        "plan": row["plan"],
+        "opened": row["opened"],
+        "balance": int(ledger_sum),
+        "overdraft": row["overdraft_jpy"],
+        "postpay": {
+            "since": _iso(row["postpay_since"]),
+            "contract_id": row["contract_id"],
+            "unpaid": row["postpay_due_jpy"],
+            "open_period": open_period,
+            "open_period_total": int(running),
+        },
+        "reminder": {
+            "enabled": row["reminder_enabled"],
+            "threshold": row["reminder_threshold_jpy"],
+        },
+        "lots": [
+            {
+                "lot_id": lot["lot_id"],
+                "source": lot["source"],
+                "amount": lot["amount_jpy"],
+                "remaining": lot["remaining_jpy"],
+                "forfeited": lot["forfeited_jpy"],
+                "granted_at": _iso(lot["granted_at"]),
+                "expires_at": _iso(lot["expires_at"]),
+            }
+            for lot in lots
+        ],
+        "ledger": [
+            {
+                "entry_id": e["entry_id"],
+                "kind": e["kind"],
+                "amount": e["amount_jpy"],
+                "balance_after": e["balance_after_jpy"],
+                "occurred_at": _iso(e["occurred_at"]),
+            }
+            for e in ledger
+        ],
+    }
+
+
+def render_account(view: dict[str, Any]) -> None:
+    console = Console()
+    reminder = view["reminder"]
+    console.print(
+        f"[bold]{view['account_id']}[/bold]  plan={view['plan']}  balance=JPY {view['balance']}"
+        f"  overdraft=JPY {view['overdraft']}  reminder="
+        + (f"at JPY {reminder['threshold']}" if reminder["enabled"] else "off")
+    )
+    if view["plan"] == "postpay":
+        p = view["postpay"]
+        console.print(f"postpay since {p['since']}  unpaid=JPY {p['unpaid']}  "
+                      f"{p['open_period']} so far=JPY {p['open_period_total']}")
+    lots = Table("lot", "amount", "remaining", "forfeited", "granted", "expires", title="lots")
+    for lot in view["lots"]:
+        lots.add_row(lot["lot_id"], str(lot["amount"]), str(lot["remaining"]),
+                     str(lot["forfeited"]), lot["granted_at"], lot["expires_at"])
+    console.print(lots)
+    ledger = Table("entry", "kind", "amount", "balance after", "occurred", title="latest entries")
+    for e in view["ledger"]:
+        ledger.add_row(e["entry_id"], e["kind"], str(e["amount"]), str(e["balance_after"]),
+                       e["occurred_at"])
+    console.print(ledger)

@@ -1,0 +1,35 @@
+"""Infrastructure failures and how the worker treats them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+from aiokafka.errors import KafkaError
+
+
+class WorkerError(Exception):
+    """Base of the worker's own errors."""
+
+    retriable = False
+
+
+class ShuttingDown(WorkerError):
+    """Stop was requested while a batch waited to be retried; it will be redelivered."""
+
+
+_RETRIABLE_PG = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Infrastructure that may come back: the database, the broker, the network."""
+    if isinstance(exc, KafkaError):
+        return bool(getattr(exc, "retriable", False)) or "Connection" in type(exc).__name__
+    return isinstance(exc, (*_RETRIABLE_PG, OSError, asyncio.TimeoutError))

@@ -1,0 +1,45 @@
+"""Prometheus metrics of the worker (one registry per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """Every metric the worker exports; built once and passed down."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter("billing_events", "Input events by topic and outcome",
+                              ["topic", "outcome"], registry=r)
+        self.dlq = Counter("billing_dlq_messages", "Records sent to the dead-letter topic",
+                           ["error_code"], registry=r)
+        self.implicit_accounts = Counter(
+            "billing_implicit_accounts", "Usage for accounts never opened (charged as overdraft)",
+            registry=r)
+        self.reminders = Counter("billing_reminders", "Reminders written to the outbox",
+                                 registry=r)
+        self.invoices = Counter("billing_invoices", "Invoices written to the outbox", registry=r)
+        self.retries = Counter("billing_retries", "Retries after an infrastructure failure",
+                               ["operation", "cause"], registry=r)
+        self.batch_size = Histogram(
+            "billing_batch_size", "Records per batch", registry=r,
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000))
+        self.batch_seconds = Histogram(
+            "billing_batch_duration_seconds", "Time to apply and commit one batch", registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.outbox_sent = Counter("billing_outbox_sent", "Outbox messages the broker acked",
+                                   ["topic"], registry=r)
+        self.outbox_backlog = Gauge("billing_outbox_backlog", "Outbox rows not yet sent",
+                                    registry=r)
+        self.outbox_oldest_s = Gauge("billing_outbox_oldest_unsent_seconds",
+                                     "Age of the oldest unsent outbox row", registry=r)
+        self.lag = Gauge("kafka_consumergroup_lag",
+                         "Log-end offset minus the group's committed offset",
+                         ["consumergroup", "topic", "partition"], registry=r)
+        self.since_commit = Gauge("billing_seconds_since_last_commit",
+                                  "Seconds since this process last committed a partition",
+                                  ["topic", "partition"], registry=r)
+        self.assigned = Gauge("billing_assigned_partitions", "Partitions assigned to this process",
+                              registry=r)

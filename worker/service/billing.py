@@ -1,0 +1,119 @@
+"""Applies a batch of records through the domain inside one unit of work."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from worker.domain.account import Account, Policy
+from worker.domain.errors import Rejected
+from worker.domain.events import ChargeUsage, OpenAccount
+from worker.domain.expiry import sweep
+from worker.service.ports import (
+    Changes,
+    Dead,
+    Decoded,
+    Encoder,
+    EventKey,
+    InputRecord,
+    Store,
+)
+
+_SOURCE_RANK = {"account": 0, "usage": 1}
+
+
+@dataclass
+class BatchReport:
+    """What became of a batch, for metrics and logs."""
+
+    applied: Counter[str] = field(default_factory=Counter)
+    duplicates: Counter[str] = field(default_factory=Counter)
+    dead: list[Dead] = field(default_factory=list)
+    implicit_accounts: int = 0
+    reminders: int = 0
+
+
+def event_time_order(decoded: Sequence[Decoded]) -> list[Decoded]:
+    """`occurred_at`, ties by topic then offset: how co-partitioned inputs replay."""
+    return sorted(
+        decoded,
+        key=lambda d: (d.command.occurred_at, _SOURCE_RANK[d.record.source], d.record.offset),
+    )
+
+
+async def apply_batch(
+    store: Store,
+    decoded: Sequence[Decoded | Dead],
+    policy: Policy,
+    encoder: Encoder,
+    now: datetime,
+) -> BatchReport:
+    """Apply what decoded, dead-letter the rest; all in one transaction."""
+    report = BatchReport()
+    valid = event_time_order([d for d in decoded if isinstance(d, Decoded)])
+    report.dead.extend(d for d in decoded if isinstance(d, Dead))
+    changes = Changes()
+    async with store.unit_of_work() as uow:
+        account_ids = sorted({d.command.account_id for d in valid})
+        accounts = await uow.lock_accounts(account_ids)
+        seen = await uow.seen(sorted({d.key for d in valid}))
+        for item in valid:
+            _apply_one(item, accounts[item.command.account_id], seen, policy, changes, report)
+        changes.accounts = list(accounts.values())
+        changes.outbox = [encoder.reminder(r) for r in changes.effects.reminders]
+        changes.outbox += [encoder.dead_letter(d, now) for d in report.dead]
+        report.reminders = len(changes.effects.reminders)
+        await uow.save(changes)
+    return report
+
+
+def _apply_one(
+    item: Decoded,
+    account: Account,
+    seen: dict[EventKey, bytes],
+    policy: Policy,
+    changes: Changes,
+    report: BatchReport,
+) -> None:
+    source = item.record.source
+    prior = seen.get(item.key)
+    if prior is not None:
+        if prior == item.fingerprint:
+            report.duplicates[source] += 1
+        else:
+            reason = f"event_id {item.command.event_id} was applied before with another payload"
+            report.dead.append(Dead(item.record, "conflicting_duplicate", reason))
+        return
+    implicit = not account.opened and not isinstance(item.command, OpenAccount)
+    fresh = implicit and not account.lots and account.balance_jpy == 0
+    try:
+        account.apply(item.command, policy, changes.effects)
+    except Rejected as exc:
+        report.dead.append(Dead(item.record, exc.code, exc.reason))
+        return
+    if fresh and isinstance(item.command, ChargeUsage):
+        report.implicit_accounts += 1
+    seen[item.key] = item.fingerprint
+    changes.processed.append(item)
+    report.applied[source] += 1
+
+
+async def sweep_expiry(
+    store: Store, now: datetime, policy: Policy, encoder: Encoder, limit: int = 500
+) -> int:
+    """Forfeit due lots and announce expiring ones for up to `limit` accounts; returns how many."""
+    async with store.unit_of_work() as uow:
+        ids = await uow.accounts_due_for_expiry(
+            now, policy.lateness, policy.expiring_notice, limit
+        )
+        if not ids:
+            return 0
+        accounts = await uow.lock_accounts(ids)
+        changes = Changes(accounts=list(accounts.values()))
+        for account in changes.accounts:
+            sweep(account, now, policy, changes.effects)
+        changes.outbox = [encoder.reminder(r) for r in changes.effects.reminders]
+        await uow.save(changes)
+    return len(ids)
