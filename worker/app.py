@@ -66,6 +66,8 @@ class Worker:
     stream: StreamProcessor | None = None
     relay: OutboxRelay | None = None
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    handle_signals: bool = True
+    http_port: int | None = None
 
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT, then finish the batch, commit, drain the outbox, exit."""
@@ -73,7 +75,8 @@ class Worker:
         rates = rates_from(s)
         policy = policy_from(s)
         encoder = encoder_from(s)
-        self._install_signals()
+        if self.handle_signals:
+            self._install_signals()
         self.pool = await retry("database_connect", lambda: create_pool(s), self.stop,
                                 self.metrics, s.retry_max_backoff_s)
         store = PgStore(self.pool)
@@ -86,6 +89,7 @@ class Worker:
         from worker.entrypoints.web import serve  # noqa: PLC0415 - aiohttp only when running
 
         web = await serve(self)
+        self.http_port = web.addresses[0][1] if web.addresses else None
         tasks = [
             asyncio.create_task(self.stream.run(self.stop), name="stream"),
             asyncio.create_task(relay.run(relay_stop), name="relay"),

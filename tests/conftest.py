@@ -1,0 +1,109 @@
+"""Shared fixtures. Unit tests need nothing; integration tests need `scripts/services up`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from worker.adapters.migrate import migrate
+from worker.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+HOW_TO_START = "start them with `scripts/services up` (or run the whole suite with `make test`)"
+
+
+def _service_env() -> dict[str, str]:
+    """BILLING_* from the environment, else from `scripts/services env`."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("BILLING_")}
+    if "BILLING_KAFKA_BOOTSTRAP_SERVERS" in env and "BILLING_DATABASE_URL" in env:
+        return env
+    out = subprocess.run([str(ROOT / "scripts" / "services"), "env"], capture_output=True,
+                         text=True, check=False).stdout
+    for line in out.splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, _, value = line.removeprefix("export ").partition("=")
+            env.setdefault(key, value.strip().strip("'\""))
+    return env
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def service_env() -> dict[str, str]:
+    env = _service_env()
+    kafka = env.get("BILLING_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092").split(",")[0]
+    host, _, port = kafka.rpartition(":")
+    if not _reachable(host, int(port)):
+        pytest.fail(f"Kafka is not reachable at {kafka}: {HOW_TO_START}")
+    db = urlsplit(env.get("BILLING_DATABASE_URL", "postgresql://billing@127.0.0.1:15432/billing"))
+    if not _reachable(db.hostname or "127.0.0.1", db.port or 5432):
+        pytest.fail(f"PostgreSQL is not reachable at {db.hostname}:{db.port}: {HOW_TO_START}")
+    return env
+
+
+@pytest.fixture(scope="session")
+async def database_url(service_env: dict[str, str]) -> AsyncIterator[str]:
+    """A fresh database for this test session, migrated, dropped at the end."""
+    admin_url = service_env.get("BILLING_DATABASE_URL",
+                                "postgresql://billing@127.0.0.1:15432/billing")
+    name = f"billing_test_{uuid.uuid4().hex[:10]}"
+    parts = urlsplit(admin_url)
+    url = urlunsplit(parts._replace(path="/" + name))
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short id that keeps topics, groups and accounts of one test apart."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def settings(service_env: dict[str, str], database_url: str, unique: str) -> Iterator[Settings]:
+    """Settings for one test: its own topics and consumer group, the session's database."""
+    yield Settings(
+        kafka_bootstrap_servers=service_env.get("BILLING_KAFKA_BOOTSTRAP_SERVERS",
+                                                "127.0.0.1:19092"),
+        database_url=database_url,
+        consumer_group=f"test-{unique}",
+        client_id=f"test-{unique}",
+        topic_usage=f"test-{unique}.sms.usage.v1",
+        topic_account_events=f"test-{unique}.billing.account-events.v1",
+        topic_reminders=f"test-{unique}.billing.reminders.v1",
+        topic_invoices=f"test-{unique}.billing.invoices.v1",
+        topic_dlq=f"test-{unique}.billing.dlq.v1",
+        input_partitions=3,
+        output_partitions=2,
+        batch_timeout_ms=50,
+        outbox_poll_interval_ms=50,
+        expiry_sweep_interval_s=0.5,
+        month_close_interval_s=0.5,
+        http_port=0,
+        shutdown_timeout_s=20,
+        log_json=True,
+    )
