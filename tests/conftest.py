@@ -103,6 +103,8 @@ def settings(service_env: dict[str, str], database_url: str, unique: str) -> Ite
         outbox_poll_interval_ms=50,
         expiry_sweep_interval_s=0.5,
         month_close_interval_s=0.5,
+        # Month close is global to the database: only the tests about it switch it on.
+        month_close_enabled=False,
         http_port=0,
         shutdown_timeout_s=20,
         log_json=True,

@@ -19,6 +19,7 @@ from worker.adapters.wire import Decoder, Encoder
 from worker.config import Settings, SettingsError
 from worker.domain.account import Policy
 from worker.domain.rating import RateTable
+from worker.entrypoints.month_close import MonthCloser
 from worker.entrypoints.stream import StreamProcessor, retry
 from worker.errors import ShuttingDown, is_retriable
 from worker.metrics import Metrics
@@ -95,6 +96,9 @@ class Worker:
             asyncio.create_task(relay.run(relay_stop), name="relay"),
             asyncio.create_task(self._sweeper(store, policy, encoder), name="expiry-sweep"),
         ]
+        if s.month_close_enabled:
+            closer = MonthCloser(s, store, encoder, self.metrics, on_closed=relay.wake)
+            tasks.append(asyncio.create_task(closer.run(self.stop), name="month-close"))
         log.info("worker_started", group=s.consumer_group, topics=[s.topic_usage,
                                                                    s.topic_account_events])
         try:

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     batch_timeout_ms: int = Field(200, ge=1)
     expiry_sweep_interval_s: float = Field(30.0, gt=0)
     month_close_interval_s: float = Field(60.0, gt=0)
+    month_close_enabled: bool = True
     outbox_poll_interval_ms: int = Field(200, ge=1)
     outbox_batch_size: int = Field(1000, ge=1)
     retry_max_backoff_s: float = Field(10.0, gt=0)

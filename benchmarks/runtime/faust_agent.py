@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import shutil
-import sys
 import time
 
 import faust
@@ -35,6 +34,11 @@ ap.add_argument("--db", default=None)
 ap.add_argument("--forever", action="store_true")
 ap.add_argument("--commit-interval", type=float, default=None,
                 help="broker_commit_interval (Faust default 2.8 s)")
+ap.add_argument("--api", choices=["take", "take_events"], default=None,
+                help="take (values) or take_events (needed for offsets); "
+                     "default: take, or take_events with --db")
+ap.add_argument("--setting", action="append", default=[],
+                help="extra faust setting name=int, e.g. stream_buffer_maxsize=16384")
 args = ap.parse_args()
 
 datadir = f"/tmp/adr-faust-data/{args.group}"
@@ -48,20 +52,36 @@ settings = dict(
     topic_disable_leader=True,
     consumer_auto_offset_reset="earliest",
 )
+for item in args.setting:
+    name, value = item.split("=", 1)
+    settings[name] = int(value)
 if args.commit_interval is not None:
     settings["broker_commit_interval"] = args.commit_interval
 app = faust.App(args.group, **settings)
 topic = app.topic(args.topic, key_serializer="raw", value_serializer="raw")
 db = OffsetDB(args.db) if args.db else None
+API = args.api or ("take_events" if args.db else "take")
 state = {"consumed": 0, "batches": 0, "t_first": None}
 T_START = time.perf_counter()
 
 
+PROFILE = os.environ.get("ADR_PROFILE")  # path: dump cProfile stats there
+if PROFILE:
+    import cProfile
+
+    _prof = cProfile.Profile()
+    _prof.enable()
+
+
 def report() -> None:
+    if PROFILE:
+        _prof.disable()
+        _prof.dump_stats(PROFILE)
     t_end = time.perf_counter()
     dt = t_end - state["t_first"]
-    print(json.dumps({
-        "runtime": "faust-take",
+    # the Faust worker redirects sys.stdout into logging: write to fd 1.
+    os.write(1, (json.dumps({
+        "runtime": "faust-" + API,
         "faust": faust.__version__,
         "group": args.group,
         "messages": state["consumed"],
@@ -70,12 +90,26 @@ def report() -> None:
         "seconds": round(dt, 3),
         "msgs_per_s": round(state["consumed"] / dt),
         "seconds_incl_join": round(t_end - T_START, 3),
-    }), flush=True)
+        "settings": args.setting,
+    }) + "\n").encode())
 
 
 @app.agent(topic)
 async def process(stream):
     sleep_s = args.sleep_ms / 1000.0
+    if API == "take":
+        async for values in stream.take(args.take, within=args.within):
+            if state["t_first"] is None:
+                state["t_first"] = time.perf_counter()
+            state["batches"] += 1
+            for v in values:
+                orjson.loads(v)
+            state["consumed"] += len(values)
+            if sleep_s:
+                await asyncio.sleep(sleep_s)  # the "DB transaction"
+            if state["consumed"] >= args.n and not args.forever:
+                report()
+                os._exit(0)
     async for events in stream.take_events(args.take, within=args.within):
         if state["t_first"] is None:
             state["t_first"] = time.perf_counter()
@@ -94,7 +128,6 @@ async def process(stream):
             db.commit(state["batches"], offsets)
         if state["consumed"] >= args.n and not args.forever:
             report()
-            sys.stdout.flush()
             os._exit(0)
 
 

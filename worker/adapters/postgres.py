@@ -11,8 +11,10 @@ import asyncpg
 import orjson
 
 from worker.domain.account import Account, OpenInvoice
+from worker.domain.events import PostpayCharge
+from worker.domain.invoicing import Invoice
 from worker.domain.lots import Lot
-from worker.service.ports import Changes, EventKey
+from worker.service.ports import Changes, EventKey, OutboxMessage
 
 _LOCK_ACCOUNTS = """
 SELECT * FROM accounts WHERE account_id = ANY($1::text[]) ORDER BY account_id FOR UPDATE
@@ -213,6 +215,62 @@ class PgUnitOfWork:
             )
 
 
+_UNINVOICED = """
+SELECT * FROM postpay_usage WHERE invoice_id IS NULL AND period <= $1
+ORDER BY account_id, occurred_at, event_id
+"""
+_SAVE_INVOICE_ROWS = """
+INSERT INTO invoices (invoice_id, account_id, period, total_jpy, issued_at, due_date)
+SELECT u.invoice_id, u.account_id, $1, u.total_jpy, $2, u.due_date
+FROM unnest($3::text[], $4::text[], $5::bigint[], $6::date[])
+    AS u(invoice_id, account_id, total_jpy, due_date)
+"""
+_LINK_USAGE = """
+UPDATE postpay_usage p SET invoice_id = u.invoice_id
+FROM unnest($1::text[], $2::text[]) AS u(account_id, invoice_id)
+WHERE p.account_id = u.account_id AND p.invoice_id IS NULL AND p.period <= $3
+"""
+
+
+class PgCloseUnitOfWork(PgUnitOfWork):
+    """Month close on one connection inside one transaction."""
+
+    async def claim_month(self, period: str) -> bool:
+        # A second closer blocks on the primary key until the first commits, then sees it.
+        row = await self.conn.fetchrow(
+            "INSERT INTO month_closes (period, invoices) VALUES ($1, 0)"
+            " ON CONFLICT (period) DO NOTHING RETURNING period", period)
+        return row is not None
+
+    async def uninvoiced_usage(self, period: str) -> list[PostpayCharge]:
+        return [
+            PostpayCharge(
+                event_id=r["event_id"], account_id=r["account_id"], occurred_at=r["occurred_at"],
+                period=r["period"], country=r["country"], unit_price_jpy=r["unit_price_jpy"],
+                segments=r["segments"], amount_jpy=r["amount_jpy"],
+                from_lots_jpy=r["from_lots_jpy"],
+            )
+            for r in await self.conn.fetch(_UNINVOICED, period)
+        ]
+
+    async def save_invoices(self, period: str, invoices: Sequence[Invoice],
+                            issued_at: datetime, outbox: Sequence[OutboxMessage]) -> None:
+        if invoices:
+            await self.conn.execute(
+                _SAVE_INVOICE_ROWS, period, issued_at,
+                [i.invoice_id for i in invoices], [i.account_id for i in invoices],
+                [i.total_jpy for i in invoices], [i.due_date for i in invoices])
+            await self.conn.execute(
+                _LINK_USAGE, [i.account_id for i in invoices], [i.invoice_id for i in invoices],
+                period)
+        await self.conn.execute("UPDATE month_closes SET invoices = $2 WHERE period = $1",
+                                period, len(invoices))
+        if outbox:
+            await self.conn.execute(
+                _SAVE_OUTBOX, [m.message_id for m in outbox], [m.topic for m in outbox],
+                [m.key for m in outbox], [m.payload for m in outbox])
+
+
 class PgStore:
     """Hands out units of work from a pool."""
 
@@ -223,3 +281,8 @@ class PgStore:
     async def unit_of_work(self) -> AsyncIterator[PgUnitOfWork]:
         async with self.pool.acquire() as conn, conn.transaction():
             yield PgUnitOfWork(conn)
+
+    @asynccontextmanager
+    async def close_unit_of_work(self) -> AsyncIterator[PgCloseUnitOfWork]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield PgCloseUnitOfWork(conn)

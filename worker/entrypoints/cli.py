@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
@@ -107,6 +108,24 @@ def lag(
         typer.echo(f"total lag: {report['total']}")
     if max_lag is not None and report["total"] > max_lag:
         raise typer.Exit(1)
+
+
+@app.command("close-month")
+def close_month(
+    period: Annotated[str, typer.Argument(help="The month to close, YYYY-MM (business zone).")],
+    wait_s: Annotated[float, typer.Option(help="How long to wait for the group to catch up.")]
+    = 60.0,
+) -> None:
+    """Close a month by hand: one invoice per postpay account, exactly once."""
+    from worker.entrypoints.month_close import close_by_hand  # noqa: PLC0415
+
+    settings = _settings()
+    if not re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", period):
+        typer.echo(f"not a month: {period!r} (expected YYYY-MM)", err=True)
+        raise typer.Exit(2)
+    code, message = _run(close_by_hand(settings, period, wait_s))
+    typer.echo(message, err=code != 0)
+    raise typer.Exit(code)
 
 
 def main() -> None:
