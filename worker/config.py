@@ -45,6 +45,8 @@ class Settings(BaseSettings):
 
     batch_max_records: int = Field(2000, ge=1, le=100_000)
     batch_timeout_ms: int = Field(200, ge=1)
+    # How long records of one input wait for the other co-partitioned input to catch up.
+    align_max_wait_ms: int = Field(1000, ge=0)
     expiry_sweep_interval_s: float = Field(30.0, gt=0)
     month_close_interval_s: float = Field(60.0, gt=0)
     month_close_enabled: bool = True

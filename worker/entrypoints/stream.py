@@ -18,6 +18,7 @@ from worker.config import Settings
 from worker.domain.account import Policy
 from worker.errors import ShuttingDown, is_retriable
 from worker.metrics import Metrics
+from worker.service.alignment import Aligner
 from worker.service.billing import BatchReport, apply_batch
 from worker.service.ports import Dead, Decoded, Encoder, InputRecord, Source, Store
 
@@ -55,12 +56,15 @@ async def retry(
 class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
     """Lets a rebalance wait until the batch in hand is applied and committed."""
 
-    def __init__(self, lock: asyncio.Lock, metrics: Metrics) -> None:
+    def __init__(self, lock: asyncio.Lock, metrics: Metrics, aligner: Aligner) -> None:
         self.lock = lock
         self.metrics = metrics
+        self.aligner = aligner
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         async with self.lock:
+            # Buffered records were never committed; whoever owns them next reads them again.
+            self.aligner.drop({tp.partition for tp in revoked})
             log.info("partitions_revoked", partitions=sorted(str(tp) for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -93,6 +97,7 @@ class StreamProcessor:
             settings.topic_account_events: "account",
         }
         self.lock = asyncio.Lock()
+        self.aligner = Aligner(settings.align_max_wait_ms / 1000)
         self.consumer: AIOKafkaConsumer | None = None
         self.last_commit: dict[TopicPartition, float] = {}
 
@@ -117,37 +122,54 @@ class StreamProcessor:
         """Consume until `stop` is set; the batch in hand is finished and committed first."""
         consumer = self.build_consumer()
         self.consumer = consumer
-        consumer.subscribe(list(self.sources), listener=_Revocation(self.lock, self.metrics))
+        consumer.subscribe(list(self.sources),
+                           listener=_Revocation(self.lock, self.metrics, self.aligner))
         await retry("kafka_connect", consumer.start, stop, self.metrics,
                     self.settings.retry_max_backoff_s)
         try:
             while not stop.is_set():
                 fetched = await consumer.getmany(timeout_ms=self.settings.batch_timeout_ms,
                                                  max_records=self.settings.batch_max_records)
-                if not fetched:
-                    continue
                 async with self.lock:
-                    await self._handle(consumer, fetched, stop)
+                    self.aligner.add(
+                        self.decoder(InputRecord(self.sources[tp.topic], tp.topic, tp.partition,
+                                                 m.offset, m.key, m.value))
+                        for tp, messages in fetched.items()
+                        for m in messages
+                    )
+                    ready = self.aligner.release(await self._caught_up(consumer),
+                                                 time.monotonic(),
+                                                 self.settings.batch_max_records)
+                    if ready:
+                        await self._handle(consumer, ready, stop)
         except ShuttingDown:
             log.warning("stopped_with_batch_uncommitted", note="it will be redelivered")
         finally:
             self.consumer = None
             await consumer.stop()
 
-    async def _handle(self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, Any],
+    async def _caught_up(self, consumer: AIOKafkaConsumer) -> set[tuple[Source, int]]:
+        """Sides the aligner waits on that have nothing more to fetch right now."""
+        topics = {source: topic for topic, source in self.sources.items()}
+        done = set()
+        for source, partition in self.aligner.waiting_on():
+            tp = TopicPartition(topics[source], partition)
+            highwater = consumer.highwater(tp)
+            if highwater is not None and await consumer.position(tp) >= highwater:
+                done.add((source, partition))
+        return done
+
+    async def _handle(self, consumer: AIOKafkaConsumer, ready: list[Decoded | Dead],
                       stop: asyncio.Event) -> None:
         started = time.perf_counter()
-        records = [
-            InputRecord(self.sources[tp.topic], tp.topic, tp.partition, m.offset, m.key, m.value)
-            for tp, messages in fetched.items()
-            for m in messages
-        ]
-        decoded = [self.decoder(r) for r in records]
-        report = await self._apply(decoded, stop)
-        offsets = {tp: OffsetAndMetadata(messages[-1].offset + 1, "")
-                   for tp, messages in fetched.items()}
+        report = await self._apply(ready, stop)
+        next_offsets: dict[TopicPartition, int] = {}
+        for item in ready:
+            tp = TopicPartition(item.record.topic, item.record.partition)
+            next_offsets[tp] = max(next_offsets.get(tp, 0), item.record.offset + 1)
+        offsets = {tp: OffsetAndMetadata(offset, "") for tp, offset in next_offsets.items()}
         await self._commit(consumer, offsets, stop)
-        self._observe(report, len(records), time.perf_counter() - started)
+        self._observe(report, len(ready), time.perf_counter() - started)
         self.on_applied(report)
 
     async def _apply(self, decoded: Sequence[Decoded | Dead], stop: asyncio.Event) -> BatchReport:

@@ -1,0 +1,94 @@
+"""Event-time alignment of the two co-partitioned input topics.
+
+Partition N of the usage topic and partition N of the account topic hold the same accounts.
+Like a Kafka Streams task, records are released from the two in `occurred_at` order of their
+heads, so a purchase that happened before a usage event is applied first even when a backlog
+hands them over in different fetches. When one side has nothing buffered, the other waits until
+that side is known to be caught up, or at most `max_wait_s`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from datetime import datetime
+
+from worker.service.ports import Dead, Decoded, Source
+
+Item = Decoded | Dead
+Side = tuple[Source, int]
+
+_OTHER: dict[Source, Source] = {"usage": "account", "account": "usage"}
+
+
+def _time(item: Item) -> tuple[int, datetime | int]:
+    # A dead letter changes no balance: release it as soon as it reaches the head.
+    if isinstance(item, Dead):
+        return (0, 0)
+    return (1, item.command.occurred_at)
+
+
+class Aligner:
+    """Buffers decoded records per partition and releases them in event-time order."""
+
+    def __init__(self, max_wait_s: float) -> None:
+        self.max_wait_s = max_wait_s
+        self.buffers: dict[Side, deque[Item]] = {}
+        self.blocked_since: dict[int, float] = {}
+
+    def add(self, items: Iterable[Item]) -> None:
+        """Items of one partition in offset order (several partitions may be mixed)."""
+        for item in items:
+            side = (item.record.source, item.record.partition)
+            self.buffers.setdefault(side, deque()).append(item)
+
+    def buffered(self) -> int:
+        return sum(len(b) for b in self.buffers.values())
+
+    def waiting_on(self) -> list[Side]:
+        """Empty sides whose counterpart has records waiting: is each caught up?"""
+        return [
+            (_OTHER[source], partition)
+            for (source, partition), buffer in self.buffers.items()
+            if buffer and not self.buffers.get((_OTHER[source], partition))
+        ]
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget what was buffered for revoked partitions; it was never committed."""
+        for partition in partitions:
+            for source in ("usage", "account"):
+                self.buffers.pop((source, partition), None)
+            self.blocked_since.pop(partition, None)
+
+    def release(self, caught_up: set[Side], now_s: float, limit: int) -> list[Item]:
+        """Up to `limit` records in event-time order per partition pair."""
+        out: list[Item] = []
+        for partition in sorted({p for _, p in self.buffers}):
+            usage = self.buffers.setdefault(("usage", partition), deque())
+            account = self.buffers.setdefault(("account", partition), deque())
+            while len(out) < limit:
+                side = self._next(usage, account, partition, caught_up, now_s)
+                if side is None:
+                    break
+                out.append(side.popleft())
+        return out
+
+    def _next(self, usage: deque[Item], account: deque[Item], partition: int,
+              caught_up: set[Side], now_s: float) -> deque[Item] | None:
+        if usage and account:
+            self.blocked_since.pop(partition, None)
+            # Ties go to the account topic: a purchase at the same instant covers the usage.
+            return usage if _time(usage[0]) < _time(account[0]) else account
+        waiting = usage or account
+        if not waiting:
+            self.blocked_since.pop(partition, None)
+            return None
+        if isinstance(waiting[0], Dead):
+            return waiting
+        empty: Source = "account" if waiting is usage else "usage"
+        if (empty, partition) in caught_up:
+            return waiting
+        since = self.blocked_since.setdefault(partition, now_s)
+        if now_s - since >= self.max_wait_s:
+            return waiting
+        return None
