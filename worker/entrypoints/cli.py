@@ -39,7 +39,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 @app.command()
 def run() -> None:
     """Run the worker until SIGTERM or SIGINT."""
-    from worker.app import Worker  # noqa: PLC0415
+    from worker.app import UncleanShutdown, Worker  # noqa: PLC0415
 
     settings = _settings()
     try:
@@ -47,6 +47,9 @@ def run() -> None:
     except SettingsError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(78) from exc
+    except UncleanShutdown as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
 
 
 @app.command()
@@ -126,6 +129,23 @@ def close_month(
     code, message = _run(close_by_hand(settings, period, wait_s))
     typer.echo(message, err=code != 0)
     raise typer.Exit(code)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    error_code: Annotated[list[str] | None, typer.Option(
+        "--error-code", help="Replay only these error codes (repeatable).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Count what would be replayed.")] = False,
+) -> None:
+    """Send dead letters back to their source topic (e.g. after a rate was added)."""
+    from worker.entrypoints.dlq import replay  # noqa: PLC0415
+
+    settings = _settings()
+    counts = _run(replay(settings, set(error_code or []), dry_run))
+    for what, n in sorted(counts.items()):
+        typer.echo(f"{what}: {n}")
+    if not counts:
+        typer.echo("nothing to replay")
 
 
 def main() -> None:
