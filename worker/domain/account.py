@@ -29,6 +29,7 @@ PACKAGE_JPY = 1_000
 INVOICE_PURCHASE_MIN_EXCLUSIVE_JPY = 100_000
 
 Plan = Literal["prepay", "postpay"]
+TOKYO = ZoneInfo("Asia/Tokyo")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Policy:
     lot_validity: timedelta = timedelta(days=90)
     lateness: timedelta = timedelta(hours=1)
     expiring_notice: timedelta = timedelta(days=7)
-    zone: tzinfo = ZoneInfo("Asia/Tokyo")
+    zone: tzinfo = TOKYO
 
 
 @dataclass
@@ -78,8 +79,8 @@ class Account:
         credit = sum(lot.remaining_jpy for lot in self.lots if not lot.forfeited)
         return credit - self.overdraft_jpy - self.postpay_due_jpy
 
-    def apply(self, command: Command, policy: Policy, effects: Effects) -> None:  # noqa: C901
-        """Apply one command; raises Rejected (leaving the account unchanged) if it breaks a rule."""
+    def apply(self, command: Command, policy: Policy, effects: Effects) -> None:
+        """Apply one command; raises Rejected (leaving the account unchanged) on a broken rule."""
         if isinstance(command, ChargeUsage):
             self._charge(command, policy, effects)
         elif isinstance(command, PurchaseCredits):
@@ -127,7 +128,9 @@ class Account:
             ref=ref,
             allocations=tuple(allocations or ()),
         ))
-        effects.reminders.extend(reminders.on_balance_change(self, before_jpy, after, ref, at))
+        # The cause is the ledger entry id: unique across both input topics.
+        effects.reminders.extend(
+            reminders.on_balance_change(self, before_jpy, after, f"{kind}:{ref}", at))
 
     def _grant(self, ref: str, amount: int, at: datetime, source: str, policy: Policy,
                effects: Effects) -> None:
@@ -166,7 +169,7 @@ class Account:
         self.reminder_enabled = command.enabled
         self.reminder_threshold_jpy = command.threshold_jpy
         self.reminder_email = command.email
-        effects.reminders.extend(reminders.on_configured(self, command.event_id,
+        effects.reminders.extend(reminders.on_configured(self, f"configure:{command.event_id}",
                                                          command.occurred_at))
 
     def _pay(self, command: PayInvoice, effects: Effects) -> None:

@@ -66,7 +66,9 @@ class ChargeUsage:
     rated: Rated
 
 
-Command = OpenAccount | PurchaseCredits | ConfigureReminder | SwitchToPostpay | PayInvoice | ChargeUsage
+Command = (
+    OpenAccount | PurchaseCredits | ConfigureReminder | SwitchToPostpay | PayInvoice | ChargeUsage
+)
 
 
 @dataclass(frozen=True)

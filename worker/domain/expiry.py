@@ -6,7 +6,7 @@ from datetime import datetime
 
 from worker.domain import reminders
 from worker.domain.account import Account, Policy
-from worker.domain.events import Effects, LedgerEntry, ReminderDue
+from worker.domain.events import Effects, LedgerEntry, ReminderDue, ReminderKind
 from worker.domain.lots import due_for_expiring_notice, due_for_forfeit, forfeit
 
 
@@ -41,7 +41,7 @@ def sweep(account: Account, now: datetime, policy: Policy, effects: Effects) -> 
         )
 
 
-def _lot_reminder(account: Account, kind: reminders.ReminderKind, lot_id: str, amount: int,
+def _lot_reminder(account: Account, kind: ReminderKind, lot_id: str, amount: int,
                   expires_at: datetime, now: datetime) -> ReminderDue:
     return ReminderDue(
         reminder_id=reminders.reminder_id(account.account_id, kind, lot_id),

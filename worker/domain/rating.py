@@ -53,11 +53,13 @@ class RateTable:
             self._prices[country] = [r.unit_price_jpy for r in items]
 
     def unit_price(self, country: str, at: datetime) -> int | None:
+        # Japan's price is a business rule (SPEC §2); the table may only override it.
+        fallback = JAPAN_UNIT_PRICE_JPY if country == "JP" else None
         starts = self._starts.get(country)
         if not starts:
-            return None
+            return fallback
         index = bisect.bisect_right(starts, at) - 1
-        return self._prices[country][index] if index >= 0 else None
+        return self._prices[country][index] if index >= 0 else fallback
 
 
 def destination_country(country: str | None, destination: str) -> str | None:
