@@ -6,12 +6,13 @@ import os
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from worker.adapters.migrate import migrate
 from worker.config import Settings
@@ -84,9 +85,11 @@ def unique() -> str:
 
 
 @pytest.fixture
-def settings(service_env: dict[str, str], database_url: str, unique: str) -> Iterator[Settings]:
-    """Settings for one test: its own topics and consumer group, the session's database."""
-    yield Settings(
+async def settings(service_env: dict[str, str], database_url: str,
+                   unique: str) -> AsyncIterator[Settings]:
+    """Settings for one test: its own topics and consumer group, the session's database.
+    The test's topics are deleted afterwards so the broker does not accumulate them."""
+    settings = Settings(
         kafka_bootstrap_servers=service_env.get("BILLING_KAFKA_BOOTSTRAP_SERVERS",
                                                 "127.0.0.1:19092"),
         database_url=database_url,
@@ -109,3 +112,19 @@ def settings(service_env: dict[str, str], database_url: str, unique: str) -> Ite
         shutdown_timeout_s=20,
         log_json=True,
     )
+    yield settings
+    await _delete_topics(settings)
+
+
+async def _delete_topics(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        mine = [t for t in (settings.topic_usage, settings.topic_account_events,
+                            settings.topic_reminders, settings.topic_invoices, settings.topic_dlq)
+                if t in existing]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()

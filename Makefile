@@ -1,0 +1,75 @@
+# One-command entry points; see README. The services (Kafka, PostgreSQL) come from
+# scripts/services and their addresses reach the worker through `scripts/services env`.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SERVICES := scripts/services
+# Applies `scripts/services env` (BILLING_* exports) to the rest of a recipe line.
+WITH_ENV := services_env=$$($(SERVICES) env); eval "$$services_env";
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+.PHONY: help install services migrate run worker demo test lint format down status env
+
+help:
+	@echo "make install   create $(VENV) and install the worker with its dev tools"
+	@echo "make services  start the local Kafka and PostgreSQL (scripts/services up)"
+	@echo "make migrate   apply the database migrations"
+	@echo "make run       install, start services, migrate, run the worker with demo traffic"
+	@echo "               and a live view; Ctrl-C stops both (DEMO_ARGS='--rate 100')"
+	@echo "make worker    install, start services, migrate, run only the worker"
+	@echo "make demo      only the demo traffic, for a worker already running"
+	@echo "make test      install, start services, run the test suite (PYTEST_ARGS=...)"
+	@echo "make lint      ruff, mypy, import-linter"
+	@echo "make down      stop the local services"
+
+install: $(VENV)/.installed
+
+# Reinstalls only when pyproject.toml changes (or the venv is new).
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	@touch $@
+
+services:
+	$(SERVICES) up
+
+migrate: install services
+	$(WITH_ENV) $(BIN)/billing-worker migrate
+
+# scripts/run-demo starts the services, migrates, runs the worker in the background and the
+# demo in the foreground, and on Ctrl-C stops the demo and then the worker gracefully.
+run: install
+	scripts/run-demo $(DEMO_ARGS)
+
+worker: install services migrate
+	$(WITH_ENV) exec $(BIN)/billing-worker run
+
+demo: install services migrate
+	$(WITH_ENV) exec $(BIN)/billing-worker demo $(DEMO_ARGS)
+
+test: install services
+	$(WITH_ENV) $(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+down:
+	$(SERVICES) down
+
+status:
+	$(SERVICES) status
+
+env:
+	@$(SERVICES) env
