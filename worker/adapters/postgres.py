@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 from worker.domain.account import Account, OpenInvoice
 from worker.domain.events import PostpayCharge
@@ -107,7 +108,7 @@ def _lot(row: asyncpg.Record) -> Lot:
 class PgUnitOfWork:
     """The service layer's UnitOfWork on one connection inside one transaction."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
         self.conn = conn
 
     async def lock_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:

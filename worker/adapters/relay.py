@@ -25,6 +25,7 @@ _PENDING = """
 SELECT id, message_id, topic, key, payload FROM outbox
 WHERE sent_at IS NULL ORDER BY id LIMIT $1
 """
+_ANY_UNSENT = "SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL)"
 _BACKLOG = """
 SELECT count(*) AS n, min(created_at) AS oldest FROM outbox WHERE sent_at IS NULL
 """
@@ -122,6 +123,7 @@ class OutboxRelay:
             for row in rows:
                 self.metrics.outbox_sent.labels(row["topic"]).inc()
         backlog = await conn.fetchrow(_BACKLOG)
+        assert backlog is not None  # an aggregate always returns one row
         self.metrics.outbox_backlog.set(backlog["n"])
         oldest = backlog["oldest"]
         self.metrics.outbox_oldest_s.set(
@@ -136,7 +138,7 @@ async def drain(relay: OutboxRelay, database_url: str, timeout_s: float) -> bool
     conn = await asyncpg.connect(database_url)
     try:
         while time.monotonic() < deadline:
-            if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL)"):
+            if not await conn.fetchval(_ANY_UNSENT):
                 return True
             relay.wake()
             await asyncio.sleep(0.05)

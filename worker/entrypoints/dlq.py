@@ -49,8 +49,8 @@ async def replay(settings: Settings, error_codes: set[str], dry_run: bool,
         await consumer.stop()
 
 
-async def _one(value: bytes | None, settings: Settings, producer: AIOKafkaProducer, error_codes: set[str],
-               dry_run: bool, counts: Counter[str]) -> None:
+async def _one(value: bytes | None, settings: Settings, producer: AIOKafkaProducer,
+               error_codes: set[str], dry_run: bool, counts: Counter[str]) -> None:
     try:
         letter = DeadLetter.model_validate_json(value or b"")
     except ValidationError:

@@ -107,7 +107,7 @@ class MonthCloser:
 
 async def close_by_hand(settings: Settings, period: str, wait_s: float) -> tuple[int, str]:
     """(exit code, message) for `billing-worker close-month`."""
-    from worker.app import create_pool, encoder_from  # noqa: PLC0415
+    from worker.app import create_pool, encoder_from
 
     pool = await create_pool(settings, size=2)
     try:

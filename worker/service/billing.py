@@ -17,7 +17,6 @@ from worker.service.ports import (
     Decoded,
     Encoder,
     EventKey,
-    InputRecord,
     Store,
 )
 
