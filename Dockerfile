@@ -6,8 +6,7 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# README.md* so the build still works before the README exists (pyproject names it).
-COPY pyproject.toml README.md* ./
+COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY schemas ./schemas
 RUN python -m venv /opt/venv \
