@@ -19,13 +19,18 @@ from worker.adapters.wire import Decoder, Encoder
 from worker.config import Settings, SettingsError
 from worker.domain.account import Policy
 from worker.domain.rating import RateTable
+from worker.entrypoints.monitor import Monitor
 from worker.entrypoints.month_close import MonthCloser
 from worker.entrypoints.stream import StreamProcessor, retry
-from worker.errors import ShuttingDown, is_retriable
+from worker.errors import ShuttingDown, WorkerError, is_retriable
 from worker.metrics import Metrics
 from worker.service.billing import sweep_expiry
 
 log = logs.get("worker.app")
+
+
+class UncleanShutdown(WorkerError):
+    """Shutdown ran out of time or failed; what was not committed is redelivered on restart."""
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -69,6 +74,7 @@ class Worker:
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     handle_signals: bool = True
     http_port: int | None = None
+    monitor: Monitor | None = None
 
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT, then finish the batch, commit, drain the outbox, exit."""
@@ -78,16 +84,21 @@ class Worker:
         encoder = encoder_from(s)
         if self.handle_signals:
             self._install_signals()
-        self.pool = await retry("database_connect", lambda: create_pool(s), self.stop,
-                                self.metrics, s.retry_max_backoff_s)
+        try:
+            self.pool = await retry("database_connect", lambda: create_pool(s), self.stop,
+                                    self.metrics, s.retry_max_backoff_s)
+        except ShuttingDown:
+            log.info("worker_stopped", note="stopped before the database answered")
+            return
         store = PgStore(self.pool)
         relay = OutboxRelay(s.database_url, s.kafka_bootstrap_servers, s.client_id, self.metrics,
                             s.outbox_batch_size, s.outbox_poll_interval_ms / 1000)
         self.relay = relay
         self.stream = StreamProcessor(s, store, Decoder(rates), encoder, policy, self.metrics,
                                       on_applied=lambda _: relay.wake())
+        self.monitor = Monitor(s, self.metrics, self.pool)
         relay_stop = asyncio.Event()
-        from worker.entrypoints.web import serve  # noqa: PLC0415 - aiohttp only when running
+        from worker.entrypoints.web import serve  # aiohttp only when running
 
         web = await serve(self)
         self.http_port = web.addresses[0][1] if web.addresses else None
@@ -95,24 +106,76 @@ class Worker:
             asyncio.create_task(self.stream.run(self.stop), name="stream"),
             asyncio.create_task(relay.run(relay_stop), name="relay"),
             asyncio.create_task(self._sweeper(store, policy, encoder), name="expiry-sweep"),
+            asyncio.create_task(self.monitor.run(self.stop), name="monitor"),
         ]
         if s.month_close_enabled:
             closer = MonthCloser(s, store, encoder, self.metrics, on_closed=relay.wake)
             tasks.append(asyncio.create_task(closer.run(self.stop), name="month-close"))
         log.info("worker_started", group=s.consumer_group, topics=[s.topic_usage,
                                                                    s.topic_account_events])
+        clean = False
         try:
-            await self.stop.wait()
-            await asyncio.wait_for(tasks[0], timeout=s.shutdown_timeout_s)
-            await drain(relay, s.database_url, timeout_s=s.shutdown_timeout_s / 2)
+            failure = await self._until_stopped(tasks)
+            clean = await self._shut_down(tasks[0], relay)
         finally:
             relay_stop.set()
+            # Let a send in flight be acked and marked, so the next relay does not repeat it.
+            await asyncio.wait([tasks[1]], timeout=5)
             for task in tasks[1:]:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await web.cleanup()
-            await self.pool.close()
-            log.info("worker_stopped")
+            try:
+                await asyncio.wait_for(self.pool.close(), timeout=5)
+            except TimeoutError:
+                self.pool.terminate()
+            log.info("worker_stopped", clean=clean)
+        if failure is not None:
+            raise failure
+        if not clean:
+            raise UncleanShutdown(f"not stopped cleanly within {s.shutdown_timeout_s:g} s")
+
+    async def _until_stopped(self, tasks: list[asyncio.Task[None]]) -> BaseException | None:
+        """Wait for a stop request; a task that ends before one (it failed) stops the worker."""
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        requested = self.stop.is_set()
+        self.stop.set()
+        for task in done:
+            if task is not stopping:
+                error = None if task.cancelled() else task.exception()
+                if error is None and requested:
+                    continue  # it ended because stop was requested: a timer task does
+                log.error("task_ended", task=task.get_name(), error=repr(error))
+                return error or WorkerError(f"task {task.get_name()} ended by itself")
+        return None
+
+    async def _shut_down(self, stream_task: asyncio.Task[None], relay: OutboxRelay) -> bool:
+        """Finish and commit the batch in hand (the consumer then leaves the group), then let
+        the relay publish what was committed; False when `shutdown_timeout_s` ran out first."""
+        timeout_s = self.settings.shutdown_timeout_s
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        done, _ = await asyncio.wait([stream_task], timeout=timeout_s)
+        if not done or stream_task.cancelled() or stream_task.exception() is not None:
+            log.error("shutdown_incomplete", step="stream", timeout_s=timeout_s)
+            return False
+        log.info("stream_stopped", note="batch in hand committed, group left")
+        remaining_s = max(deadline - asyncio.get_running_loop().time(), 0.1)
+        try:
+            drained = await asyncio.wait_for(
+                drain(relay, self.settings.database_url, timeout_s=remaining_s), remaining_s)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                asyncpg.InternalClientError) as exc:
+            log.error("shutdown_incomplete", step="outbox", error=repr(exc))
+            return False
+        if not drained:
+            log.error("shutdown_incomplete", step="outbox", timeout_s=timeout_s)
+            return False
+        log.info("outbox_drained")
+        return True
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -120,7 +183,11 @@ class Worker:
             loop.add_signal_handler(sig, self._on_signal, sig)
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        log.info("shutdown_requested", signal=sig.name)
+        if self.stop.is_set():
+            log.info("shutdown_already_requested", signal=sig.name)
+            return
+        log.info("shutdown_requested", signal=sig.name,
+                 timeout_s=self.settings.shutdown_timeout_s)
         self.stop.set()
 
     async def _sweeper(self, store: PgStore, policy: Policy, encoder: Encoder) -> None:

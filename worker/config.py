@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     consumer_group: str = Field("sms-billing-worker", min_length=1)
     client_id: str = Field("sms-billing-worker", min_length=1)
     # Static membership: set a stable id per process so a quick restart does not rebalance.
-    group_instance_id: str | None = None
+    group_instance_id: str | None = Field(None, min_length=1)
 
     topic_usage: str = Field("sms.usage.v1", min_length=1)
     topic_account_events: str = Field("billing.account-events.v1", min_length=1)
@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     outbox_batch_size: int = Field(1000, ge=1)
     retry_max_backoff_s: float = Field(10.0, gt=0)
     shutdown_timeout_s: float = Field(30.0, gt=0)
+    lag_refresh_interval_s: float = Field(5.0, gt=0)
+    # /ready fails when an assigned partition has lag but no commit for this long.
+    ready_commit_stall_s: float = Field(60.0, gt=0)
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)

@@ -25,6 +25,9 @@ _RETRIABLE_PG = (
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
+    # What asyncpg raises instead of a connection error when the server ends a session that
+    # is mid-operation (e.g. PostgreSQL shutting down); the next connection is fine.
+    asyncpg.exceptions.InternalClientError,
 )
 
 

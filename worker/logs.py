@@ -13,10 +13,28 @@ import structlog
 _EMAIL = re.compile(r"[^@\s\"']+@[^@\s\"']+")
 
 
+def _redact(value: Any) -> Any:
+    if isinstance(value, str):
+        return _EMAIL.sub("<email>", value) if "@" in value else value
+    if isinstance(value, dict):
+        return {k: _redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_redact(v) for v in value]
+    return value
+
+
 def _redact_emails(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """E-mail addresses never reach a log line, however deep in the event they sit."""
     for key, value in event.items():
-        if isinstance(value, str) and "@" in value:
-            event[key] = _EMAIL.sub("<email>", value)
+        event[key] = _redact(value)
+    return event
+
+
+def _stdlib_logger_name(_: Any, __: str, event: MutableMapping[str, Any]
+                        ) -> MutableMapping[str, Any]:
+    record = event.get("_record")
+    if record is not None:
+        event["logger_name"] = record.name
     return event
 
 
@@ -37,8 +55,17 @@ def configure(level: str = "INFO", json: bool = True) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    # Library loggers (aiokafka, asyncpg, aiohttp) get the same JSON lines; INFO from them is
+    # noise, so they stay at WARNING unless the worker itself is at DEBUG.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[_stdlib_logger_name, *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    ))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
 
 
 def get(name: str) -> Any:
-    return structlog.get_logger(name)
+    return structlog.get_logger(logger_name=name)

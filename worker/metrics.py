@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -9,6 +13,8 @@ class Metrics:
     """Every metric the worker exports; built once and passed down."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # No `*_created` series: they double the output and no dashboard of ours reads them.
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.events = Counter("billing_events", "Input events by topic and outcome",
@@ -39,7 +45,23 @@ class Metrics:
                          "Log-end offset minus the group's committed offset",
                          ["consumergroup", "topic", "partition"], registry=r)
         self.since_commit = Gauge("billing_seconds_since_last_commit",
-                                  "Seconds since this process last committed a partition",
+                                  "Seconds since this process last committed a partition it owns"
+                                  " (since it was assigned, if it has not committed it yet)",
                                   ["topic", "partition"], registry=r)
         self.assigned = Gauge("billing_assigned_partitions", "Partitions assigned to this process",
                               registry=r)
+
+    def set_lag(self, group: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the lag series with one reading (partitions that vanished disappear)."""
+        self.lag.clear()
+        for row in rows:
+            self.lag.labels(group, row["topic"], str(row["partition"])).set(row["lag"])
+
+    def set_since_commit(self, owned: Iterable[tuple[str, int]],
+                         last_commit_s: Mapping[tuple[str, int], float],
+                         assigned_at_s: float, now_s: float) -> None:
+        """Seconds since the last commit of each partition this process owns right now."""
+        self.since_commit.clear()
+        for topic, partition in owned:
+            last = max(last_commit_s.get((topic, partition), assigned_at_s), assigned_at_s)
+            self.since_commit.labels(topic, str(partition)).set(max(now_s - last, 0.0))

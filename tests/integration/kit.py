@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -58,7 +60,7 @@ async def read_topic(settings: Settings, topic: str, *, at_least: int = 0,
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await consumer._client.force_metadata_update()
             partitions = consumer.partitions_for_topic(topic) or set()
         consumer.assign([TopicPartition(topic, p) for p in partitions])
         await consumer.seek_to_beginning()
@@ -107,3 +109,137 @@ async def _started(worker: Worker, task: asyncio.Task[None]) -> bool:
     stream = worker.stream
     consumer = stream.consumer if stream is not None else None
     return consumer is not None and bool(consumer.assignment())
+
+
+# --- event builders, database probes and positions (shared by the integration tests) ---
+
+JP_NUMBER = "+819012345678"
+
+
+def ago(**delta: float) -> datetime:
+    """The wall clock minus `delta` (timedelta keywords), in UTC."""
+    return datetime.now(UTC) - timedelta(**delta)
+
+
+def stamp(at: datetime) -> str:
+    """RFC 3339 with offset, as the wire wants it."""
+    return at.isoformat()
+
+
+def usage(event_id: str, account: str, at: datetime, segments: int = 1,
+          destination: str = JP_NUMBER, **extra: Any) -> dict[str, Any]:
+    return {"event_id": event_id, "account_id": account, "occurred_at": stamp(at),
+            "destination": destination, "segments": segments, **extra}
+
+
+def opened(event_id: str, account: str, at: datetime, test_credits: int | None = None
+           ) -> dict[str, Any]:
+    event: dict[str, Any] = {"type": "account_opened", "event_id": event_id,
+                             "account_id": account, "occurred_at": stamp(at)}
+    if test_credits is not None:
+        event["test_credits"] = test_credits
+    return event
+
+
+def purchased(event_id: str, account: str, at: datetime, amount: int,
+              payment_method: str = "credit_card") -> dict[str, Any]:
+    return {"type": "credits_purchased", "event_id": event_id, "account_id": account,
+            "occurred_at": stamp(at), "purchase_id": f"p-{event_id}", "amount": amount,
+            "payment_method": payment_method}
+
+
+def reminder_set(event_id: str, account: str, at: datetime, threshold: int,
+                 enabled: bool = True, email: str = "ops@example.jp") -> dict[str, Any]:
+    return {"type": "reminder_configured", "event_id": event_id, "account_id": account,
+            "occurred_at": stamp(at), "enabled": enabled, "threshold": threshold,
+            "email": email}
+
+
+async def produce_positions(settings: Settings, topic: str,
+                            events: Iterable[dict[str, Any] | bytes],
+                            key: str | None = None) -> list[tuple[int, int]]:
+    """Like `produce`, but returns each record's (partition, offset)."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        out = []
+        for event in events:
+            if isinstance(event, bytes):
+                value, account = event, key
+            else:
+                value, account = orjson.dumps(event), key or event.get("account_id")
+            meta = await producer.send_and_wait(
+                topic, value, key=None if account is None else account.encode())
+            out.append((meta.partition, meta.offset))
+        return out
+    finally:
+        await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def wait_applied(conn: asyncpg.Connection, event_ids: Sequence[str],
+                       timeout_s: float = 30.0) -> None:
+    """Until every one of `event_ids` is in processed_events (either source)."""
+    wanted = set(event_ids)
+
+    async def done() -> bool:
+        rows = await conn.fetch(
+            "SELECT DISTINCT event_id FROM processed_events WHERE event_id = ANY($1::text[])",
+            list(wanted))
+        return len(rows) == len(wanted)
+    await wait_until(done, timeout_s, f"{len(wanted)} events to be applied")
+
+
+async def wait_outbox_sent(conn: asyncpg.Connection, key: str, at_least: int = 1,
+                           timeout_s: float = 30.0) -> int:
+    """Until at least `at_least` outbox rows keyed `key` exist and all are sent; returns count."""
+    count = 0
+
+    async def sent() -> bool:
+        nonlocal count
+        row = await conn.fetchrow(
+            "SELECT count(*) AS n, count(*) FILTER (WHERE sent_at IS NULL) AS unsent"
+            " FROM outbox WHERE key = $1", key)
+        count = row["n"]
+        return bool(row["n"] >= at_least and row["unsent"] == 0)
+    await wait_until(sent, timeout_s, f"outbox rows for {key} to be relayed")
+    return count
+
+
+async def messages_for(settings: Settings, topic: str, key: str,
+                       at_least: int = 0) -> list[dict[str, Any]]:
+    """Messages on `topic` about account `key` (reminders carry account_id, DLQ the key)."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = [m for m in await read_topic(settings, topic, settle_s=0.2)
+                 if m.get("account_id", m.get("key")) == key]
+        if len(found) >= at_least or time.monotonic() > deadline:
+            return found
+
+
+async def lot_remaining(conn: asyncpg.Connection, account: str) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT lot_id, remaining_jpy FROM lots WHERE account_id = $1", account)
+    return {row["lot_id"]: row["remaining_jpy"] for row in rows}
+
+
+async def account_row(conn: asyncpg.Connection, account: str) -> asyncpg.Record:
+    row = await conn.fetchrow("SELECT * FROM accounts WHERE account_id = $1", account)
+    assert row is not None, f"no account {account}"
+    return row
+
+
+async def ledger(conn: asyncpg.Connection, account: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT entry_id, kind, amount_jpy, balance_after_jpy, ref, allocations"
+        " FROM ledger_entries WHERE account_id = $1 ORDER BY recorded_at, entry_id", account)
+    return [{**dict(row), "allocations": orjson.loads(row["allocations"])} for row in rows]

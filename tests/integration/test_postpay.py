@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -66,7 +65,8 @@ async def applied(settings: Settings, count: int) -> None:
         await conn.close()
 
 
-async def invoices_of(settings: Settings, accounts: set[str], at_least: int) -> list[dict[str, Any]]:
+async def invoices_of(settings: Settings, accounts: set[str],
+                      at_least: int) -> list[dict[str, Any]]:
     got = await read_topic(settings, settings.topic_invoices, at_least=at_least)
     return [i for i in got if i["account_id"] in accounts]
 
@@ -168,10 +168,9 @@ async def test_closing_twice_at_once_publishes_one_invoice_per_account(
                "BILLING_TOPIC_ACCOUNT_EVENTS": s.topic_account_events,
                "BILLING_TOPIC_INVOICES": s.topic_invoices,
                "BILLING_TOPIC_REMINDERS": s.topic_reminders, "BILLING_TOPIC_DLQ": s.topic_dlq}
-        again = subprocess.run([".venv/bin/billing-worker", "close-month", "2026-04"], env=env,
-                               capture_output=True, text=True, timeout=60, check=False)
-        assert again.returncode == 0, again.stderr
-        assert "already closed" in again.stdout + again.stderr
+        code, output = await _cli(env, "close-month", "2026-04")
+        assert code == 0, output
+        assert "already closed" in output
         invoices = await invoices_of(s, set(accounts), at_least=3)
     assert sorted(i["invoice_id"] for i in invoices) == sorted(
         f"INV-2026-04-{a}" for a in accounts)
@@ -198,7 +197,7 @@ async def test_switch_mid_month_uses_credit_first_then_goes_negative(
         await applied(s, 5)
         assert (await close_by_hand(s, "2026-05", wait_s=30))[0] == 0
         invoices = await invoices_of(s, {a}, at_least=1)
-        view = _account_json(s, a)
+        view = await _account_json(s, a)
     (invoice,) = invoices
     assert [(ln["country"], ln["quantity"], ln["amount"]) for ln in invoice["lines"]] == [
         ("JP", 4, 40), (None, 1, -15)]
@@ -232,7 +231,7 @@ async def test_payments_settle_an_invoice_in_parts(postpay_settings: Settings,
         ])
         dead = await read_topic(s, s.topic_dlq, at_least=2)
         await applied(s, 5)
-        view = _account_json(s, a)
+        view = await _account_json(s, a)
         conn = await asyncpg.connect(s.database_url)
         try:
             row = await conn.fetchrow("SELECT total_jpy, paid_jpy FROM invoices"
@@ -257,18 +256,30 @@ async def test_account_shows_negative_balance_and_open_period_total(settings: Se
                   [sms(f"o1-{unique}", a, (now - timedelta(seconds=1)).isoformat(), segments=3)])
     async with running_worker(settings):
         await applied(settings, 3)
-        view = _account_json(settings, a)
+        view = await _account_json(settings, a)
     assert view["plan"] == "postpay"
     assert view["balance"] == -30
     assert view["postpay"]["open_period"] == period_of(now, settings.zone)
     assert view["postpay"]["open_period_total"] == 30
 
 
-def _account_json(settings: Settings, account: str) -> dict[str, Any]:
+async def _cli(env: dict[str, str], *args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        ".venv/bin/billing-worker", *args, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+async def _account_json(settings: Settings, account: str) -> dict[str, Any]:
     env = {**os.environ, "BILLING_DATABASE_URL": settings.database_url}
-    done = subprocess.run([".venv/bin/billing-worker", "account", account, "--json"], env=env,
-                          capture_output=True, text=True, timeout=60, check=True)
-    view: dict[str, Any] = json.loads(done.stdout)
+    process = await asyncio.create_subprocess_exec(
+        ".venv/bin/billing-worker", "account", account, "--json", env=env,
+        stdout=asyncio.subprocess.PIPE)
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0
+    view: dict[str, Any] = json.loads(output)
     return view
 
 

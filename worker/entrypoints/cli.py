@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
+from aiokafka.errors import KafkaError
 
 from worker import logs
 from worker.config import Settings, SettingsError, load_settings
@@ -39,7 +40,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 @app.command()
 def run() -> None:
     """Run the worker until SIGTERM or SIGINT."""
-    from worker.app import UncleanShutdown, Worker  # noqa: PLC0415
+    from worker.app import UncleanShutdown, Worker
 
     settings = _settings()
     try:
@@ -55,9 +56,9 @@ def run() -> None:
 @app.command()
 def migrate() -> None:
     """Apply database migrations that are missing (idempotent)."""
-    import asyncpg  # noqa: PLC0415
+    import asyncpg
 
-    from worker.adapters.migrate import migrate as apply  # noqa: PLC0415
+    from worker.adapters.migrate import migrate as apply
 
     settings = _settings()
 
@@ -79,7 +80,7 @@ def account(
     entries: Annotated[int, typer.Option(help="How many latest ledger entries to show.")] = 10,
 ) -> None:
     """Show an account: plan, balance, overdraft, reminder, lots, latest ledger entries."""
-    from worker.entrypoints.views import account_view, render_account  # noqa: PLC0415
+    from worker.entrypoints.views import account_view, render_account
 
     settings = _settings()
     view = _run(account_view(settings, account_id, entries))
@@ -98,10 +99,14 @@ def lag(
     max_lag: Annotated[int | None, typer.Option(help="Exit 1 when the total lag is above.")] = None,
 ) -> None:
     """Consumer lag of the group from the broker's committed offsets (works with no worker)."""
-    from worker.adapters.kafka_admin import group_lag  # noqa: PLC0415
+    from worker.adapters.kafka_admin import group_lag
 
     settings = _settings()
-    report = _run(group_lag(settings))
+    try:
+        report = _run(group_lag(settings))
+    except (KafkaError, OSError, TimeoutError) as exc:
+        typer.echo(f"cannot read the group's offsets: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(3) from exc
     if as_json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -113,6 +118,23 @@ def lag(
         raise typer.Exit(1)
 
 
+@app.command()
+def demo(
+    rate: Annotated[float, typer.Option(min=0.1, help="Events per second.")] = 20.0,
+    duration: Annotated[float, typer.Option(min=0, help="Seconds to run; 0 = until Ctrl-C.")]
+    = 0.0,
+    accounts: Annotated[int, typer.Option(min=1, help="Demo accounts to open.")] = 20,
+    malformed: Annotated[float, typer.Option(min=0, max=1, help="Share of bad events.")] = 0.02,
+    seed: Annotated[int | None, typer.Option(help="Replay the same traffic.")] = None,
+) -> None:
+    """Simulated SMS traffic with a live view of lag, output, DLQ and balances."""
+    from worker.entrypoints.demo import Options
+    from worker.entrypoints.demo import main as run_demo
+
+    settings = _settings()
+    raise typer.Exit(run_demo(settings, Options(rate, duration, accounts, malformed, seed)))
+
+
 @app.command("close-month")
 def close_month(
     period: Annotated[str, typer.Argument(help="The month to close, YYYY-MM (business zone).")],
@@ -120,7 +142,7 @@ def close_month(
     = 60.0,
 ) -> None:
     """Close a month by hand: one invoice per postpay account, exactly once."""
-    from worker.entrypoints.month_close import close_by_hand  # noqa: PLC0415
+    from worker.entrypoints.month_close import close_by_hand
 
     settings = _settings()
     if not re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", period):
@@ -138,7 +160,7 @@ def dlq_replay(
     dry_run: Annotated[bool, typer.Option(help="Count what would be replayed.")] = False,
 ) -> None:
     """Send dead letters back to their source topic (e.g. after a rate was added)."""
-    from worker.entrypoints.dlq import replay  # noqa: PLC0415
+    from worker.entrypoints.dlq import replay
 
     settings = _settings()
     counts = _run(replay(settings, set(error_code or []), dry_run))

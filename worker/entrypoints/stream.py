@@ -60,14 +60,20 @@ class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
         self.lock = lock
         self.metrics = metrics
         self.aligner = aligner
+        # For /ready: a rebalance is under way until the next assignment arrives.
+        self.rebalancing = True
+        self.assigned_at = time.monotonic()
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.rebalancing = True
         async with self.lock:
             # Buffered records were never committed; whoever owns them next reads them again.
             self.aligner.drop({tp.partition for tp in revoked})
             log.info("partitions_revoked", partitions=sorted(str(tp) for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.rebalancing = False
+        self.assigned_at = time.monotonic()
         self.metrics.assigned.set(len(assigned))
         log.info("partitions_assigned", partitions=sorted(str(tp) for tp in assigned))
 
@@ -98,6 +104,7 @@ class StreamProcessor:
         }
         self.lock = asyncio.Lock()
         self.aligner = Aligner(settings.align_max_wait_ms / 1000)
+        self.listener = _Revocation(self.lock, metrics, self.aligner)
         self.consumer: AIOKafkaConsumer | None = None
         self.last_commit: dict[TopicPartition, float] = {}
 
@@ -122,8 +129,7 @@ class StreamProcessor:
         """Consume until `stop` is set; the batch in hand is finished and committed first."""
         consumer = self.build_consumer()
         self.consumer = consumer
-        consumer.subscribe(list(self.sources),
-                           listener=_Revocation(self.lock, self.metrics, self.aligner))
+        consumer.subscribe(list(self.sources), listener=self.listener)
         await retry("kafka_connect", consumer.start, stop, self.metrics,
                     self.settings.retry_max_backoff_s)
         try:
@@ -188,7 +194,7 @@ class StreamProcessor:
                 item = decoded[0]
                 log.error("record_failed", topic=item.record.topic,
                           partition=item.record.partition, offset=item.record.offset,
-                          error=repr(exc))
+                          account=_account(item.record), error=repr(exc))
                 dead = Dead(item.record, "processing_error", f"could not be applied: {exc!r}")
                 return await self._apply([dead], stop)
             middle = len(decoded) // 2
@@ -229,9 +235,15 @@ class StreamProcessor:
             m.events.labels(dead.record.topic, "dead_lettered").inc()
             m.dlq.labels(dead.code).inc()
             log.warning("dead_lettered", topic=dead.record.topic, partition=dead.record.partition,
-                        offset=dead.record.offset, error_code=dead.code, reason=dead.reason)
+                        offset=dead.record.offset, account=_account(dead.record),
+                        error_code=dead.code, reason=dead.reason)
         m.implicit_accounts.inc(report.implicit_accounts)
         m.reminders.inc(report.reminders)
 
-    def _topic(self, source: Source) -> str:
+    def _topic(self, source: str) -> str:
         return next(t for t, s in self.sources.items() if s == source)
+
+
+def _account(record: InputRecord) -> str | None:
+    """The record's key, which producers set to the account id."""
+    return None if record.key is None else record.key.decode("utf-8", errors="replace")

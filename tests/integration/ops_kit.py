@@ -1,0 +1,171 @@
+"""Helpers for the operations tests: the CLI as a process, HTTP probes, a private PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker.adapters.migrate import migrate
+from worker.app import Worker
+from worker.config import Settings
+
+CLI = Path(sys.executable).with_name("billing-worker")
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The process environment that makes `billing-worker` use exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"BILLING_{name.upper()}"] = str(value).lower() if isinstance(value, bool) \
+                else str(value)
+    env.update({f"BILLING_{k.upper()}": v for k, v in extra.items()})
+    return env
+
+
+async def run_cli(settings: Settings, *args: str) -> tuple[int, str, str]:
+    """Run `billing-worker ARGS` without blocking the event loop; (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        str(CLI), *args, env=settings_env(settings),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def http_get(worker: Worker, path: str) -> tuple[int, str]:
+    assert worker.http_port is not None
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{worker.http_port}{path}",
+            timeout=aiohttp.ClientTimeout(total=10)) as response:
+        return response.status, await response.text()
+
+
+async def ready(worker: Worker) -> tuple[int, dict[str, Any]]:
+    status, body = await http_get(worker, "/ready")
+    return status, orjson.loads(body)
+
+
+async def scrape(worker: Worker) -> Samples:
+    """Every sample of `/metrics`, keyed by (name, labels)."""
+    status, text = await http_get(worker, "/metrics")
+    assert status == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+@dataclass
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster of one test, so stopping it disturbs nobody else."""
+
+    bindir: Path
+    root: Path
+    port: int
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://billing@127.0.0.1:{self.port}/billing"
+
+    async def _as_owner(self, *argv: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        proc = await asyncio.create_subprocess_exec(
+            *prefix, *argv, cwd=self.root, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, f"{argv[0]} failed: {out.decode()}"
+
+    async def init(self) -> None:
+        await self._as_owner(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+                             "-E", "UTF8", "--locale=C", "--auth=trust")
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write(f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                       f"unix_socket_directories = '{self.root}'\nfsync = off\n"
+                       "max_connections = 50\n")
+
+    async def start(self) -> None:
+        await self._as_owner(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60",
+                             "-l", str(self.root / "postgres.log"), "start")
+
+    async def stop(self, mode: str = "fast") -> None:
+        await self._as_owner(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode,
+                             "-w", "-t", "60", "stop")
+
+    async def create_database(self) -> None:
+        admin = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres")
+        try:
+            await admin.execute("CREATE ROLE billing LOGIN SUPERUSER")
+            await admin.execute("CREATE DATABASE billing OWNER billing")
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(self.url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+
+def _pg_bindir() -> Path:
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
+                        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+                        reverse=True)
+    for d in [Path(os.environ["PG_BINDIR"])] if "PG_BINDIR" in os.environ else candidates:
+        if (d / "initdb").exists() and (d / "pg_ctl").exists():
+            return d
+    found = shutil.which("initdb")
+    assert found, "PostgreSQL server binaries not found; set PG_BINDIR"
+    return Path(found).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def private_postgres() -> AsyncIterator[PrivatePostgres]:
+    """initdb, start, create the `billing` database and migrate it; stop and delete after."""
+    # /tmp, not pytest's tmp_path: the postgres user must be able to reach the directory.
+    root = Path(tempfile.mkdtemp(prefix="billing-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    cluster = PrivatePostgres(_pg_bindir(), root, _free_port())
+    try:
+        await cluster.init()
+        await cluster.start()
+        await cluster.create_database()
+        yield cluster
+    finally:
+        with contextlib.suppress(AssertionError):
+            await cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
