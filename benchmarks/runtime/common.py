@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Dict
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -45,7 +44,7 @@ async def delete_topic(topic: str) -> None:
         await admin.close()
 
 
-async def committed_offsets(group: str, topic: str) -> Dict[int, int]:
+async def committed_offsets(group: str, topic: str) -> dict[int, int]:
     """Committed offsets of ``group`` on ``topic`` (partition -> offset).
 
     Uses a consumer's ``committed()`` without joining the group, so it works
@@ -57,9 +56,9 @@ async def committed_offsets(group: str, topic: str) -> Dict[int, int]:
     try:
         parts = c.partitions_for_topic(topic)
         if parts is None:
-            await c._client.force_metadata_update()  # noqa: SLF001
+            await c._client.force_metadata_update()
             parts = c.partitions_for_topic(topic) or set()
-        out: Dict[int, int] = {}
+        out: dict[int, int] = {}
         for p in sorted(parts):
             off = await c.committed(TopicPartition(topic, p))
             if off is not None:
@@ -69,13 +68,13 @@ async def committed_offsets(group: str, topic: str) -> Dict[int, int]:
         await c.stop()
 
 
-async def end_offsets(topic: str) -> Dict[int, int]:
+async def end_offsets(topic: str) -> dict[int, int]:
     c = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False)
     await c.start()
     try:
         parts = c.partitions_for_topic(topic)
         if parts is None:
-            await c._client.force_metadata_update()  # noqa: SLF001
+            await c._client.force_metadata_update()
             parts = c.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         eo = await c.end_offsets(tps)
@@ -104,14 +103,14 @@ class OffsetDB:
     def begin(self, batch_no: int) -> None:
         self._write(f"B {batch_no} {time.time():.6f}")
 
-    def commit(self, batch_no: int, offsets: Dict[int, int]) -> None:
+    def commit(self, batch_no: int, offsets: dict[int, int]) -> None:
         body = ",".join(f"{p}:{o}" for p, o in sorted(offsets.items()))
         self._write(f"C {batch_no} {time.time():.6f} {body}")
 
 
 def read_offset_db(path: str):
     """Return (db_offsets, mid_batch, n_commits) from an OffsetDB journal."""
-    db: Dict[int, int] = {}
+    db: dict[int, int] = {}
     last_kind = None
     n_commits = 0
     with open(path) as fh:

@@ -14,7 +14,6 @@ import uuid
 from aiokafka import AIOKafkaConsumer
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-
 from common import BOOTSTRAP, ensure_topic
 
 TOPICS = ("adr-copart-usage", "adr-copart-account")

@@ -20,7 +20,6 @@ import time
 
 import faust
 import orjson
-
 from common import BOOTSTRAP, OffsetDB
 
 ap = argparse.ArgumentParser()

@@ -15,8 +15,7 @@ import json
 import time
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
+from aiokafka import AIOKafkaConsumer
 from common import BOOTSTRAP, OffsetDB
 
 

@@ -10,7 +10,6 @@ import time
 
 import orjson
 from aiokafka import AIOKafkaProducer
-
 from common import BOOTSTRAP, PARTITIONS, ensure_topic
 
 
