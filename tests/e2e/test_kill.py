@@ -9,10 +9,8 @@ every balance, overdraft and lot must be what applying each distinct event once 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,12 +22,14 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.integration.kit import (
+    CLI,
     ago,
     create_topics,
     database,
     opened,
     purchased,
     read_topic,
+    settings_env,
     usage,
     wait_until,
 )
@@ -41,7 +41,6 @@ from worker.domain.rating import rate_usage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-CLI = Path(sys.executable).with_name("billing-worker")
 ACCOUNTS = 50
 EVENTS = 3000
 DESTINATIONS = ["+819012345678", "+819087654321", "+12025550123", "+821012345678",
@@ -131,20 +130,11 @@ def model(settings: Settings, sent: list[Sent]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"BILLING_{name.upper()}"] = str(value)
-    env.update({"BILLING_HTTP_PORT": "0", "BILLING_BATCH_MAX_RECORDS": "200",
-                "BILLING_LOG_JSON": "true"})
-    return env
-
-
 async def start_worker(settings: Settings, log: Path) -> asyncio.subprocess.Process:
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
-            str(CLI), "run", env=worker_env(settings), stdout=out, stderr=out)
+            str(CLI), "run", env=settings_env(settings, http_port="0", batch_max_records="200"),
+            stdout=out, stderr=out)
 
 
 async def produce_paced(settings: Settings, items: list[Sent], chunk: int = 100) -> None:

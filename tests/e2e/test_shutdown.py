@@ -18,16 +18,17 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.integration.kit import (
+    CLI,
     ago,
     create_topics,
     database,
     opened,
     produce,
     reminder_set,
+    settings_env,
     usage,
     wait_until,
 )
-from tests.integration.ops_kit import CLI, settings_env
 from worker.adapters.kafka_admin import committed_and_end
 from worker.config import Settings
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -243,3 +246,27 @@ async def ledger(conn: asyncpg.Connection, account: str) -> list[dict[str, Any]]
         "SELECT entry_id, kind, amount_jpy, balance_after_jpy, ref, allocations"
         " FROM ledger_entries WHERE account_id = $1 ORDER BY recorded_at, entry_id", account)
     return [{**dict(row), "allocations": orjson.loads(row["allocations"])} for row in rows]
+
+
+CLI = Path(sys.executable).with_name("billing-worker")
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The process environment that makes `billing-worker` use exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"BILLING_{name.upper()}"] = str(value).lower() if isinstance(value, bool) \
+                else str(value)
+    env.update({f"BILLING_{k.upper()}": v for k, v in extra.items()})
+    return env
+
+
+async def run_cli(settings: Settings, *args: str) -> tuple[int, str, str]:
+    """Run `billing-worker ARGS` without blocking the event loop; (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        str(CLI), *args, env=settings_env(settings),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

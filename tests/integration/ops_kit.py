@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import socket
-import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,32 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from worker.adapters.migrate import migrate
 from worker.app import Worker
-from worker.config import Settings
-
-CLI = Path(sys.executable).with_name("billing-worker")
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The process environment that makes `billing-worker` use exactly these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"BILLING_{name.upper()}"] = str(value).lower() if isinstance(value, bool) \
-                else str(value)
-    env.update({f"BILLING_{k.upper()}": v for k, v in extra.items()})
-    return env
-
-
-async def run_cli(settings: Settings, *args: str) -> tuple[int, str, str]:
-    """Run `billing-worker ARGS` without blocking the event loop; (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        str(CLI), *args, env=settings_env(settings),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def http_get(worker: Worker, path: str) -> tuple[int, str]:

@@ -15,6 +15,7 @@ from tests.integration.kit import (
     database,
     opened,
     produce,
+    run_cli,
     running_worker,
     usage,
     wait_until,
@@ -22,7 +23,6 @@ from tests.integration.kit import (
 from tests.integration.ops_kit import (
     private_postgres,
     ready,
-    run_cli,
     scrape,
     total,
 )

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 
-from tests.integration.kit import create_topics, produce, read_topic, running_worker, wait_until
+from tests.integration.kit import (
+    create_topics,
+    produce,
+    read_topic,
+    run_cli,
+    running_worker,
+    wait_until,
+)
 from worker.config import Settings
-from worker.domain.invoicing import period_bounds, period_of
-from worker.entrypoints.month_close import close_by_hand, due_period
+from worker.domain.invoicing import period_of
+from worker.entrypoints.month_close import close_by_hand
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -161,16 +167,9 @@ async def test_closing_twice_at_once_publishes_one_invoice_per_account(
                                          for _ in range(3)))
         assert all(code == 0 for code, _ in results)
         assert sum("already closed" in message for _, message in results) == 2
-        env = {**os.environ, "BILLING_DATABASE_URL": s.database_url,
-               "BILLING_KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
-               "BILLING_CONSUMER_GROUP": s.consumer_group,
-               "BILLING_TOPIC_USAGE": s.topic_usage,
-               "BILLING_TOPIC_ACCOUNT_EVENTS": s.topic_account_events,
-               "BILLING_TOPIC_INVOICES": s.topic_invoices,
-               "BILLING_TOPIC_REMINDERS": s.topic_reminders, "BILLING_TOPIC_DLQ": s.topic_dlq}
-        code, output = await _cli(env, "close-month", "2026-04")
-        assert code == 0, output
-        assert "already closed" in output
+        code, out, err = await run_cli(s, "close-month", "2026-04")
+        assert code == 0, err
+        assert "already closed" in out + err
         invoices = await invoices_of(s, set(accounts), at_least=3)
     assert sorted(i["invoice_id"] for i in invoices) == sorted(
         f"INV-2026-04-{a}" for a in accounts)
@@ -263,51 +262,8 @@ async def test_account_shows_negative_balance_and_open_period_total(settings: Se
     assert view["postpay"]["open_period_total"] == 30
 
 
-async def _cli(env: dict[str, str], *args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        ".venv/bin/billing-worker", *args, env=env, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, output.decode()
-
-
 async def _account_json(settings: Settings, account: str) -> dict[str, Any]:
-    env = {**os.environ, "BILLING_DATABASE_URL": settings.database_url}
-    process = await asyncio.create_subprocess_exec(
-        ".venv/bin/billing-worker", "account", account, "--json", env=env,
-        stdout=asyncio.subprocess.PIPE)
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode == 0
-    view: dict[str, Any] = json.loads(output)
+    code, out, err = await run_cli(settings, "account", account, "--json")
+    assert code == 0, err
+    view: dict[str, Any] = json.loads(out)
     return view
-
-
-async def test_timer_waits_for_the_backlog_before_closing(postpay_settings: Settings,
-                                                          unique: str) -> None:
-    """A worker restarted after an outage must not close the month while its backlog still
-    holds that month's usage: every backlog event ends up on the one invoice."""
-    s = postpay_settings.model_copy(update={"month_close_enabled": True,
-                                            "batch_max_records": 20})
-    period = due_period(datetime.now(UTC), s)
-    start, _ = period_bounds(period, s.zone)
-    a = f"timer-{unique}"
-    await create_topics(s)
-    await produce(s, s.topic_account_events, [opened(a, start.isoformat()),
-                                              switched(a, start.isoformat())])
-    backlog = [sms(f"t{n}-{unique}", a, (start + timedelta(hours=n)).isoformat())
-               for n in range(300)]
-    await produce(s, s.topic_usage, backlog)
-    async with running_worker(s):
-        invoices = await invoices_of(s, {a}, at_least=1)
-    (invoice,) = invoices
-    assert invoice["period"] == period
-    assert sum(ln["quantity"] for ln in invoice["lines"] if ln["country"]) == 300
-    assert invoice["total"] == 3000
-
-
-async def test_close_month_refuses_a_month_that_has_not_ended(settings: Settings) -> None:
-    period = period_of(datetime.now(UTC) + timedelta(days=40), settings.zone)
-    code, message = await close_by_hand(settings, period, wait_s=1)
-    assert code == 1
-    assert "has not ended" in message
