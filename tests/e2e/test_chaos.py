@@ -1,0 +1,139 @@
+"""The chaos run, reduced for CI: its own Kafka and PostgreSQL, real worker processes.
+
+20,000 events over 400 accounts; two SIGKILLs with restarts, a 10 s PostgreSQL outage, a
+broker restart and one of two workers killed for good; then every balance, lot, ledger entry,
+reminder, invoice and dead letter is compared with the reference model (`worker.chaos`).
+`make chaos` is the full-size run. A seed that ever fails here stays in SEEDS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+ROOT = Path(__file__).resolve().parents[2]
+SEEDS = [20261126]
+
+
+def _free_ports(count: int) -> int:
+    """The first of `count` consecutive free loopback ports (Kafka wants port and port + 1)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = int(probe.getsockname()[1])
+        if first + count > 65535:
+            continue
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError("no free consecutive ports")
+
+
+def _clean_up(state: Path, env: dict[str, str], command: list[str]) -> None:
+    """If the runner could not stop them (it was killed): its workers, then its services."""
+    for pids in state.glob("runs/*/worker.pids"):
+        for pid in {int(p) for p in pids.read_text().split()}:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"billing-worker" in cmdline:
+                os.kill(pid, signal.SIGKILL)
+    ports = {"--kafka-port": "BILLING_SERVICES_KAFKA_PORT", "--pg-port": "BILLING_SERVICES_PG_PORT"}
+    services_env = {**env, "BILLING_SERVICES_DIR": str(state)}
+    for flag, var in ports.items():
+        services_env[var] = command[command.index(flag) + 1]
+    subprocess.run(
+        [str(ROOT / "scripts" / "services"), "down"],
+        env=services_env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_reduced_chaos_run_matches_the_model(seed: int, tmp_path: Path) -> None:
+    state = ROOT / ".local-chaos-ci" / uuid.uuid4().hex[:8]
+    results = tmp_path / "results.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    command = [
+        sys.executable,
+        "-m",
+        "worker.chaos.runner",
+        "--events",
+        "20000",
+        "--accounts",
+        "400",
+        "--seed",
+        str(seed),
+        "--kills",
+        "2",
+        "--pg-stop-s",
+        "10",
+        "--kafka-restarts",
+        "1",
+        "--workers",
+        "2",
+        "--expiry-from-s",
+        "30",
+        "--expiry-spread-s",
+        "30",
+        "--timeout-s",
+        "480",
+        "--services-dir",
+        str(state),
+        "--kafka-port",
+        str(_free_ports(2)),
+        "--pg-port",
+        str(_free_ports(1)),
+        "--results",
+        str(results),
+        "--report",
+        str(tmp_path / "RESULTS.md"),
+    ]
+    log = tmp_path / "chaos.log"
+    try:
+        with log.open("wb") as out:
+            code = subprocess.run(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=560,
+                check=False,
+            ).returncode
+    finally:
+        _clean_up(state, env, command)
+    output = log.read_text(errors="replace")
+    assert results.exists(), f"the run did not finish (exit {code}):\n{output[-4000:]}"
+    summary = json.loads(results.read_text())
+
+    assert summary["mismatches"] == 0, output[-6000:]
+    assert summary["preconditions_violated"] == [], output[-6000:]
+    assert summary["lag"] == 0
+    assert summary["outbox_unsent"] == 0
+    assert summary["passed"], output[-6000:]
+    assert code == 0, output[-6000:]
+    assert summary["kills"] >= 2
+    assert summary["killed_for_good"] == 1
+    assert summary["postgres_down_s"] >= 10
+    assert summary["events"] >= 20000
+    assert summary["poison_share"] >= 0.01
+    shutil.rmtree(state, ignore_errors=True)  # kept for inspection when the run failed

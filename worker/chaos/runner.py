@@ -1,0 +1,666 @@
+"""`python -m worker.chaos.runner` (`make chaos`): the scenario against real processes.
+
+Its own Kafka and PostgreSQL (scripts/services with their own state dir and ports), a fresh
+database and topics per run, two `billing-worker run` processes in one consumer group. While
+the scenario is produced and applied: SIGKILLs at random instants (each followed by a
+restart), one PostgreSQL outage, one broker restart, and one worker killed for good. At the
+end the database and every output topic are compared with the reference model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from worker.adapters.kafka_admin import OffsetReader
+from worker.adapters.migrate import migrate
+from worker.app import policy_from, rates_from
+from worker.chaos import check, model
+from worker.chaos.kafka_io import (
+    Topics,
+    WaveProducer,
+    create_topics,
+    delete_topics,
+    read_all,
+    waves,
+)
+from worker.chaos.procs import CLI, ROOT, Services, WorkerProc, clean_env, free_port
+from worker.chaos.report import render_markdown, summary_lines
+from worker.chaos.scenario import Item, Params, Scenario, build
+from worker.config import Settings
+from worker.domain.invoicing import period_of
+
+APPLIED_LABELS = {"usage", "purchase", "reminder", "open", "switch", "payment", "late_usage"}
+
+
+@dataclass(frozen=True)
+class Options:
+    params: Params
+    kills: int = 5
+    pg_stop_s: float = 12.0
+    kafka_restarts: int = 1
+    workers: int = 2
+    retire: bool = True
+    rate: float = 4000.0
+    services_dir: Path = ROOT / ".local-chaos"
+    kafka_port: int = 29092
+    pg_port: int = 25432
+    start_services: bool = True
+    stop_services: bool = True
+    results: Path | None = ROOT / "benchmarks" / "chaos" / "results.json"
+    report: Path | None = ROOT / "benchmarks" / "chaos" / "RESULTS.md"
+    timeout_s: float = 3600.0
+
+
+class RunFailed(Exception):
+    """The run could not be carried out (not a mismatch: those are reported)."""
+
+
+class Probe:
+    """A database connection that survives the PostgreSQL outage (None while it is down)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn: asyncpg.Connection | None = None
+
+    async def value(self, sql: str, *args: Any) -> Any:
+        try:
+            if self.conn is None or self.conn.is_closed():
+                self.conn = await asyncpg.connect(self.url, timeout=3)
+            return await self.conn.fetchval(sql, *args, timeout=10)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await self.close()
+            return None
+
+    async def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.terminate()
+
+
+@dataclass
+class Run:
+    o: Options
+    services: Services
+    run_dir: Path
+    settings: Settings
+    topics: Topics
+    scenario: Scenario | None = None
+    workers: list[WorkerProc] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+    wave_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    producer: WaveProducer | None = None
+    t0: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.rnd = random.Random(self.o.params.seed * 7919 + 1)
+        self.probe = Probe(self.settings.database_url)
+        self.expected_applied = 1
+        self.deadline = self.t0 + self.o.timeout_s
+
+    def note(self, action: str, **details: Any) -> None:
+        entry = {"t_s": round(time.monotonic() - self.t0, 1), "action": action, **details}
+        self.timeline.append(entry)
+        print(f"[chaos] +{entry['t_s']:7.1f}s {action} {details or ''}", flush=True)
+
+    # --- workers -----------------------------------------------------------------------
+
+    def worker_env(self, name: str, http_port: int) -> dict[str, str]:
+        env = clean_env()
+        for key, value in self.settings.model_dump().items():
+            if value is not None:
+                env[f"BILLING_{key.upper()}"] = str(value)
+        env["BILLING_CLIENT_ID"] = f"{self.settings.consumer_group}-{name}"
+        env["BILLING_HTTP_PORT"] = str(http_port)
+        return env
+
+    async def start_workers(self) -> None:
+        for n in range(self.o.workers):
+            name = "AB"[n] if n < 2 else f"W{n}"
+            worker = WorkerProc(
+                name, self.worker_env(name, free_port()), self.run_dir / f"worker-{name}.log"
+            )
+            await worker.start()
+            self.workers.append(worker)
+        self.note("workers_started", count=len(self.workers))
+
+    async def supervise(self) -> None:
+        """A worker that exits by itself is noted and started again."""
+        while True:
+            await asyncio.sleep(0.5)
+            for w in self.workers:
+                proc = w.proc
+                if w.retired or w.expected_exit or proc is None or proc.returncode is None:
+                    continue
+                w.unexpected_exits.append(f"exit {proc.returncode}: {w.tail(8)}")
+                self.note("unexpected_exit", worker=w.name, code=proc.returncode)
+                await asyncio.sleep(1.0)
+                await w.start()
+                w.restarts += 1
+
+    # --- production ----------------------------------------------------------------------
+
+    async def produce(self, items: list[Item], gate_period: str | None) -> None:
+        assert self.producer is not None
+        started = time.monotonic()
+        sent = 0
+        for wave in waves(items):
+            if gate_period is not None and wave[0].after_close:
+                await self.wait_for_close(gate_period)
+                gate_period = None
+            async with self.wave_lock:
+                await self.producer.send(wave)
+            sent += len(wave)
+            if self.o.rate > 0:
+                ahead_s = sent / self.o.rate - (time.monotonic() - started)
+                if ahead_s > 0:
+                    await asyncio.sleep(ahead_s)
+
+    async def wait_for_close(self, period: str) -> None:
+        self.note("gate_waiting_for_close", period=period)
+        while not await self.probe.value(
+            "SELECT EXISTS (SELECT 1 FROM month_closes WHERE period = $1)", period
+        ):
+            self.check_deadline("the month close")
+            await asyncio.sleep(0.5)
+        self.note("month_closed", period=period)
+
+    def check_deadline(self, what: str) -> None:
+        if time.monotonic() > self.deadline:
+            raise RunFailed(f"timed out after {self.o.timeout_s:g} s waiting for {what}")
+
+    # --- chaos ---------------------------------------------------------------------------
+
+    def schedule(self) -> list[tuple[float, str]]:
+        rnd = self.rnd
+        actions = [(rnd.uniform(0.05, 0.92), "kill") for _ in range(self.o.kills)]
+        if self.o.pg_stop_s > 0:
+            actions.append((rnd.uniform(0.3, 0.6), "pg_stop"))
+        actions += [
+            (rnd.uniform(0.15, 0.85), "kafka_restart") for _ in range(self.o.kafka_restarts)
+        ]
+        if self.o.retire and self.o.workers > 1:
+            actions.append((rnd.uniform(0.35, 0.7), "retire"))
+        return sorted(actions)
+
+    async def progress(self) -> float | None:
+        applied = await self.probe.value("SELECT count(*) FROM processed_events")
+        return None if applied is None else applied / self.expected_applied
+
+    async def chaos(self) -> None:
+        for threshold, action in self.schedule():
+            while (p := await self.progress()) is None or p < threshold:
+                self.check_deadline(f"progress {threshold:.0%}")
+                await asyncio.sleep(0.25)
+            await asyncio.sleep(self.rnd.uniform(0, 1.0))  # a random instant, mid-batch
+            await getattr(self, f"do_{action}")(round(p, 3))
+
+    def alive(self) -> list[WorkerProc]:
+        return [w for w in self.workers if not w.retired]
+
+    async def do_kill(self, progress: float) -> None:
+        worker = self.rnd.choice(self.alive())
+        await worker.kill()
+        self.note("sigkill", worker=worker.name, progress=progress)
+        await asyncio.sleep(self.rnd.uniform(0.5, 3.0))
+        await worker.start()
+        worker.restarts += 1
+        self.note("restarted", worker=worker.name)
+
+    async def do_retire(self, progress: float) -> None:
+        worker = self.alive()[-1]
+        await worker.kill()
+        worker.kills -= 1
+        worker.retired = True
+        self.note("sigkill_for_good", worker=worker.name, progress=progress)
+
+    async def do_pg_stop(self, progress: float) -> None:
+        started = time.monotonic()
+        await self.services.call("stop-pg")
+        self.note("postgres_stopped", progress=progress)
+        await asyncio.sleep(self.o.pg_stop_s)
+        await self.services.call("start-pg")
+        down = round(time.monotonic() - started, 1)
+        self.figures["postgres_down_s"] = down
+        self.note("postgres_started", down_s=down)
+
+    async def do_kafka_restart(self, progress: float) -> None:
+        # The producer stands aside (it is the platform, not the system under test).
+        async with self.wave_lock:
+            self.note("kafka_restarting", progress=progress)
+            took = round(await self.services.call("restart-kafka"), 1)
+        self.figures.setdefault("kafka_restart_s", []).append(took)
+        self.note("kafka_restarted", took_s=took)
+
+    # --- the end -------------------------------------------------------------------------
+
+    async def settle(self, due: datetime) -> None:
+        """Until the group has no lag, the outbox is empty and every due lot was swept."""
+        s = self.settings
+        quiet = 0
+        async with OffsetReader(s.kafka_bootstrap_servers) as reader:
+            while quiet < 3:
+                self.check_deadline("the workers to settle")
+                await asyncio.sleep(1.0)
+                try:
+                    offsets = await reader.committed_and_end(
+                        s.consumer_group, [s.topic_usage, s.topic_account_events]
+                    )
+                except (OSError, TimeoutError) as exc:
+                    print(f"[chaos] lag not readable yet: {exc!r}", flush=True)
+                    quiet = 0
+                    continue
+                lag = sum(end - (c or 0) for c, end in offsets.values())
+                unsent = await self.probe.value("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+                ready = lag == 0 and unsent == 0 and datetime.now(UTC) >= due
+                quiet = quiet + 1 if ready else 0
+        self.note("settled")
+
+    async def stop_workers(self) -> list[int | None]:
+        codes = [await w.terminate(90) for w in self.alive()]
+        self.note("workers_stopped", exit_codes=codes)
+        return codes
+
+    async def cli_lag(self) -> dict[str, Any]:
+        proc = await asyncio.create_subprocess_exec(
+            str(CLI),
+            "lag",
+            "--json",
+            env=self.worker_env("lag", 0),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RunFailed(f"billing-worker lag failed: {err.decode(errors='replace')}")
+        report: dict[str, Any] = json.loads(out)
+        return report
+
+
+def _names(seed: int) -> tuple[str, str]:
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    return f"chaos-s{seed}-{stamp}", f"chaos_s{seed}_{stamp}"
+
+
+async def _fresh_database(admin_url: str, name: str) -> str:
+    if not re.fullmatch(r"[a-z0-9_]+", name):
+        raise RunFailed(f"bad database name {name}")
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = admin_url.rsplit("/", 1)[0] + "/" + name
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return url
+
+
+async def _drop_database(admin_url: str, name: str) -> None:
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def _settings(services: Services, url: str, prefix: str) -> Settings:
+    return Settings(
+        kafka_bootstrap_servers=services.bootstrap,
+        database_url=url,
+        consumer_group=prefix,
+        client_id=prefix,
+        topic_usage=f"{prefix}.sms.usage.v1",
+        topic_account_events=f"{prefix}.billing.account-events.v1",
+        topic_reminders=f"{prefix}.billing.reminders.v1",
+        topic_invoices=f"{prefix}.billing.invoices.v1",
+        topic_dlq=f"{prefix}.billing.dlq.v1",
+        input_partitions=6,
+        output_partitions=3,
+        lateness_allowance_s=5,
+        expiry_sweep_interval_s=1.0,
+        month_close_grace_s=5,
+        month_close_interval_s=2.0,
+        # Ordering must come from the caught-up check alone, never from giving up waiting.
+        align_max_wait_ms=120_000,
+        shutdown_timeout_s=60,
+        log_json=True,
+    )
+
+
+async def _execute(run: Run) -> dict[str, Any]:
+    o, s = run.o, run.settings
+    policy = policy_from(s)
+    t = time.monotonic()
+    scenario = build(o.params, datetime.now(UTC), policy, rates_from(s), s.zone)
+    run.scenario = scenario
+    run.figures["generate_s"] = round(time.monotonic() - t, 1)
+    run.expected_applied = sum(1 for i in scenario.items() if i.label in APPLIED_LABELS)
+    run.note(
+        "scenario",
+        phase0=len(scenario.phase0),
+        main=len(scenario.main),
+        period=scenario.layout.period,
+    )
+    run.producer = WaveProducer(s.kafka_bootstrap_servers, run.topics)
+    await run.producer.start()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await run.produce(scenario.phase0, None)
+        run.note("phase0_produced")
+        await run.start_workers()
+        tasks.append(asyncio.create_task(run.supervise()))
+        t = time.monotonic()
+        chaos = asyncio.create_task(run.chaos())
+        tasks.append(chaos)
+        await run.produce(scenario.main, scenario.layout.period)
+        run.figures["produce_s"] = round(time.monotonic() - t, 1)
+        run.note("produced", resent_waves=run.producer.resent_waves)
+        await chaos
+        due = max(scenario.expiries) + policy.lateness + timedelta(seconds=4)
+        await run.settle(due)
+        run.figures["process_s"] = round(time.monotonic() - t, 1)
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await run.producer.stop()
+    run.figures["sigterm_exit_codes"] = await run.stop_workers()
+    run.figures["lag"] = (await run.cli_lag())["total"]
+    return await _verify(run)
+
+
+async def _verify(run: Run) -> dict[str, Any]:
+    s, scenario = run.settings, run.scenario
+    assert scenario is not None
+    t = time.monotonic()
+    end = datetime.now(UTC)
+    logs = await read_all(
+        s.kafka_bootstrap_servers,
+        {
+            s.topic_usage: 6,
+            s.topic_account_events: 6,
+            s.topic_reminders: 3,
+            s.topic_invoices: 3,
+            s.topic_dlq: 3,
+        },
+    )
+    lookup: dict[tuple[bytes | None, bytes | None], Item] = {}
+    for item in scenario.items():
+        lookup.setdefault((None if item.key is None else item.key.encode(), item.value), item)
+    records, inputs = [], {}
+    for topic in (s.topic_usage, s.topic_account_events):
+        for partition, offset, key, value in logs[topic]:
+            found = lookup.get((key, value))
+            if found is None:
+                raise RunFailed(f"{topic}:{partition}:{offset} is no record of the scenario")
+            records.append(model.Record(found, topic, partition, offset))
+            inputs[(topic, partition, offset)] = value
+    expected = model.replay(
+        records, policy_from(s), scenario.layout.period, scenario.close_seq, end
+    )
+    actual = check.Actual(
+        reminders=check.index_outputs(logs[s.topic_reminders], "reminder_id"),
+        invoice_messages=check.index_outputs(logs[s.topic_invoices], "invoice_id"),
+        dead_letters=check.index_dead_letters(logs[s.topic_dlq]),
+    )
+    conn = await asyncpg.connect(s.database_url)
+    try:
+        await check.read_database(conn, actual)
+    finally:
+        await conn.close()
+    report = check.compare(
+        expected,
+        actual,
+        inputs,
+        {"reminders": s.topic_reminders, "invoices": s.topic_invoices, "dlq": s.topic_dlq},
+    )
+    run.figures["check_s"] = round(time.monotonic() - t, 1)
+    return _results(run, records, expected, actual, report, end)
+
+
+def _preconditions(run: Run, actual: check.Actual, end: datetime) -> list[str]:
+    """The scenario's timing assumptions, checked after the fact (see `scenario`)."""
+    scenario = run.scenario
+    assert scenario is not None
+    problems = []
+    zone = run.settings.zone
+    if period_of(end, zone) != period_of(scenario.layout.start, zone):
+        problems.append("the run crossed a month boundary: another month became closable")
+    for account, kind in scenario.categories.items():
+        last, first = actual.last_processed_at.get(account), actual.first_forfeit_at.get(account)
+        if kind == "expiry" and last and first and last >= first:
+            problems.append(
+                f"{account}: an event was applied after its lot was forfeited "
+                f"(applied {last.isoformat()}, forfeited {first.isoformat()})"
+            )
+    return problems
+
+
+def _results(
+    run: Run,
+    records: list[model.Record],
+    expected: model.Expected,
+    actual: check.Actual,
+    report: check.Report,
+    end: datetime,
+) -> dict[str, Any]:
+    scenario = run.scenario
+    assert scenario is not None
+    labels: dict[str, int] = {}
+    for r in records:
+        key = r.item.label.split(":")[0] if r.item.label.startswith("poison") else r.item.label
+        labels[key] = labels.get(key, 0) + 1
+    codes: dict[str, int] = {}
+    for code in expected.dead.values():
+        codes[code] = codes.get(code, 0) + 1
+    kinds: dict[str, int] = {}
+    for kind in scenario.categories.values():
+        kinds[kind] = kinds.get(kind, 0) + 1
+    preconditions = _preconditions(run, actual, end)
+    w = run.workers
+    figures = run.figures
+    passed = (
+        report.mismatches == 0
+        and not preconditions
+        and figures["lag"] == 0
+        and actual.outbox_unsent == 0
+    )
+    return {
+        "date": end.isoformat(timespec="seconds"),
+        "seed": scenario.params.seed,
+        "passed": passed,
+        "events": len(records),
+        "accounts": len(scenario.categories),
+        "accounts_by_kind": kinds,
+        "records_by_label": dict(sorted(labels.items())),
+        "poison_share": round(len(expected.dead) / len(records), 4),
+        "workers": len(w),
+        "kills": sum(x.kills for x in w),
+        "restarts": sum(x.restarts for x in w),
+        "killed_for_good": sum(x.retired for x in w),
+        "unexpected_exits": [f"{x.name}: {e}" for x in w for e in x.unexpected_exits],
+        "postgres_down_s": figures.get("postgres_down_s"),
+        "kafka_restarts": len(figures.get("kafka_restart_s", [])),
+        "kafka_restart_s": figures.get("kafka_restart_s", []),
+        "producer_resent_waves": run.producer.resent_waves if run.producer else 0,
+        "dlq": len(expected.dead),
+        "dlq_by_code": dict(sorted(codes.items())),
+        "input_resends_skipped": len(expected.duplicates),
+        "duplicates_on_output_topics": report.duplicates,
+        "expected": {
+            "applied": len(expected.processed),
+            "ledger_entries": len(expected.ledger),
+            "reminders": len(expected.reminders),
+            "invoices": len(expected.invoices),
+        },
+        "mismatches": report.mismatches,
+        "mismatches_by_category": dict(report.counts),
+        "mismatch_lines": report.lines[:50],
+        "account_diffs": [
+            {"account": a, "model": m, "actual": x} for a, m, x in report.accounts[:10]
+        ],
+        "preconditions_violated": preconditions,
+        "lag": figures["lag"],
+        "outbox_unsent": actual.outbox_unsent,
+        "sigterm_exit_codes": figures.get("sigterm_exit_codes"),
+        "wall_time_s": round(time.monotonic() - run.t0, 1),
+        "phases_s": {
+            k: figures[k]
+            for k in ("services_up_s", "generate_s", "produce_s", "process_s", "check_s")
+            if k in figures
+        },
+        "timeline": run.timeline,
+        "run_dir": str(run.run_dir),
+    }
+
+
+async def main_async(o: Options) -> dict[str, Any]:
+    prefix, db_name = _names(o.params.seed)
+    run_dir = o.services_dir / "runs" / prefix
+    run_dir.mkdir(parents=True, exist_ok=True)
+    services = Services(o.services_dir, o.kafka_port, o.pg_port, run_dir / "services.log")
+    t0 = time.monotonic()
+    if o.start_services:
+        await services.call("up")
+    services_up_s = round(time.monotonic() - t0, 1)
+    try:
+        url = await _fresh_database(services.admin_url, db_name)
+        settings = _settings(services, url, prefix)
+        topics = Topics(
+            settings.topic_usage,
+            settings.topic_account_events,
+            settings.topic_reminders,
+            settings.topic_invoices,
+            settings.topic_dlq,
+        )
+        await create_topics(services.bootstrap, topics)
+        run = Run(o, services, run_dir, settings, topics, t0=t0)
+        run.figures["services_up_s"] = services_up_s
+        try:
+            results = await _execute(run)
+        finally:
+            for worker in run.workers:
+                await worker.kill()
+            await run.probe.close()
+        if results["passed"]:  # a failed run keeps its data for inspection
+            await delete_topics(services.bootstrap, topics)
+            await _drop_database(services.admin_url, db_name)
+        return results
+    finally:
+        if o.stop_services:
+            await services.call("down")
+
+
+def parse(argv: list[str]) -> Options:
+    p = argparse.ArgumentParser(
+        prog="python -m worker.chaos.runner",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d = Options(Params())
+    p.add_argument("--events", type=int, default=d.params.events)
+    p.add_argument("--accounts", type=int, default=d.params.accounts)
+    p.add_argument("--seed", type=int, default=d.params.seed)
+    p.add_argument("--poison-share", type=float, default=d.params.poison_share)
+    p.add_argument(
+        "--expiry-from-s",
+        type=float,
+        default=d.params.expiry_from_s,
+        help="first lot expiry, seconds after the scenario is laid out",
+    )
+    p.add_argument("--expiry-spread-s", type=float, default=d.params.expiry_spread_s)
+    p.add_argument("--kills", type=int, default=d.kills, help="SIGKILLs, each with a restart")
+    p.add_argument("--pg-stop-s", type=float, default=d.pg_stop_s, help="0: no outage")
+    p.add_argument("--kafka-restarts", type=int, default=d.kafka_restarts)
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--no-retire", action="store_true", help="never kill a worker for good")
+    p.add_argument("--rate", type=float, default=d.rate, help="events/s produced; 0: no limit")
+    p.add_argument("--services-dir", type=Path, default=d.services_dir)
+    p.add_argument("--kafka-port", type=int, default=d.kafka_port)
+    p.add_argument("--pg-port", type=int, default=d.pg_port)
+    p.add_argument("--keep-services", action="store_true", help="leave them running")
+    p.add_argument("--results", type=Path, default=d.results, help="JSON results file")
+    p.add_argument("--report", type=Path, default=d.report, help="Markdown results file")
+    p.add_argument("--timeout-s", type=float, default=d.timeout_s)
+    a = p.parse_args(argv)
+    params = Params(
+        a.events,
+        a.accounts,
+        a.seed,
+        a.poison_share,
+        expiry_from_s=a.expiry_from_s,
+        expiry_spread_s=a.expiry_spread_s,
+    )
+    return Options(
+        params,
+        a.kills,
+        a.pg_stop_s,
+        a.kafka_restarts,
+        a.workers,
+        not a.no_retire,
+        a.rate,
+        a.services_dir.resolve(),
+        a.kafka_port,
+        a.pg_port,
+        True,
+        not a.keep_services,
+        a.results,
+        a.report,
+        a.timeout_s,
+    )
+
+
+def _refuse_shared(o: Options) -> None:
+    """The run stops and starts its services: never the ones others test against."""
+    shared_dir = (ROOT / ".local").resolve()
+    if o.services_dir.resolve() == shared_dir or {o.kafka_port, o.pg_port} & {19092, 15432}:
+        raise SystemExit(
+            f"refusing to run chaos against the shared services ({shared_dir}, "
+            "127.0.0.1:19092 / 15432): pick another --services-dir and ports"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    o = parse(sys.argv[1:] if argv is None else argv)
+    _refuse_shared(o)
+    # Settings come from the run alone: BILLING_* of the caller's shell (e.g. `make test`
+    # pointing at the shared services) must reach neither the workers nor this process.
+    for key in [k for k in os.environ if k.startswith("BILLING_")]:
+        del os.environ[key]
+    results = asyncio.run(main_async(o))
+    for line in summary_lines(results):
+        print(line)
+    for path, text in (
+        (o.results, orjson.dumps(results, option=orjson.OPT_INDENT_2).decode()),
+        (o.report, render_markdown(results)),
+    ):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text + "\n", encoding="utf-8")
+    run_copy = Path(results["run_dir"]) / "results.json"
+    run_copy.write_text(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0 if results["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
