@@ -26,7 +26,7 @@ WHERE account_id = ANY($1::text[]) AND NOT forfeited AND remaining_jpy > 0
 """
 _LOAD_INVOICES = """
 SELECT invoice_id, account_id, total_jpy, paid_jpy FROM invoices
-WHERE account_id = ANY($1::text[]) AND paid_jpy < total_jpy
+WHERE account_id = ANY($1::text[])
 """
 _SEEN = """
 SELECT p.source, p.event_id, p.fingerprint
@@ -63,6 +63,14 @@ ON CONFLICT (lot_id) DO UPDATE SET
     remaining_jpy = EXCLUDED.remaining_jpy, forfeited_jpy = EXCLUDED.forfeited_jpy,
     forfeited = EXCLUDED.forfeited, expiring_notified = EXCLUDED.expiring_notified
 """
+_UPDATE_LOTS = """
+UPDATE lots l SET
+    remaining_jpy = u.remaining_jpy, forfeited_jpy = u.forfeited_jpy,
+    forfeited = u.forfeited, expiring_notified = u.expiring_notified
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::bool[])
+    AS u(lot_id, remaining_jpy, forfeited_jpy, forfeited, expiring_notified)
+WHERE l.lot_id = u.lot_id
+"""
 _SAVE_INVOICES = """
 UPDATE invoices i SET paid_jpy = u.paid_jpy
 FROM unnest($1::text[], $2::bigint[]) AS u(invoice_id, paid_jpy)
@@ -90,6 +98,19 @@ def _account(row: asyncpg.Record) -> Account:
     )
 
 
+def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows turned into one list per column, the arrays `unnest` takes."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _account_values(row: asyncpg.Record) -> tuple[Any, ...]:
+    """The stored columns in the order `_save_accounts` compares and writes them."""
+    return (row["account_id"], row["plan"], row["opened"], row["overdraft_jpy"],
+            row["postpay_due_jpy"], row["postpay_since"], row["contract_id"],
+            row["reminder_enabled"], row["reminder_threshold_jpy"], row["reminder_email"],
+            row["balance_jpy"])
+
+
 def _lot(row: asyncpg.Record) -> Lot:
     return Lot(
         lot_id=row["lot_id"],
@@ -110,19 +131,31 @@ class PgUnitOfWork:
 
     def __init__(self, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
         self.conn = conn
+        # What the database holds for the accounts and lots loaded here: `save` writes an
+        # account only when it changed, and updates stored lots instead of upserting them.
+        self.stored_accounts: dict[str, tuple[Any, ...]] = {}
+        self.stored_lots: set[str] = set()
 
     async def lock_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
         if not account_ids:
             return {}
         ids = list(account_ids)
-        await self.conn.execute(
-            "INSERT INTO accounts (account_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
-            ids,
-        )
-        accounts = {row["account_id"]: _account(row)
-                    for row in await self.conn.fetch(_LOCK_ACCOUNTS, ids)}
+        rows = await self.conn.fetch(_LOCK_ACCOUNTS, ids)
+        if len(rows) < len(ids):
+            # Accounts seen for the first time: created here, then locked with the others.
+            found = {row["account_id"] for row in rows}
+            await self.conn.execute(
+                "INSERT INTO accounts (account_id) SELECT unnest($1::text[])"
+                " ON CONFLICT DO NOTHING",
+                [a for a in ids if a not in found],
+            )
+            rows = await self.conn.fetch(_LOCK_ACCOUNTS, ids)
+        accounts = {row["account_id"]: _account(row) for row in rows}
+        self.stored_accounts.update(
+            (row["account_id"], _account_values(row)) for row in rows)
         for row in await self.conn.fetch(_LOAD_LOTS, ids):
             accounts[row["account_id"]].lots.append(_lot(row))
+            self.stored_lots.add(row["lot_id"])
         for row in await self.conn.fetch(_LOAD_INVOICES, ids):
             accounts[row["account_id"]].invoices[row["invoice_id"]] = OpenInvoice(
                 row["invoice_id"], row["total_jpy"], row["paid_jpy"]
@@ -167,26 +200,42 @@ class PgUnitOfWork:
     async def _save_accounts(self, accounts: list[Account]) -> None:
         if not accounts:
             return
-        columns: list[list[Any]] = [[] for _ in range(11)]
+        changed: list[tuple[Any, ...]] = []
         lots: list[tuple[Any, ...]] = []
+        updated_lots: list[tuple[Any, ...]] = []
         invoices: list[OpenInvoice] = []
         for a in accounts:
             values = (a.account_id, a.plan, a.opened, a.overdraft_jpy, a.postpay_due_jpy,
                       a.postpay_since, a.contract_id, a.reminder_enabled,
                       a.reminder_threshold_jpy, a.reminder_email, a.balance_jpy)
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
-            lots += [(lot.lot_id, a.account_id, lot.source, lot.amount_jpy, lot.remaining_jpy,
-                      lot.forfeited_jpy, lot.granted_at, lot.expires_at, lot.forfeited,
-                      lot.expiring_notified) for lot in a.lots if lot.dirty]
+            if self.stored_accounts.get(a.account_id) != values:
+                changed.append(values)
+            self._dirty_lots(a, lots, updated_lots)
             invoices += [i for i in a.invoices.values() if i.dirty]
-        await self.conn.execute(_SAVE_ACCOUNTS, *columns)
+        if changed:
+            await self.conn.execute(_SAVE_ACCOUNTS, *_columns(changed))
+        if updated_lots:
+            await self.conn.execute(_UPDATE_LOTS, *_columns(updated_lots))
         if lots:
-            await self.conn.execute(_SAVE_LOTS, *(list(c) for c in zip(*lots, strict=True)))
+            await self.conn.execute(_SAVE_LOTS, *_columns(lots))
         if invoices:
             await self.conn.execute(
                 _SAVE_INVOICES, [i.invoice_id for i in invoices], [i.paid_jpy for i in invoices]
             )
+
+    def _dirty_lots(self, a: Account, new: list[tuple[Any, ...]],
+                    stored: list[tuple[Any, ...]]) -> None:
+        """Changed lots: stored ones as an update of their balances, new ones whole."""
+        for lot in a.lots:
+            if not lot.dirty:
+                continue
+            if lot.lot_id in self.stored_lots:
+                stored.append((lot.lot_id, lot.remaining_jpy, lot.forfeited_jpy, lot.forfeited,
+                               lot.expiring_notified))
+            else:
+                new.append((lot.lot_id, a.account_id, lot.source, lot.amount_jpy,
+                            lot.remaining_jpy, lot.forfeited_jpy, lot.granted_at, lot.expires_at,
+                            lot.forfeited, lot.expiring_notified))
 
     async def _save_ledger(self, changes: Changes) -> None:
         effects = changes.effects
@@ -226,15 +275,20 @@ SELECT u.invoice_id, u.account_id, $1, u.total_jpy, $2, u.due_date
 FROM unnest($3::text[], $4::text[], $5::bigint[], $6::date[])
     AS u(invoice_id, account_id, total_jpy, due_date)
 """
+# Only the rows the invoices were built from: usage the stream committed after the close read
+# them is on no invoice line, and belongs on the next invoice.
 _LINK_USAGE = """
 UPDATE postpay_usage p SET invoice_id = u.invoice_id
 FROM unnest($1::text[], $2::text[]) AS u(account_id, invoice_id)
 WHERE p.account_id = u.account_id AND p.invoice_id IS NULL AND p.period <= $3
+  AND p.event_id = ANY($4::text[])
 """
 
 
 class PgCloseUnitOfWork(PgUnitOfWork):
     """Month close on one connection inside one transaction."""
+
+    read_event_ids: tuple[str, ...] = ()  # what uninvoiced_usage returned: what gets linked
 
     async def claim_month(self, period: str) -> bool:
         # A second closer blocks on the primary key until the first commits, then sees it.
@@ -244,7 +298,7 @@ class PgCloseUnitOfWork(PgUnitOfWork):
         return row is not None
 
     async def uninvoiced_usage(self, period: str) -> list[PostpayCharge]:
-        return [
+        usage = [
             PostpayCharge(
                 event_id=r["event_id"], account_id=r["account_id"], occurred_at=r["occurred_at"],
                 period=r["period"], country=r["country"], unit_price_jpy=r["unit_price_jpy"],
@@ -253,6 +307,8 @@ class PgCloseUnitOfWork(PgUnitOfWork):
             )
             for r in await self.conn.fetch(_UNINVOICED, period)
         ]
+        self.read_event_ids = tuple(u.event_id for u in usage)
+        return usage
 
     async def save_invoices(self, period: str, invoices: Sequence[Invoice],
                             issued_at: datetime, outbox: Sequence[OutboxMessage]) -> None:
@@ -263,7 +319,7 @@ class PgCloseUnitOfWork(PgUnitOfWork):
                 [i.total_jpy for i in invoices], [i.due_date for i in invoices])
             await self.conn.execute(
                 _LINK_USAGE, [i.account_id for i in invoices], [i.invoice_id for i in invoices],
-                period)
+                period, list(self.read_event_ids))
         await self.conn.execute("UPDATE month_closes SET invoices = $2 WHERE period = $1",
                                 period, len(invoices))
         if outbox:
