@@ -12,8 +12,11 @@ SERVICES := scripts/services
 WITH_ENV := services_env=$$($(SERVICES) env); eval "$$services_env";
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+BENCH_ARGS ?=
+# e.g. CHAOS_ARGS="--events 200000 --accounts 2000 --seed 7"; python -m worker.chaos.runner -h
+CHAOS_ARGS ?=
 
-.PHONY: help install services migrate run worker demo test lint format down status env
+.PHONY: help install services migrate run worker demo test bench lint format down status env chaos
 
 help:
 	@echo "make install   create $(VENV) and install the worker with its dev tools"
@@ -24,7 +27,12 @@ help:
 	@echo "make worker    install, start services, migrate, run only the worker"
 	@echo "make demo      only the demo traffic, for a worker already running"
 	@echo "make test      install, start services, run the test suite (PYTEST_ARGS=...)"
+	@echo "make bench     start services, measure ceilings, throughput, latency, memory, scaling;"
+	@echo "               append to benchmarks/RESULTS.md (BENCH_ARGS='--events 20000 --accounts 500')"
 	@echo "make lint      ruff, mypy, import-linter"
+	@echo "make chaos     kills, outages and restarts against its own Kafka and PostgreSQL"
+	@echo "               (.local-chaos, ports 29092/25432), checked against a reference model;"
+	@echo "               results in benchmarks/chaos/ (CHAOS_ARGS='--events 200000 --seed 7')"
 	@echo "make down      stop the local services"
 
 install: $(VENV)/.installed
@@ -55,6 +63,10 @@ demo: install services migrate
 test: install services
 	$(WITH_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
+# Uses the services of scripts/services (BILLING_SERVICES_* select another pair).
+bench: install services
+	$(WITH_ENV) $(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -73,3 +85,7 @@ status:
 
 env:
 	@$(SERVICES) env
+
+# Starts and stops its own services (never the shared ones); results in benchmarks/chaos/.
+chaos: install
+	$(BIN)/python -m worker.chaos.runner $(CHAOS_ARGS)

@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     expiring_notice_days: int = Field(7, ge=0)
     rate_table_path: Path | None = None
 
-    batch_max_records: int = Field(2000, ge=1, le=100_000)
+    # Large batches amortise the per-transaction cost and load each busy account once for many
+    # events (benchmarks/RESULTS.md); at lower load batches are smaller, so latency stays low.
+    batch_max_records: int = Field(10_000, ge=1, le=100_000)
     batch_timeout_ms: int = Field(200, ge=1)
     # How long records of one input wait for the other co-partitioned input to catch up.
     align_max_wait_ms: int = Field(1000, ge=0)

@@ -68,18 +68,22 @@ class Decoder:
         if raw is None:
             return Dead(record, "malformed_json", "record has no value (tombstone)")
         try:
-            orjson.loads(raw)
+            payload = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             return Dead(record, "malformed_json", f"not valid JSON: {exc}")
+        if not isinstance(payload, dict):
+            return Dead(record, "schema_violation", "message: Input should be an object")
+        # The schema validates what orjson parsed: the JSON is parsed once, by the stricter
+        # parser (it refuses NaN and Infinity, which pydantic's own JSON parser accepts).
         try:
             if record.source == "usage":
-                usage = UsageEvent.model_validate_json(raw)
+                usage = UsageEvent.model_validate(payload)
                 rated = rate_usage(self.rates, usage.country, usage.destination, usage.segments,
                                    usage.occurred_at)
                 command: Command = ChargeUsage(usage.event_id, usage.account_id,
                                                usage.occurred_at, rated)
                 return Decoded(record, command, _fingerprint(usage))
-            event = ACCOUNT_EVENT_ADAPTER.validate_json(raw)
+            event = ACCOUNT_EVENT_ADAPTER.validate_python(payload)
         except ValidationError as exc:
             code, reason = _summarise(exc)
             return Dead(record, code, reason)

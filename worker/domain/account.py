@@ -76,7 +76,8 @@ class Account:
 
     @property
     def balance_jpy(self) -> int:
-        credit = sum(lot.remaining_jpy for lot in self.lots if not lot.forfeited)
+        # A list comprehension: computed twice per charge, and faster than a generator here.
+        credit = sum([lot.remaining_jpy for lot in self.lots if not lot.forfeited])
         return credit - self.overdraft_jpy - self.postpay_due_jpy
 
     def apply(self, command: Command, policy: Policy, effects: Effects) -> None:

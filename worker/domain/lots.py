@@ -59,7 +59,8 @@ def new_lot(
 def debit_order(lots: Iterable[Lot], at: datetime) -> list[Lot]:
     """Lots that can pay at `at`: soonest expiry first, then oldest grant, then lot id."""
     usable = [lot for lot in lots if lot.usable_at(at)]
-    usable.sort(key=lambda lot: (lot.expires_at, lot.granted_at, lot.lot_id))
+    if len(usable) > 1:  # one usable lot (or none) needs no sort and no key tuples
+        usable.sort(key=lambda lot: (lot.expires_at, lot.granted_at, lot.lot_id))
     return usable
 
 

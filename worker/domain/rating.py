@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import phonenumbers
 
@@ -49,7 +50,8 @@ class RateTable:
         self._prices: dict[str, list[int]] = {}
         for country, items in by_country.items():
             items.sort(key=lambda r: r.effective_from)
-            self._starts[country] = [r.effective_from for r in items]
+            # In UTC, as event times are: comparing within one zone skips the offset lookups.
+            self._starts[country] = [r.effective_from.astimezone(UTC) for r in items]
             self._prices[country] = [r.unit_price_jpy for r in items]
 
     def unit_price(self, country: str, at: datetime) -> int | None:
@@ -66,6 +68,9 @@ def destination_country(country: str | None, destination: str) -> str | None:
     """The event's `country`, else the region of its E.164 number."""
     if country:
         return country
+    region = _sole_region(destination)
+    if region is not None:
+        return region
     try:
         number = phonenumbers.parse(destination, None)
     except phonenumbers.NumberParseException:
@@ -85,3 +90,28 @@ def rate_usage(
     if price is None:
         raise Rejected("no_rate", f"no rate for country {resolved} at {at.isoformat()}")
     return Rated(country=resolved, unit_price_jpy=price, segments=segments)
+
+
+_E164 = re.compile(r"\+([1-9][0-9]{1,14})")
+_CALLING_CODE_DIGITS = 3
+
+
+def _sole_region(destination: str) -> str | None:
+    """The region `parse` + `region_code_for_number` give an E.164 number whose calling code
+    belongs to one region only (+81 is JP), read from phonenumbers' own calling-code table
+    without the full parse (it dominates decoding); None means: parse it."""
+    match = _E164.fullmatch(destination)
+    if match is None:
+        return None
+    digits = match.group(1)
+    # Calling codes are prefix-free: the first known 1-3 digit prefix is the code, as in parse.
+    for size in range(1, _CALLING_CODE_DIGITS + 1):
+        regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(int(digits[:size]))
+        if regions is None:
+            continue
+        # Shorter national numbers are left to parse, which refuses some of them.
+        if len(regions) == 1 and regions[0] != "001" and len(digits) - size >= 4:
+            return str(regions[0])
+        return None
+    return None
+

@@ -24,6 +24,8 @@ from worker.service.ports import Dead, Decoded, Encoder, InputRecord, Source, St
 
 log = logs.get("worker.stream")
 T = TypeVar("T")
+# Records decoded between two yields to the event loop while a batch is in the database.
+_DECODE_SLICE = 100
 
 
 async def retry(
@@ -63,9 +65,12 @@ class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
         # For /ready: a rebalance is under way until the next assignment arrives.
         self.rebalancing = True
         self.assigned_at = time.monotonic()
+        # Bumped on every revocation: records returned before it never reach the aligner.
+        self.generation = 0
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self.rebalancing = True
+        self.generation += 1
         async with self.lock:
             # Buffered records were never committed; whoever owns them next reads them again.
             self.aligner.drop({tp.partition for tp in revoked})
@@ -132,27 +137,47 @@ class StreamProcessor:
         consumer.subscribe(list(self.sources), listener=self.listener)
         await retry("kafka_connect", consumer.start, stop, self.metrics,
                     self.settings.retry_max_backoff_s)
+        ahead: asyncio.Task[tuple[int, list[Decoded | Dead]]] | None = None
         try:
             while not stop.is_set():
-                fetched = await consumer.getmany(timeout_ms=self.settings.batch_timeout_ms,
-                                                 max_records=self.settings.batch_max_records)
+                generation, decoded = await (ahead or self._fetch(consumer))
+                ahead = None
                 async with self.lock:
-                    self.aligner.add(
-                        self.decoder(InputRecord(self.sources[tp.topic], tp.topic, tp.partition,
-                                                 m.offset, m.key, m.value))
-                        for tp, messages in fetched.items()
-                        for m in messages
-                    )
+                    if generation == self.listener.generation:
+                        self.aligner.add(decoded)
+                    # else: read before a rebalance; whoever owns the partitions reads them again
                     ready = self.aligner.release(await self._caught_up(consumer),
                                                  time.monotonic(),
                                                  self.settings.batch_max_records)
                     if ready:
+                        # Read and decode the next records while this batch is in the database;
+                        # they reach the aligner only once it is committed.
+                        ahead = asyncio.create_task(self._fetch(consumer))
                         await self._handle(consumer, ready, stop)
         except ShuttingDown:
             log.warning("stopped_with_batch_uncommitted", note="it will be redelivered")
         finally:
+            if ahead is not None:
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
             self.consumer = None
             await consumer.stop()
+
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> tuple[int, list[Decoded | Dead]]:
+        """Records read and decoded, with the assignment generation they were returned under
+        (a revocation resets every position, so records returned before it are read again)."""
+        fetched = await consumer.getmany(timeout_ms=self.settings.batch_timeout_ms,
+                                         max_records=self.settings.batch_max_records)
+        generation = self.listener.generation
+        decoded: list[Decoded | Dead] = []
+        for tp, messages in fetched.items():
+            source = self.sources[tp.topic]
+            for m in messages:
+                decoded.append(self.decoder(InputRecord(source, tp.topic, tp.partition, m.offset,
+                                                        m.key, m.value)))
+                if len(decoded) % _DECODE_SLICE == 0:
+                    await asyncio.sleep(0)  # let the batch in the database take its next step
+        return generation, decoded
 
     async def _caught_up(self, consumer: AIOKafkaConsumer) -> set[tuple[Source, int]]:
         """Sides the aligner waits on that have nothing more to fetch right now."""

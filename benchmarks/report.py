@@ -1,0 +1,140 @@
+"""The result table: printed, and appended to benchmarks/RESULTS.md with its context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks.ceilings import Ceiling
+from benchmarks.workers import BacklogRun, LatencyRun
+
+TARGET_RATE = 20_000.0
+TARGET_RATIO = 0.5
+TARGET_P99_MS = 500.0
+TARGET_RSS_MB = 300.0
+
+HEADER = """# Benchmark results
+
+`make bench` appends one entry per run (`BENCH_ARGS="--events N --accounts M --seed S"`);
+the analysis of what bounds each figure is written by hand under the entry it refers to.
+How the figures are taken: `benchmarks/README.md`.
+"""
+
+
+@dataclass
+class Results:
+    """Everything one run measured; missing parts were not run."""
+
+    params: dict[str, str]
+    machine: dict[str, str]
+    commit: str
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    kafka: Ceiling | None = None
+    postgres: Ceiling | None = None
+    one: BacklogRun | None = None
+    two: BacklogRun | None = None
+    latency: LatencyRun | None = None
+    rss: BacklogRun | None = None
+    rss_accounts: int = 0
+    batch: int = 0
+
+    @property
+    def lower_ceiling(self) -> float | None:
+        rates = [c.rate for c in (self.kafka, self.postgres) if c is not None]
+        return min(rates) if rates else None
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def _cpu(run: BacklogRun | LatencyRun) -> str:
+    cpu, wall = run.cpu, run.seconds
+    if cpu is None or wall <= 0:
+        return ""
+    other = cpu.busy - cpu.worker - cpu.postgres - cpu.kafka - cpu.bench
+    cores = cpu.total / wall
+    return (f"worker {cpu.worker / wall:.2f}, PostgreSQL {cpu.postgres / wall:.2f}, "
+            f"Kafka {cpu.kafka / wall:.2f}, bench {cpu.bench / wall:.2f}, "
+            f"other {max(other, 0) / wall:.2f}; busy {cpu.busy / wall:.2f} of {cores:.1f}")
+
+
+def table(r: Results) -> str:
+    rows: list[tuple[str, str, str]] = []
+    if r.kafka:
+        rows.append(("ceiling (a): plain aiokafka consumer, read + orjson decode",
+                     f"{r.kafka.rate:,.0f} ev/s ({r.kafka.seconds:.1f} s)", ""))
+    if r.postgres:
+        rows.append((f"ceiling (b): PostgreSQL, one row per event, COPY + commit per "
+                     f"{r.batch:,} events", f"{r.postgres.rate:,.0f} ev/s "
+                     f"({r.postgres.seconds:.1f} s)", ""))
+    low = r.lower_ceiling
+    if r.one:
+        met = _verdict(r.one.rate >= TARGET_RATE)
+        rows.append(("worker end to end, 1 process (first event read → last offset "
+                     "committed, outbox drained)", f"{r.one.rate:,.0f} ev/s "
+                     f"({r.one.seconds:.1f} s)", f"≥ 20,000 ev/s: {met}"))
+        if low:
+            ratio = r.one.rate / low
+            rows.append(("ratio to the lower ceiling", f"{ratio:.2f}",
+                         f"≥ 0.5: {_verdict(ratio >= TARGET_RATIO)}"))
+    if r.latency:
+        lat = r.latency
+        p99 = lat.percentile(0.99)
+        rows.append((f"latency produce → reminder readable, at {lat.target_rate:,.0f} ev/s "
+                     f"(sent {lat.achieved_rate:,.0f} ev/s)",
+                     f"p50 {lat.percentile(0.5):,.0f} ms, p99 {p99:,.0f} ms, max "
+                     f"{max(lat.latencies_ms, default=float('nan')):,.0f} ms "
+                     f"(n = {len(lat.latencies_ms):,})",
+                     f"p99 < 500 ms: {_verdict(p99 < TARGET_P99_MS)}"))
+    if r.rss:
+        peak = max(r.rss.peak_rss_mb)
+        rows.append((f"peak RSS of the worker, {r.rss_accounts:,} accounts "
+                     f"({r.rss.events:,} events at {r.rss.rate:,.0f} ev/s)", f"{peak:,.0f} MB",
+                     f"< 300 MB: {_verdict(peak < TARGET_RSS_MB)}"))
+    if r.two:
+        scale = f" = {r.two.rate / r.one.rate:.2f} × 1 process" if r.one else ""
+        rows.append(("worker end to end, 2 processes in one group",
+                     f"{r.two.rate:,.0f} ev/s ({r.two.seconds:.1f} s){scale}", ""))
+    lines = ["| measure | result | target |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def details(r: Results) -> str:
+    out = []
+    for name, run in (("1 process", r.one), ("2 processes", r.two), ("memory", r.rss)):
+        if run is None:
+            continue
+        out.append(f"- CPU during the {name} run, in cores: {_cpu(run)}")
+        rss = ", ".join(f"{m:,.0f}" for m in run.peak_rss_mb)
+        counts = ", ".join(f"{k} {v:,}" for k, v in run.counts.items())
+        out.append(f"  - peak RSS {rss} MB; {counts}")
+    if r.latency is not None and r.latency.cpu is not None:
+        out.append(f"- CPU during the latency run (sending until drained), in cores: "
+                   f"{_cpu(r.latency)}")
+    return "\n".join(out)
+
+
+def entry(r: Results) -> str:
+    m, p = r.machine, r.params
+    return "\n".join([
+        f"## {r.started:%Y-%m-%d %H:%M} UTC · commit {r.commit}",
+        "",
+        f"- machine: {m['nproc']} × {m['cpu']}, {m['ram']} RAM; load average before the "
+        f"run {m['load']}",
+        f"- workload: {p['workload']}",
+        f"- command: `{p['command']}`",
+        "",
+        table(r),
+        "",
+        details(r),
+        "",
+    ])
+
+
+def append(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existing = path.read_text(encoding="utf-8") if path.exists() else HEADER
+    path.write_text(existing.rstrip("\n") + "\n\n" + text, encoding="utf-8")

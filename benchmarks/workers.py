@@ -1,0 +1,346 @@
+"""Worker processes under measurement: start them, follow them to the end, read their cost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from benchmarks.kit import (
+    CpuSnapshot,
+    Services,
+    bulk_producer,
+    caught_up,
+    peak_rss_mb,
+    produce,
+    send_records,
+    topic_partitions,
+)
+from benchmarks.workload import Record, Workload
+from worker.adapters.kafka_admin import OffsetReader
+
+WORKER = Path(sys.executable).parent / "billing-worker"
+
+
+class BenchError(Exception):
+    """A run went wrong: its figures would mean nothing."""
+
+
+@dataclass(frozen=True)
+class Topics:
+    usage: str
+    account: str
+    reminders: str
+    invoices: str
+    dlq: str
+
+    @classmethod
+    def named(cls, inputs: str, outputs: str) -> Topics:
+        return cls(f"{inputs}.usage", f"{inputs}.account-events", f"{outputs}.reminders",
+                   f"{outputs}.invoices", f"{outputs}.dlq")
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.usage, self.account]
+
+    @property
+    def outputs(self) -> list[str]:
+        return [self.reminders, self.invoices, self.dlq]
+
+
+@dataclass
+class Processes:
+    """`count` `billing-worker run` processes in one consumer group."""
+
+    services: Services
+    topics: Topics
+    database_url: str
+    group: str
+    log_dir: Path
+    count: int = 1
+    extra_env: dict[str, str] = field(default_factory=dict)
+    command: list[str] = field(default_factory=lambda: [str(WORKER), "run"])
+    procs: list[asyncio.subprocess.Process] = field(default_factory=list)
+    logs: list[IO[bytes]] = field(default_factory=list)
+
+    def env(self, index: int) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+        t = self.topics
+        env.update({
+            "BILLING_KAFKA_BOOTSTRAP_SERVERS": self.services.bootstrap,
+            "BILLING_DATABASE_URL": self.database_url,
+            "BILLING_CONSUMER_GROUP": self.group,
+            "BILLING_CLIENT_ID": f"{self.group}-{index}",
+            "BILLING_TOPIC_USAGE": t.usage,
+            "BILLING_TOPIC_ACCOUNT_EVENTS": t.account,
+            "BILLING_TOPIC_REMINDERS": t.reminders,
+            "BILLING_TOPIC_INVOICES": t.invoices,
+            "BILLING_TOPIC_DLQ": t.dlq,
+            "BILLING_HTTP_PORT": "0",
+            "BILLING_LOG_JSON": "true",
+            **self.extra_env,
+        })
+        return env
+
+    async def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for index in range(self.count):
+            log = (self.log_dir / f"{self.group}-{index}.log").open("wb")
+            self.logs.append(log)
+            self.procs.append(await asyncio.create_subprocess_exec(
+                *self.command, env=self.env(index), stdin=asyncio.subprocess.DEVNULL,
+                stdout=log, stderr=log))
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def check(self) -> None:
+        for proc in self.procs:
+            if proc.returncode is not None:
+                raise BenchError(f"worker {proc.pid} exited with {proc.returncode}; "
+                                 f"see {self.log_dir}")
+
+    async def stop(self) -> list[int | None]:
+        """SIGTERM, as an orchestrator would; the exit codes (None if it had to be killed)."""
+        for proc in self.procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        codes: list[int | None] = []
+        for proc in self.procs:
+            try:
+                codes.append(await asyncio.wait_for(proc.wait(), timeout=60))
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                codes.append(None)
+        for log in self.logs:
+            log.close()
+        return codes
+
+    def log_levels(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for index in range(self.count):
+            for line in (self.log_dir / f"{self.group}-{index}.log").read_bytes().splitlines():
+                try:
+                    level = str(orjson.loads(line).get("level", "?"))
+                except orjson.JSONDecodeError:
+                    level = "unparsed"
+                counts[level] = counts.get(level, 0) + 1
+        return counts
+
+
+@dataclass
+class BacklogRun:
+    """A backlog consumed from the first event read to the last offset committed and the
+    outbox drained."""
+
+    processes: int
+    events: int
+    seconds: float
+    peak_rss_mb: list[float]
+    cpu: CpuSnapshot
+    counts: dict[str, int]
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+async def drained(conn: asyncpg.Connection, reader: OffsetReader, group: str,
+                  topics: Topics) -> bool:
+    if not await caught_up(reader, group, topics.inputs):
+        return False
+    return not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL)")
+
+
+async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> BacklogRun:
+    """Start the workers on topics already filled with `work`; follow them to the end."""
+    services = procs.services
+    conn = await asyncpg.connect(procs.database_url)
+    reader = OffsetReader(services.bootstrap, timeout_s=10)
+    await procs.start()
+    try:
+        first: float | None = None
+        cpu_first = CpuSnapshot.take(services, procs.pids)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            procs.check()
+            if time.monotonic() > deadline:
+                raise BenchError(f"not done within {timeout_s:.0f} s; see {procs.log_dir}")
+            if first is None:
+                at = await conn.fetchval("SELECT min(processed_at) FROM processed_events")
+                if at is not None:
+                    first, cpu_first = at.timestamp(), CpuSnapshot.take(services, procs.pids)
+            elif await drained(conn, reader, procs.group, procs.topics):
+                end, cpu_end = time.time(), CpuSnapshot.take(services, procs.pids)
+                break
+            await asyncio.sleep(0.05)
+        rss = [peak_rss_mb(pid) for pid in procs.pids]
+        counts = await verify(conn, work, procs.topics)
+    finally:
+        await reader.close()
+        await conn.close()
+        codes = await procs.stop()
+    if any(code != 0 for code in codes):
+        raise BenchError(f"workers exited with {codes}; see {procs.log_dir}")
+    counts.update({f"log_{k}": v for k, v in procs.log_levels().items()})
+    return BacklogRun(procs.count, work.total, end - first, rss, cpu_end.minus(cpu_first), counts)
+
+
+async def verify(conn: asyncpg.Connection, work: Workload, topics: Topics) -> dict[str, int]:
+    """The database holds exactly what the workload must produce; else the run is void."""
+    processed = {r["source"]: r["n"] for r in await conn.fetch(
+        "SELECT source, count(*) AS n FROM processed_events GROUP BY source")}
+    outbox = {r["topic"]: r["n"] for r in await conn.fetch(
+        "SELECT topic, count(*) AS n FROM outbox GROUP BY topic")}
+    counts = {
+        "applied_usage": processed.get("usage", 0),
+        "applied_account": processed.get("account", 0),
+        "dead_letters": outbox.get(topics.dlq, 0),
+        "reminders": outbox.get(topics.reminders, 0),
+        "ledger_entries": await conn.fetchval("SELECT count(*) FROM ledger_entries"),
+    }
+    expected = {"applied_usage": work.applied_usage, "applied_account": work.applied_account,
+                "dead_letters": work.dead}
+    wrong = {k: (counts[k], v) for k, v in expected.items() if counts[k] != v}
+    if wrong:
+        raise BenchError(f"database does not match the workload (got, expected): {wrong}")
+    bad = await conn.fetchval(
+        "SELECT count(*) FROM accounts a LEFT JOIN (SELECT account_id, sum(amount_jpy) AS s"
+        " FROM ledger_entries GROUP BY account_id) l USING (account_id)"
+        " WHERE a.balance_jpy <> coalesce(l.s, 0)")
+    if bad:
+        raise BenchError(f"{bad} accounts whose balance is not the sum of their ledger")
+    return counts
+
+
+@dataclass
+class LatencyRun:
+    target_rate: float
+    achieved_rate: float
+    events: int
+    latencies_ms: list[float]
+    cpu: CpuSnapshot | None = None
+    seconds: float = 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        if len(self.latencies_ms) == 1:
+            return self.latencies_ms[0]
+        return statistics.quantiles(self.latencies_ms, n=1000, method="inclusive")[
+            int(q * 1000) - 1]
+
+
+async def run_latency(procs: Processes, setup: Workload, usage: Sequence[Record],
+                      usage_ids: Sequence[str], rate: float, partitions: tuple[int, int],
+                      timeout_s: float) -> LatencyRun:
+    """Accounts set up and applied first; then usage at `rate` events/s, each send stamped,
+    against the moment its reminder can be read from the reminders topic."""
+    services, topics = procs.services, procs.topics
+    inputs, outputs = partitions
+    await produce(services.bootstrap, topics.account, inputs, setup.account)
+    conn = await asyncpg.connect(procs.database_url)
+    reader = OffsetReader(services.bootstrap, timeout_s=10)
+    await procs.start()
+    try:
+        await _wait(lambda: drained(conn, reader, procs.group, topics), procs, timeout_s)
+        received: list[tuple[str, float]] = []
+        listener = await _listen(services.bootstrap, topics.reminders, outputs, received)
+        try:
+            cpu_start, started = CpuSnapshot.take(services, procs.pids), time.monotonic()
+            sent_at, achieved = await _paced(services.bootstrap, topics.usage, inputs, usage,
+                                             rate)
+            await _wait(lambda: drained(conn, reader, procs.group, topics), procs, timeout_s)
+            cpu = CpuSnapshot.take(services, procs.pids).minus(cpu_start)
+            seconds = time.monotonic() - started
+            await asyncio.sleep(1.0)
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+    finally:
+        await reader.close()
+        await conn.close()
+        await procs.stop()
+    first_send: dict[str, float] = {}
+    for event_id, at in zip(usage_ids, sent_at, strict=True):
+        if event_id:
+            first_send.setdefault(event_id, at)
+    latencies = []
+    for reminder_id, at in received:
+        _, _, event_id = reminder_id.partition(":charge:")
+        if event_id in first_send:
+            latencies.append((at - first_send[event_id]) * 1000)
+    return LatencyRun(rate, achieved, len(usage), latencies, cpu, seconds)
+
+
+async def _wait(condition: object, procs: Processes, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await condition():  # type: ignore[operator]
+        procs.check()
+        if time.monotonic() > deadline:
+            raise BenchError(f"workers did not catch up within {timeout_s:.0f} s")
+        await asyncio.sleep(0.05)
+
+
+async def _listen(bootstrap: str, topic: str, partitions: int,
+                  received: list[tuple[str, float]]) -> asyncio.Task[None]:
+    """Collect (reminder id, arrival time) from the end of the topic on."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed", fetch_max_wait_ms=50)
+    await consumer.start()
+    consumer.assign(topic_partitions(topic, partitions))
+    await consumer.seek_to_end()
+
+    async def loop() -> None:
+        try:
+            while True:
+                fetched = await consumer.getmany(timeout_ms=100)
+                now = time.time()
+                for messages in fetched.values():
+                    for m in messages:
+                        headers = dict(m.headers or ())
+                        rid = headers.get("message_id", b"").decode()
+                        received.append((rid, now))
+        finally:
+            await consumer.stop()
+
+    return asyncio.create_task(loop())
+
+
+async def _paced(bootstrap: str, topic: str, partitions: int, records: Sequence[Record],
+                 rate: float) -> tuple[list[float], float]:
+    """Send at `rate` per second in 5 ms ticks; returns each record's send time."""
+    producer = bulk_producer(bootstrap)
+    await producer.start()
+    sent_at = [0.0] * len(records)
+    futures = []
+    try:
+        started = time.monotonic()
+        sent = 0
+        while sent < len(records):
+            due = min(len(records), int((time.monotonic() - started) * rate) + 1)
+            if due > sent:
+                now = time.time()
+                futures += await send_records(producer, topic, partitions, records[sent:due],
+                                              int(now * 1000))
+                sent_at[sent:due] = [now] * (due - sent)
+                sent = due
+            await asyncio.sleep(0.005)
+        achieved = len(records) / max(time.monotonic() - started, 1e-9)
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return sent_at, achieved
