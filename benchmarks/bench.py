@@ -43,26 +43,51 @@ PHASES = ("kafka", "postgres", "one", "two", "latency", "rss")
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="make bench BENCH_ARGS=...", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="make bench BENCH_ARGS=...",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--events", type=int, default=1_000_000, help="usage events (1,000,000)")
     ap.add_argument("--accounts", type=int, default=10_000, help="accounts (10,000)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--rss-accounts", type=int, default=100_000,
-                    help="accounts of the memory run (100,000)")
-    ap.add_argument("--latency-seconds", type=float, default=30.0,
-                    help="how long usage is sent at half the measured rate (30)")
-    ap.add_argument("--latency-rate", type=float, default=0.0,
-                    help="send rate of the latency run when the 1-process run is skipped")
+    ap.add_argument(
+        "--rss-accounts", type=int, default=100_000, help="accounts of the memory run (100,000)"
+    )
+    ap.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=30.0,
+        help="how long usage is sent at half the measured rate (30)",
+    )
+    ap.add_argument(
+        "--latency-rate",
+        type=float,
+        default=0.0,
+        help="send rate of the latency run when the 1-process run is skipped",
+    )
     ap.add_argument("--partitions", type=int, default=6, help="input partitions (6)")
-    ap.add_argument("--phases", default=",".join(PHASES),
-                    help=f"comma-separated subset of {','.join(PHASES)}")
-    ap.add_argument("--worker-env", action="append", default=[], metavar="BILLING_X=V",
-                    help="extra setting for the worker processes (repeatable)")
-    ap.add_argument("--worker-command", default="",
-                    help="run this instead of `billing-worker run` (e.g. under a profiler)")
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md",
-                    help="file the entry is appended to ('-': none)")
+    ap.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}"
+    )
+    ap.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="BILLING_X=V",
+        help="extra setting for the worker processes (repeatable)",
+    )
+    ap.add_argument(
+        "--worker-command",
+        default="",
+        help="run this instead of `billing-worker run` (e.g. under a profiler)",
+    )
+    ap.add_argument(
+        "--results",
+        type=Path,
+        default=ROOT / "benchmarks" / "RESULTS.md",
+        help="file the entry is appended to ('-': none)",
+    )
     ap.add_argument("--json", type=Path, help="also write the raw figures here")
     ap.add_argument("--keep", action="store_true", help="keep the topics and databases")
     args = ap.parse_args(argv)
@@ -87,15 +112,23 @@ class Bench:
         self.db_prefix = f"bench_{self.run_id}"
         self.phases = set(args.phases.split(","))
         self.extra_env = dict(item.split("=", 1) for item in args.worker_env)
-        self.batch = int(self.extra_env.get(
-            "BILLING_BATCH_MAX_RECORDS", Settings.model_fields["batch_max_records"].default))
+        self.batch = int(
+            self.extra_env.get(
+                "BILLING_BATCH_MAX_RECORDS", Settings.model_fields["batch_max_records"].default
+            )
+        )
         self.log_dir = self.services.services_dir / "bench-logs" / self.run_id
         self.start = (datetime.now(UTC) - timedelta(hours=2)).replace(microsecond=0)
         self.results = report.Results(
-            params={"workload": "", "command": "python -m benchmarks.bench "
-                    + shlex.join(sys.argv[1:])},
-            machine=machine(), commit=git_commit(), batch=self.batch,
-            rss_accounts=args.rss_accounts)
+            params={
+                "workload": "",
+                "command": "python -m benchmarks.bench " + shlex.join(sys.argv[1:]),
+            },
+            machine=machine(),
+            commit=git_commit(),
+            batch=self.batch,
+            rss_accounts=args.rss_accounts,
+        )
 
     def topics(self, inputs: str, outputs: str) -> Topics:
         return Topics.named(f"{self.prefix}-{inputs}", f"{self.prefix}-{outputs}")
@@ -107,8 +140,15 @@ class Bench:
         await create_topics(self.services.bootstrap, wanted)
 
     def processes(self, topics: Topics, db_url: str, name: str, count: int) -> Processes:
-        procs = Processes(self.services, topics, db_url, f"{self.prefix}-{name}", self.log_dir,
-                          count, self.extra_env)
+        procs = Processes(
+            self.services,
+            topics,
+            db_url,
+            f"{self.prefix}-{name}",
+            self.log_dir,
+            count,
+            self.extra_env,
+        )
         if self.args.worker_command:
             procs.command = shlex.split(self.args.worker_command)
         return procs
@@ -141,13 +181,14 @@ class Bench:
 
     async def ceilings(self, work: Workload, main: Topics) -> None:
         if "kafka" in self.phases:
-            self.results.kafka = await kafka_ceiling(self.services, main.inputs,
-                                                     self.args.partitions, work.total,
-                                                     self.batch)
+            self.results.kafka = await kafka_ceiling(
+                self.services, main.inputs, self.args.partitions, work.total, self.batch
+            )
             say(f"ceiling (a) Kafka read + decode: {self.results.kafka.rate:,.0f} ev/s")
         if "postgres" in self.phases:
             self.results.postgres = await postgres_ceiling(
-                self.services, f"{self.db_prefix}_ceiling", work.rows, work.total, self.batch)
+                self.services, f"{self.db_prefix}_ceiling", work.rows, work.total, self.batch
+            )
             say(f"ceiling (b) PostgreSQL COPY + commit: {self.results.postgres.rate:,.0f} ev/s")
 
     async def backlogs(self, work: Workload, main: Topics) -> None:
@@ -161,8 +202,10 @@ class Bench:
             say(f"{count} worker process(es) on the backlog ...")
             result = await run_backlog(self.processes(topics, db, phase, count), work, timeout)
             setattr(self.results, phase, result)
-            say(f"{count} process(es): {result.rate:,.0f} ev/s in {result.seconds:.1f} s, "
-                f"peak RSS {', '.join(f'{m:.0f}' for m in result.peak_rss_mb)} MB")
+            say(
+                f"{count} process(es): {result.rate:,.0f} ev/s in {result.seconds:.1f} s, "
+                f"peak RSS {', '.join(f'{m:.0f}' for m in result.peak_rss_mb)} MB"
+            )
 
     async def latency(self, gen: Generator) -> None:
         if "latency" not in self.phases:
@@ -176,18 +219,32 @@ class Bench:
         # The same skewed mix as the rate it is half of.
         setup, ids = latency_setup(gen, accounts, count)
         usage = Workload()
-        gen.usage(usage, ids, count, begin=datetime.now(UTC),
-                  span_s=self.args.latency_seconds, skewed=True)
+        gen.usage(
+            usage,
+            ids,
+            count,
+            begin=datetime.now(UTC),
+            span_s=self.args.latency_seconds,
+            skewed=True,
+        )
         topics = self.topics("lat", "lat-out")
         await self.make_topics(topics, inputs=True)
         db = await create_database(self.services, f"{self.db_prefix}_lat")
         say(f"latency: {count:,} usage events at {rate:,.0f} ev/s over {accounts:,} accounts")
         self.results.latency = await run_latency(
-            self.processes(topics, db, "lat", 1), setup, usage.usage, usage.usage_ids, rate,
-            (self.args.partitions, 3), timeout_s=max(300.0, count / 200))
+            self.processes(topics, db, "lat", 1),
+            setup,
+            usage.usage,
+            usage.usage_ids,
+            rate,
+            (self.args.partitions, 3),
+            timeout_s=max(300.0, count / 200),
+        )
         lat = self.results.latency
-        say(f"latency: p50 {lat.percentile(0.5):.0f} ms, p99 {lat.percentile(0.99):.0f} ms "
-            f"over {len(lat.latencies_ms):,} reminders")
+        say(
+            f"latency: p50 {lat.percentile(0.5):.0f} ms, p99 {lat.percentile(0.99):.0f} ms "
+            f"over {len(lat.latencies_ms):,} reminders"
+        )
 
     async def memory(self, gen: Generator) -> None:
         if "rss" not in self.phases:
@@ -195,37 +252,49 @@ class Bench:
         work = rss_workload(gen, self.args.rss_accounts)
         topics = self.topics("rss", "rss-out")
         await self.make_topics(topics, inputs=True)
-        await produce(self.services.bootstrap, topics.account, self.args.partitions,
-                      work.account)
+        await produce(self.services.bootstrap, topics.account, self.args.partitions, work.account)
         await produce(self.services.bootstrap, topics.usage, self.args.partitions, work.usage)
         db = await create_database(self.services, f"{self.db_prefix}_rss")
         say(f"memory: {work.total:,} events over {self.args.rss_accounts:,} accounts ...")
-        self.results.rss = await run_backlog(self.processes(topics, db, "rss", 1), work,
-                                             max(300.0, work.total / 500))
+        self.results.rss = await run_backlog(
+            self.processes(topics, db, "rss", 1), work, max(300.0, work.total / 500)
+        )
         say(f"memory: peak RSS {max(self.results.rss.peak_rss_mb):.0f} MB")
 
 
 def describe(work: Workload, args: argparse.Namespace) -> str:
     usage = len(work.usage)
-    return (f"{usage:,} usage events ({work.duplicates / usage:.1%} duplicates, "
-            f"{work.dead / usage:.2%} dead letters; mostly Japan, some abroad, multi-segment) "
-            f"+ {len(work.account):,} account events over {args.accounts:,} accounts "
-            f"(a few lots and a threshold each), seed {args.seed}, {args.partitions} partitions")
+    return (
+        f"{usage:,} usage events ({work.duplicates / usage:.1%} duplicates, "
+        f"{work.dead / usage:.2%} dead letters; mostly Japan, some abroad, multi-segment) "
+        f"+ {len(work.account):,} account events over {args.accounts:,} accounts "
+        f"(a few lots and a threshold each), seed {args.seed}, {args.partitions} partitions"
+    )
 
 
 def raw(results: report.Results) -> dict[str, object]:
     def runs(run: object) -> object:
         return None if run is None else {**vars(run), "cpu": vars(run.cpu)}  # type: ignore[attr-defined]
+
     lat = results.latency
     return {
-        "started": results.started.isoformat(), "commit": results.commit,
-        "machine": results.machine, "params": results.params,
+        "started": results.started.isoformat(),
+        "commit": results.commit,
+        "machine": results.machine,
+        "params": results.params,
         "kafka_ceiling": results.kafka and vars(results.kafka),
         "postgres_ceiling": results.postgres and vars(results.postgres),
-        "one": runs(results.one), "two": runs(results.two), "rss": runs(results.rss),
-        "latency": lat and {"target_rate": lat.target_rate, "achieved_rate": lat.achieved_rate,
-                            "n": len(lat.latencies_ms), "p50_ms": lat.percentile(0.5),
-                            "p99_ms": lat.percentile(0.99)},
+        "one": runs(results.one),
+        "two": runs(results.two),
+        "rss": runs(results.rss),
+        "latency": lat
+        and {
+            "target_rate": lat.target_rate,
+            "achieved_rate": lat.achieved_rate,
+            "n": len(lat.latencies_ms),
+            "p50_ms": lat.percentile(0.5),
+            "p99_ms": lat.percentile(0.99),
+        },
     }
 
 

@@ -25,13 +25,18 @@ class Ceiling:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
-async def kafka_ceiling(services: Services, topics: list[str], partitions: int, expected: int,
-                        max_records: int) -> Ceiling:
+async def kafka_ceiling(
+    services: Services, topics: list[str], partitions: int, expected: int, max_records: int
+) -> Ceiling:
     """A plain aiokafka consumer reading both input topics and decoding every value with
     orjson, nothing else: the worker's client settings, no group, no commits."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=services.bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", isolation_level="read_committed",
-                                max_poll_records=max_records)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=services.bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_poll_records=max_records,
+    )
     await consumer.start()
     try:
         consumer.assign([tp for t in topics for tp in topic_partitions(t, partitions)])
@@ -65,8 +70,9 @@ CREATE TABLE usage_min (
 """
 
 
-async def postgres_ceiling(services: Services, db_name: str, rows: Sequence[Row], events: int,
-                           batch: int) -> Ceiling:
+async def postgres_ceiling(
+    services: Services, db_name: str, rows: Sequence[Row], events: int, batch: int
+) -> Ceiling:
     """The fewest durable writes for the same events: one row per applied event, keyed by
     event id (de-duplication needs that key), COPY'd and committed `batch` events at a time
     over one connection; the rate counts every input event, as the worker's does."""
@@ -79,8 +85,10 @@ async def postgres_ceiling(services: Services, db_name: str, rows: Sequence[Row]
         for begin in range(0, len(rows), per_batch):
             async with conn.transaction():
                 await conn.copy_records_to_table(
-                    "usage_min", records=rows[begin:begin + per_batch],
-                    columns=["event_id", "account_id", "occurred_at", "amount_jpy"])
+                    "usage_min",
+                    records=rows[begin : begin + per_batch],
+                    columns=["event_id", "account_id", "occurred_at", "amount_jpy"],
+                )
         seconds = time.perf_counter() - started
         written = await conn.fetchval("SELECT count(*) FROM usage_min")
         if written != len(rows):

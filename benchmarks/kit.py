@@ -36,8 +36,12 @@ class Services:
         `scripts/services env`, which honours BILLING_SERVICES_* the same way."""
         env = {k: v for k, v in os.environ.items() if k.startswith("BILLING_")}
         if "BILLING_KAFKA_BOOTSTRAP_SERVERS" not in env or "BILLING_DATABASE_URL" not in env:
-            out = subprocess.run([str(ROOT / "scripts" / "services"), "env"], check=True,
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [str(ROOT / "scripts" / "services"), "env"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             for line in out.splitlines():
                 key, _, value = line.removeprefix("export ").partition("=")
                 env.setdefault(key, value.strip("'\""))
@@ -74,8 +78,12 @@ async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
         for _ in range(100):
             # Every partition has a leader: a producer started now gets no NotLeader retries.
             described = await admin.describe_topics(list(topics))
-            if all(t["error_code"] == 0 and len(t["partitions"]) == topics[t["topic"]]
-                   and all(p["leader"] >= 0 for p in t["partitions"]) for t in described):
+            if all(
+                t["error_code"] == 0
+                and len(t["partitions"]) == topics[t["topic"]]
+                and all(p["leader"] >= 0 for p in t["partitions"])
+                for t in described
+            ):
                 return
             await asyncio.sleep(0.1)
         raise TimeoutError(f"topics have no leaders: {sorted(topics)}")
@@ -100,13 +108,23 @@ def partition_of(key: bytes, partitions: int) -> int:
 
 
 def bulk_producer(bootstrap: str) -> AIOKafkaProducer:
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                            linger_ms=5, max_batch_size=512 * 1024, request_timeout_ms=60_000)
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=512 * 1024,
+        request_timeout_ms=60_000,
+    )
 
 
-async def send_records(producer: AIOKafkaProducer, topic: str, partitions: int,
-                       records: Sequence[tuple[bytes, bytes]],
-                       timestamp_ms: int | None = None) -> list[asyncio.Future[object]]:
+async def send_records(
+    producer: AIOKafkaProducer,
+    topic: str,
+    partitions: int,
+    records: Sequence[tuple[bytes, bytes]],
+    timestamp_ms: int | None = None,
+) -> list[asyncio.Future[object]]:
     """Hand records to the producer in whole batches per partition (order kept per key);
     returns the futures of their acks."""
     by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
@@ -124,15 +142,21 @@ async def send_records(producer: AIOKafkaProducer, topic: str, partitions: int,
     return futures
 
 
-async def produce(bootstrap: str, topic: str, partitions: int,
-                  records: Sequence[tuple[bytes, bytes]], chunk: int = 50_000) -> None:
+async def produce(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    records: Sequence[tuple[bytes, bytes]],
+    chunk: int = 50_000,
+) -> None:
     """Load records into a topic and wait for every ack."""
     producer = bulk_producer(bootstrap)
     await producer.start()
     try:
         for begin in range(0, len(records), chunk):
-            await asyncio.gather(*await send_records(producer, topic, partitions,
-                                                     records[begin:begin + chunk]))
+            await asyncio.gather(
+                *await send_records(producer, topic, partitions, records[begin : begin + chunk])
+            )
     finally:
         await producer.stop()
 
@@ -169,8 +193,12 @@ async def create_database(services: Services, name: str, *, migrated: bool = Tru
 async def drop_databases(services: Services, prefix: str) -> None:
     admin = await asyncpg.connect(services.database_url)
     try:
-        names = [r["datname"] for r in await admin.fetch(
-            "SELECT datname FROM pg_database WHERE datname LIKE $1", prefix + "%")]
+        names = [
+            r["datname"]
+            for r in await admin.fetch(
+                "SELECT datname FROM pg_database WHERE datname LIKE $1", prefix + "%"
+            )
+        ]
         for name in names:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
@@ -237,13 +265,19 @@ class CpuSnapshot:
             pg = cpu_seconds(postmaster) + sum(cpu_seconds(p) for p in children(postmaster))
         kafka = services.kafka_pid()
         busy, total = system_cpu()
-        return cls(sum(cpu_seconds(p) for p in workers), pg,
-                   0.0 if kafka is None else cpu_seconds(kafka), cpu_seconds(os.getpid()),
-                   busy, total)
+        return cls(
+            sum(cpu_seconds(p) for p in workers),
+            pg,
+            0.0 if kafka is None else cpu_seconds(kafka),
+            cpu_seconds(os.getpid()),
+            busy,
+            total,
+        )
 
     def minus(self, earlier: CpuSnapshot) -> CpuSnapshot:
-        return CpuSnapshot(*(a - b for a, b in zip(vars(self).values(), vars(earlier).values(),
-                                                    strict=True)))
+        return CpuSnapshot(
+            *(a - b for a, b in zip(vars(self).values(), vars(earlier).values(), strict=True))
+        )
 
 
 def machine() -> dict[str, str]:
@@ -253,17 +287,26 @@ def machine() -> dict[str, str]:
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal:"))
+    mem_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
     load = Path("/proc/loadavg").read_text().split()[:3]
-    return {"nproc": str(os.cpu_count() or 0), "cpu": model, "ram": f"{mem_kb / 1024**2:.1f} GiB",
-            "load": " ".join(load)}
+    return {
+        "nproc": str(os.cpu_count() or 0),
+        "cpu": model,
+        "ram": f"{mem_kb / 1024**2:.1f} GiB",
+        "load": " ".join(load),
+    }
 
 
 def git_commit() -> str:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              check=False).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", "worker", "schemas")
     return commit + (" + uncommitted changes in worker/ or schemas/" if dirty else "")

@@ -55,48 +55,83 @@ def _cpu(run: BacklogRun | LatencyRun) -> str:
         return ""
     other = cpu.busy - cpu.worker - cpu.postgres - cpu.kafka - cpu.bench
     cores = cpu.total / wall
-    return (f"worker {cpu.worker / wall:.2f}, PostgreSQL {cpu.postgres / wall:.2f}, "
-            f"Kafka {cpu.kafka / wall:.2f}, bench {cpu.bench / wall:.2f}, "
-            f"other {max(other, 0) / wall:.2f}; busy {cpu.busy / wall:.2f} of {cores:.1f}")
+    return (
+        f"worker {cpu.worker / wall:.2f}, PostgreSQL {cpu.postgres / wall:.2f}, "
+        f"Kafka {cpu.kafka / wall:.2f}, bench {cpu.bench / wall:.2f}, "
+        f"other {max(other, 0) / wall:.2f}; busy {cpu.busy / wall:.2f} of {cores:.1f}"
+    )
 
 
 def table(r: Results) -> str:
     rows: list[tuple[str, str, str]] = []
     if r.kafka:
-        rows.append(("ceiling (a): plain aiokafka consumer, read + orjson decode",
-                     f"{r.kafka.rate:,.0f} ev/s ({r.kafka.seconds:.1f} s)", ""))
+        rows.append(
+            (
+                "ceiling (a): plain aiokafka consumer, read + orjson decode",
+                f"{r.kafka.rate:,.0f} ev/s ({r.kafka.seconds:.1f} s)",
+                "",
+            )
+        )
     if r.postgres:
-        rows.append((f"ceiling (b): PostgreSQL, one row per event, COPY + commit per "
-                     f"{r.batch:,} events", f"{r.postgres.rate:,.0f} ev/s "
-                     f"({r.postgres.seconds:.1f} s)", ""))
+        rows.append(
+            (
+                f"ceiling (b): PostgreSQL, one row per event, COPY + commit per {r.batch:,} events",
+                f"{r.postgres.rate:,.0f} ev/s ({r.postgres.seconds:.1f} s)",
+                "",
+            )
+        )
     low = r.lower_ceiling
     if r.one:
         met = _verdict(r.one.rate >= TARGET_RATE)
-        rows.append(("worker end to end, 1 process (first event read → last offset "
-                     "committed, outbox drained)", f"{r.one.rate:,.0f} ev/s "
-                     f"({r.one.seconds:.1f} s)", f"≥ 20,000 ev/s: {met}"))
+        rows.append(
+            (
+                "worker end to end, 1 process (first event read → last offset "
+                "committed, outbox drained)",
+                f"{r.one.rate:,.0f} ev/s ({r.one.seconds:.1f} s)",
+                f"≥ 20,000 ev/s: {met}",
+            )
+        )
         if low:
             ratio = r.one.rate / low
-            rows.append(("ratio to the lower ceiling", f"{ratio:.2f}",
-                         f"≥ 0.5: {_verdict(ratio >= TARGET_RATIO)}"))
+            rows.append(
+                (
+                    "ratio to the lower ceiling",
+                    f"{ratio:.2f}",
+                    f"≥ 0.5: {_verdict(ratio >= TARGET_RATIO)}",
+                )
+            )
     if r.latency:
         lat = r.latency
         p99 = lat.percentile(0.99)
-        rows.append((f"latency produce → reminder readable, at {lat.target_rate:,.0f} ev/s "
-                     f"(sent {lat.achieved_rate:,.0f} ev/s)",
-                     f"p50 {lat.percentile(0.5):,.0f} ms, p99 {p99:,.0f} ms, max "
-                     f"{max(lat.latencies_ms, default=float('nan')):,.0f} ms "
-                     f"(n = {len(lat.latencies_ms):,})",
-                     f"p99 < 500 ms: {_verdict(p99 < TARGET_P99_MS)}"))
+        rows.append(
+            (
+                f"latency produce → reminder readable, at {lat.target_rate:,.0f} ev/s "
+                f"(sent {lat.achieved_rate:,.0f} ev/s)",
+                f"p50 {lat.percentile(0.5):,.0f} ms, p99 {p99:,.0f} ms, max "
+                f"{max(lat.latencies_ms, default=float('nan')):,.0f} ms "
+                f"(n = {len(lat.latencies_ms):,})",
+                f"p99 < 500 ms: {_verdict(p99 < TARGET_P99_MS)}",
+            )
+        )
     if r.rss:
         peak = max(r.rss.peak_rss_mb)
-        rows.append((f"peak RSS of the worker, {r.rss_accounts:,} accounts "
-                     f"({r.rss.events:,} events at {r.rss.rate:,.0f} ev/s)", f"{peak:,.0f} MB",
-                     f"< 300 MB: {_verdict(peak < TARGET_RSS_MB)}"))
+        rows.append(
+            (
+                f"peak RSS of the worker, {r.rss_accounts:,} accounts "
+                f"({r.rss.events:,} events at {r.rss.rate:,.0f} ev/s)",
+                f"{peak:,.0f} MB",
+                f"< 300 MB: {_verdict(peak < TARGET_RSS_MB)}",
+            )
+        )
     if r.two:
         scale = f" = {r.two.rate / r.one.rate:.2f} × 1 process" if r.one else ""
-        rows.append(("worker end to end, 2 processes in one group",
-                     f"{r.two.rate:,.0f} ev/s ({r.two.seconds:.1f} s){scale}", ""))
+        rows.append(
+            (
+                "worker end to end, 2 processes in one group",
+                f"{r.two.rate:,.0f} ev/s ({r.two.seconds:.1f} s){scale}",
+                "",
+            )
+        )
     lines = ["| measure | result | target |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines)
@@ -112,26 +147,29 @@ def details(r: Results) -> str:
         counts = ", ".join(f"{k} {v:,}" for k, v in run.counts.items())
         out.append(f"  - peak RSS {rss} MB; {counts}")
     if r.latency is not None and r.latency.cpu is not None:
-        out.append(f"- CPU during the latency run (sending until drained), in cores: "
-                   f"{_cpu(r.latency)}")
+        out.append(
+            f"- CPU during the latency run (sending until drained), in cores: {_cpu(r.latency)}"
+        )
     return "\n".join(out)
 
 
 def entry(r: Results) -> str:
     m, p = r.machine, r.params
-    return "\n".join([
-        f"## {r.started:%Y-%m-%d %H:%M} UTC · commit {r.commit}",
-        "",
-        f"- machine: {m['nproc']} × {m['cpu']}, {m['ram']} RAM; load average before the "
-        f"run {m['load']}",
-        f"- workload: {p['workload']}",
-        f"- command: `{p['command']}`",
-        "",
-        table(r),
-        "",
-        details(r),
-        "",
-    ])
+    return "\n".join(
+        [
+            f"## {r.started:%Y-%m-%d %H:%M} UTC · commit {r.commit}",
+            "",
+            f"- machine: {m['nproc']} × {m['cpu']}, {m['ram']} RAM; load average before the "
+            f"run {m['load']}",
+            f"- workload: {p['workload']}",
+            f"- command: `{p['command']}`",
+            "",
+            table(r),
+            "",
+            details(r),
+            "",
+        ]
+    )
 
 
 def append(path: Path, text: str) -> None:

@@ -47,8 +47,13 @@ class Topics:
 
     @classmethod
     def named(cls, inputs: str, outputs: str) -> Topics:
-        return cls(f"{inputs}.usage", f"{inputs}.account-events", f"{outputs}.reminders",
-                   f"{outputs}.invoices", f"{outputs}.dlq")
+        return cls(
+            f"{inputs}.usage",
+            f"{inputs}.account-events",
+            f"{outputs}.reminders",
+            f"{outputs}.invoices",
+            f"{outputs}.dlq",
+        )
 
     @property
     def inputs(self) -> list[str]:
@@ -77,20 +82,22 @@ class Processes:
     def env(self, index: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
         t = self.topics
-        env.update({
-            "BILLING_KAFKA_BOOTSTRAP_SERVERS": self.services.bootstrap,
-            "BILLING_DATABASE_URL": self.database_url,
-            "BILLING_CONSUMER_GROUP": self.group,
-            "BILLING_CLIENT_ID": f"{self.group}-{index}",
-            "BILLING_TOPIC_USAGE": t.usage,
-            "BILLING_TOPIC_ACCOUNT_EVENTS": t.account,
-            "BILLING_TOPIC_REMINDERS": t.reminders,
-            "BILLING_TOPIC_INVOICES": t.invoices,
-            "BILLING_TOPIC_DLQ": t.dlq,
-            "BILLING_HTTP_PORT": "0",
-            "BILLING_LOG_JSON": "true",
-            **self.extra_env,
-        })
+        env.update(
+            {
+                "BILLING_KAFKA_BOOTSTRAP_SERVERS": self.services.bootstrap,
+                "BILLING_DATABASE_URL": self.database_url,
+                "BILLING_CONSUMER_GROUP": self.group,
+                "BILLING_CLIENT_ID": f"{self.group}-{index}",
+                "BILLING_TOPIC_USAGE": t.usage,
+                "BILLING_TOPIC_ACCOUNT_EVENTS": t.account,
+                "BILLING_TOPIC_REMINDERS": t.reminders,
+                "BILLING_TOPIC_INVOICES": t.invoices,
+                "BILLING_TOPIC_DLQ": t.dlq,
+                "BILLING_HTTP_PORT": "0",
+                "BILLING_LOG_JSON": "true",
+                **self.extra_env,
+            }
+        )
         return env
 
     async def start(self) -> None:
@@ -98,9 +105,15 @@ class Processes:
         for index in range(self.count):
             log = (self.log_dir / f"{self.group}-{index}.log").open("wb")
             self.logs.append(log)
-            self.procs.append(await asyncio.create_subprocess_exec(
-                *self.command, env=self.env(index), stdin=asyncio.subprocess.DEVNULL,
-                stdout=log, stderr=log))
+            self.procs.append(
+                await asyncio.create_subprocess_exec(
+                    *self.command,
+                    env=self.env(index),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                )
+            )
 
     @property
     def pids(self) -> list[int]:
@@ -109,8 +122,9 @@ class Processes:
     def check(self) -> None:
         for proc in self.procs:
             if proc.returncode is not None:
-                raise BenchError(f"worker {proc.pid} exited with {proc.returncode}; "
-                                 f"see {self.log_dir}")
+                raise BenchError(
+                    f"worker {proc.pid} exited with {proc.returncode}; see {self.log_dir}"
+                )
 
     async def stop(self) -> list[int | None]:
         """SIGTERM, as an orchestrator would; the exit codes (None if it had to be killed)."""
@@ -158,8 +172,9 @@ class BacklogRun:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
-async def drained(conn: asyncpg.Connection, reader: OffsetReader, group: str,
-                  topics: Topics) -> bool:
+async def drained(
+    conn: asyncpg.Connection, reader: OffsetReader, group: str, topics: Topics
+) -> bool:
     if not await caught_up(reader, group, topics.inputs):
         return False
     return not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL)")
@@ -201,10 +216,16 @@ async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> Bac
 
 async def verify(conn: asyncpg.Connection, work: Workload, topics: Topics) -> dict[str, int]:
     """The database holds exactly what the workload must produce; else the run is void."""
-    processed = {r["source"]: r["n"] for r in await conn.fetch(
-        "SELECT source, count(*) AS n FROM processed_events GROUP BY source")}
-    outbox = {r["topic"]: r["n"] for r in await conn.fetch(
-        "SELECT topic, count(*) AS n FROM outbox GROUP BY topic")}
+    processed = {
+        r["source"]: r["n"]
+        for r in await conn.fetch(
+            "SELECT source, count(*) AS n FROM processed_events GROUP BY source"
+        )
+    }
+    outbox = {
+        r["topic"]: r["n"]
+        for r in await conn.fetch("SELECT topic, count(*) AS n FROM outbox GROUP BY topic")
+    }
     counts = {
         "applied_usage": processed.get("usage", 0),
         "applied_account": processed.get("account", 0),
@@ -212,15 +233,19 @@ async def verify(conn: asyncpg.Connection, work: Workload, topics: Topics) -> di
         "reminders": outbox.get(topics.reminders, 0),
         "ledger_entries": await conn.fetchval("SELECT count(*) FROM ledger_entries"),
     }
-    expected = {"applied_usage": work.applied_usage, "applied_account": work.applied_account,
-                "dead_letters": work.dead}
+    expected = {
+        "applied_usage": work.applied_usage,
+        "applied_account": work.applied_account,
+        "dead_letters": work.dead,
+    }
     wrong = {k: (counts[k], v) for k, v in expected.items() if counts[k] != v}
     if wrong:
         raise BenchError(f"database does not match the workload (got, expected): {wrong}")
     bad = await conn.fetchval(
         "SELECT count(*) FROM accounts a LEFT JOIN (SELECT account_id, sum(amount_jpy) AS s"
         " FROM ledger_entries GROUP BY account_id) l USING (account_id)"
-        " WHERE a.balance_jpy <> coalesce(l.s, 0)")
+        " WHERE a.balance_jpy <> coalesce(l.s, 0)"
+    )
     if bad:
         raise BenchError(f"{bad} accounts whose balance is not the sum of their ledger")
     return counts
@@ -241,12 +266,19 @@ class LatencyRun:
         if len(self.latencies_ms) == 1:
             return self.latencies_ms[0]
         return statistics.quantiles(self.latencies_ms, n=1000, method="inclusive")[
-            int(q * 1000) - 1]
+            int(q * 1000) - 1
+        ]
 
 
-async def run_latency(procs: Processes, setup: Workload, usage: Sequence[Record],
-                      usage_ids: Sequence[str], rate: float, partitions: tuple[int, int],
-                      timeout_s: float) -> LatencyRun:
+async def run_latency(
+    procs: Processes,
+    setup: Workload,
+    usage: Sequence[Record],
+    usage_ids: Sequence[str],
+    rate: float,
+    partitions: tuple[int, int],
+    timeout_s: float,
+) -> LatencyRun:
     """Accounts set up and applied first; then usage at `rate` events/s, each send stamped,
     against the moment its reminder can be read from the reminders topic."""
     services, topics = procs.services, procs.topics
@@ -261,8 +293,7 @@ async def run_latency(procs: Processes, setup: Workload, usage: Sequence[Record]
         listener = await _listen(services.bootstrap, topics.reminders, outputs, received)
         try:
             cpu_start, started = CpuSnapshot.take(services, procs.pids), time.monotonic()
-            sent_at, achieved = await _paced(services.bootstrap, topics.usage, inputs, usage,
-                                             rate)
+            sent_at, achieved = await _paced(services.bootstrap, topics.usage, inputs, usage, rate)
             await _wait(lambda: drained(conn, reader, procs.group, topics), procs, timeout_s)
             cpu = CpuSnapshot.take(services, procs.pids).minus(cpu_start)
             seconds = time.monotonic() - started
@@ -295,11 +326,16 @@ async def _wait(condition: object, procs: Processes, timeout_s: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _listen(bootstrap: str, topic: str, partitions: int,
-                  received: list[tuple[str, float]]) -> asyncio.Task[None]:
+async def _listen(
+    bootstrap: str, topic: str, partitions: int, received: list[tuple[str, float]]
+) -> asyncio.Task[None]:
     """Collect (reminder id, arrival time) from the end of the topic on."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed", fetch_max_wait_ms=50)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        fetch_max_wait_ms=50,
+    )
     await consumer.start()
     consumer.assign(topic_partitions(topic, partitions))
     await consumer.seek_to_end()
@@ -320,8 +356,9 @@ async def _listen(bootstrap: str, topic: str, partitions: int,
     return asyncio.create_task(loop())
 
 
-async def _paced(bootstrap: str, topic: str, partitions: int, records: Sequence[Record],
-                 rate: float) -> tuple[list[float], float]:
+async def _paced(
+    bootstrap: str, topic: str, partitions: int, records: Sequence[Record], rate: float
+) -> tuple[list[float], float]:
     """Send at `rate` per second in 5 ms ticks; returns each record's send time."""
     producer = bulk_producer(bootstrap)
     await producer.start()
@@ -334,8 +371,9 @@ async def _paced(bootstrap: str, topic: str, partitions: int, records: Sequence[
             due = min(len(records), int((time.monotonic() - started) * rate) + 1)
             if due > sent:
                 now = time.time()
-                futures += await send_records(producer, topic, partitions, records[sent:due],
-                                              int(now * 1000))
+                futures += await send_records(
+                    producer, topic, partitions, records[sent:due], int(now * 1000)
+                )
                 sent_at[sent:due] = [now] * (due - sent)
                 sent = due
             await asyncio.sleep(0.005)

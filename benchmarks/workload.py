@@ -81,9 +81,17 @@ class Generator:
         self.seq += 1
         return f"{self.run_id}-{kind}{self.seq}"
 
-    def open_accounts(self, work: Workload, ids: list[str], *, purchases: tuple[int, int],
-                      test_credits: list[int] | None = None, threshold_jpy: int | None = None,
-                      reminder_share: float = 1.0, span_s: float = 60.0) -> None:
+    def open_accounts(
+        self,
+        work: Workload,
+        ids: list[str],
+        *,
+        purchases: tuple[int, int],
+        test_credits: list[int] | None = None,
+        threshold_jpy: int | None = None,
+        reminder_share: float = 1.0,
+        span_s: float = 60.0,
+    ) -> None:
         """Open each account, set its reminder, buy a few lots; some switch to postpay."""
         rng = self.rng
         step = span_s / max(len(ids), 1)
@@ -94,32 +102,61 @@ class Generator:
                 events[0]["test_credits"] = test_credits[i]
             if rng.random() < reminder_share:
                 threshold = threshold_jpy or rng.choice(THRESHOLDS_JPY)
-                events.append({"type": "reminder_configured", "enabled": True,
-                               "threshold": threshold, "email": f"ops+{account}@example.com"})
+                events.append(
+                    {
+                        "type": "reminder_configured",
+                        "enabled": True,
+                        "threshold": threshold,
+                        "email": f"ops+{account}@example.com",
+                    }
+                )
             for _ in range(rng.randint(*purchases)):
                 if rng.random() < 0.005:
-                    events.append({"type": "credits_purchased", "purchase_id": self._id("p"),
-                                   "amount": 120_000, "payment_method": "invoice"})
+                    events.append(
+                        {
+                            "type": "credits_purchased",
+                            "purchase_id": self._id("p"),
+                            "amount": 120_000,
+                            "payment_method": "invoice",
+                        }
+                    )
                 else:
-                    events.append({"type": "credits_purchased", "purchase_id": self._id("p"),
-                                   "amount": rng.choice(CARD_AMOUNTS_JPY),
-                                   "payment_method": "credit_card"})
+                    events.append(
+                        {
+                            "type": "credits_purchased",
+                            "purchase_id": self._id("p"),
+                            "amount": rng.choice(CARD_AMOUNTS_JPY),
+                            "payment_method": "credit_card",
+                        }
+                    )
             if rng.random() < self.mix.postpay_share:
                 events.append({"type": "switched_to_postpay", "contract_id": f"c-{account}"})
             key = account.encode()
             for n, body in enumerate(events):
                 occurred = at + timedelta(milliseconds=n)
                 event_id = self._id("a")
-                body.update(event_id=event_id, account_id=account,
-                            occurred_at=occurred.astimezone(JST).isoformat(timespec="milliseconds"))
+                body.update(
+                    event_id=event_id,
+                    account_id=account,
+                    occurred_at=occurred.astimezone(JST).isoformat(timespec="milliseconds"),
+                )
                 work.account.append((key, orjson.dumps(body)))
                 amount = body.get("amount")
-                work.rows.append((event_id, account, occurred,
-                                  amount if isinstance(amount, int) else 0))
+                work.rows.append(
+                    (event_id, account, occurred, amount if isinstance(amount, int) else 0)
+                )
                 work.applied_account += 1
 
-    def usage(self, work: Workload, ids: list[str], count: int, *, begin: datetime,
-              span_s: float, skewed: bool) -> None:
+    def usage(
+        self,
+        work: Workload,
+        ids: list[str],
+        count: int,
+        *,
+        begin: datetime,
+        span_s: float,
+        skewed: bool,
+    ) -> None:
         """`count` usage records from `begin` over `span_s`: the mix in `Mix`.
 
         Skewed traffic comes mostly from a few big senders (account index ~ u²)."""
@@ -149,8 +186,11 @@ class Generator:
                 work.usage_ids.append("")
                 work.dead += 1
                 continue
-            body: dict[str, object] = {"event_id": event_id, "account_id": account,
-                                       "occurred_at": stamp}
+            body: dict[str, object] = {
+                "event_id": event_id,
+                "account_id": account,
+                "occurred_at": stamp,
+            }
             segments = SEGMENT_TABLE[int(random_() * len(SEGMENT_TABLE))]
             if random_() < mix.japan_share:
                 country, price = "JP", 10
@@ -168,17 +208,23 @@ class Generator:
                 recent = recent[-2_500:]
             work.usage.append((key, orjson.dumps(body)))
             work.usage_ids.append(event_id)
-            work.rows.append((event_id, account, datetime.fromtimestamp(at_s, UTC),
-                              price * segments))
+            work.rows.append(
+                (event_id, account, datetime.fromtimestamp(at_s, UTC), price * segments)
+            )
             work.applied_usage += 1
 
     def _dead(self, event_id: str, account: str, stamp: str) -> bytes:
         if self.rng.random() < 0.5:
             return b'{"event_id": "' + event_id.encode() + b'", "account_id": '
         prefix, digits = NO_RATE
-        return orjson.dumps({"event_id": event_id, "account_id": account, "occurred_at": stamp,
-                             "destination": prefix + str(self.rng.randrange(10**digits))
-                             .zfill(digits)})
+        return orjson.dumps(
+            {
+                "event_id": event_id,
+                "account_id": account,
+                "occurred_at": stamp,
+                "destination": prefix + str(self.rng.randrange(10**digits)).zfill(digits),
+            }
+        )
 
 
 class _Stamps:
@@ -205,8 +251,9 @@ def main_workload(gen: Generator, accounts: int, events: int) -> Workload:
     work = Workload()
     ids = account_ids(f"{gen.run_id}-acct", accounts)
     gen.open_accounts(work, ids, purchases=(1, 3), span_s=60.0)
-    gen.usage(work, ids, events, begin=gen.start + timedelta(seconds=120), span_s=3_600.0,
-              skewed=True)
+    gen.usage(
+        work, ids, events, begin=gen.start + timedelta(seconds=120), span_s=3_600.0, skewed=True
+    )
     return work
 
 
@@ -225,8 +272,9 @@ def latency_setup(gen: Generator, accounts: int, events: int) -> tuple[Workload,
     for index in range(accounts):
         reach = max(int(2 * events * skewed_share(index, accounts)), 2)
         credits.append(100 + 10 * gen.rng.randint(1, reach))
-    gen.open_accounts(work, ids, purchases=(0, 0), test_credits=credits, threshold_jpy=100,
-                      span_s=30.0)
+    gen.open_accounts(
+        work, ids, purchases=(0, 0), test_credits=credits, threshold_jpy=100, span_s=30.0
+    )
     return work, ids
 
 
@@ -235,6 +283,12 @@ def rss_workload(gen: Generator, accounts: int) -> Workload:
     work = Workload()
     ids = account_ids(f"{gen.run_id}-rss", accounts)
     gen.open_accounts(work, ids, purchases=(0, 1), reminder_share=0.5, span_s=60.0)
-    gen.usage(work, ids, 2 * accounts, begin=gen.start + timedelta(seconds=120), span_s=600.0,
-              skewed=False)
+    gen.usage(
+        work,
+        ids,
+        2 * accounts,
+        begin=gen.start + timedelta(seconds=120),
+        span_s=600.0,
+        skewed=False,
+    )
     return work

@@ -26,8 +26,9 @@ def _service_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k.startswith("BILLING_")}
     if "BILLING_KAFKA_BOOTSTRAP_SERVERS" in env and "BILLING_DATABASE_URL" in env:
         return env
-    out = subprocess.run([str(ROOT / "scripts" / "services"), "env"], capture_output=True,
-                         text=True, check=False).stdout
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "services"), "env"], capture_output=True, text=True, check=False
+    ).stdout
     for line in out.splitlines():
         if line.startswith("export ") and "=" in line:
             key, _, value = line.removeprefix("export ").partition("=")
@@ -59,8 +60,9 @@ def service_env() -> dict[str, str]:
 @pytest.fixture(scope="session")
 async def database_url(service_env: dict[str, str]) -> AsyncIterator[str]:
     """A fresh database for this test session, migrated, dropped at the end."""
-    admin_url = service_env.get("BILLING_DATABASE_URL",
-                                "postgresql://billing@127.0.0.1:15432/billing")
+    admin_url = service_env.get(
+        "BILLING_DATABASE_URL", "postgresql://billing@127.0.0.1:15432/billing"
+    )
     name = f"billing_test_{uuid.uuid4().hex[:10]}"
     parts = urlsplit(admin_url)
     url = urlunsplit(parts._replace(path="/" + name))
@@ -85,13 +87,15 @@ def unique() -> str:
 
 
 @pytest.fixture
-async def settings(service_env: dict[str, str], database_url: str,
-                   unique: str) -> AsyncIterator[Settings]:
+async def settings(
+    service_env: dict[str, str], database_url: str, unique: str
+) -> AsyncIterator[Settings]:
     """Settings for one test: its own topics and consumer group, the session's database.
     The test's topics are deleted afterwards so the broker does not accumulate them."""
     settings = Settings(
-        kafka_bootstrap_servers=service_env.get("BILLING_KAFKA_BOOTSTRAP_SERVERS",
-                                                "127.0.0.1:19092"),
+        kafka_bootstrap_servers=service_env.get(
+            "BILLING_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092"
+        ),
         database_url=database_url,
         consumer_group=f"test-{unique}",
         client_id=f"test-{unique}",
@@ -121,9 +125,17 @@ async def _delete_topics(settings: Settings) -> None:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        mine = [t for t in (settings.topic_usage, settings.topic_account_events,
-                            settings.topic_reminders, settings.topic_invoices, settings.topic_dlq)
-                if t in existing]
+        mine = [
+            t
+            for t in (
+                settings.topic_usage,
+                settings.topic_account_events,
+                settings.topic_reminders,
+                settings.topic_invoices,
+                settings.topic_dlq,
+            )
+            if t in existing
+        ]
         if mine:
             await admin.delete_topics(mine)
     finally:

@@ -55,8 +55,9 @@ def encoder_from(settings: Settings) -> Encoder:
 
 
 async def create_pool(settings: Settings, size: int = 4) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=size,
-                                     command_timeout=60)
+    pool = await asyncpg.create_pool(
+        settings.database_url, min_size=1, max_size=size, command_timeout=60
+    )
     assert pool is not None
     return pool
 
@@ -85,17 +86,35 @@ class Worker:
         if self.handle_signals:
             self._install_signals()
         try:
-            self.pool = await retry("database_connect", lambda: create_pool(s), self.stop,
-                                    self.metrics, s.retry_max_backoff_s)
+            self.pool = await retry(
+                "database_connect",
+                lambda: create_pool(s),
+                self.stop,
+                self.metrics,
+                s.retry_max_backoff_s,
+            )
         except ShuttingDown:
             log.info("worker_stopped", note="stopped before the database answered")
             return
         store = PgStore(self.pool)
-        relay = OutboxRelay(s.database_url, s.kafka_bootstrap_servers, s.client_id, self.metrics,
-                            s.outbox_batch_size, s.outbox_poll_interval_ms / 1000)
+        relay = OutboxRelay(
+            s.database_url,
+            s.kafka_bootstrap_servers,
+            s.client_id,
+            self.metrics,
+            s.outbox_batch_size,
+            s.outbox_poll_interval_ms / 1000,
+        )
         self.relay = relay
-        self.stream = StreamProcessor(s, store, Decoder(rates), encoder, policy, self.metrics,
-                                      on_applied=lambda _: relay.wake())
+        self.stream = StreamProcessor(
+            s,
+            store,
+            Decoder(rates),
+            encoder,
+            policy,
+            self.metrics,
+            on_applied=lambda _: relay.wake(),
+        )
         self.monitor = Monitor(s, self.metrics, self.pool)
         relay_stop = asyncio.Event()
         from worker.entrypoints.web import serve  # aiohttp only when running
@@ -111,8 +130,9 @@ class Worker:
         if s.month_close_enabled:
             closer = MonthCloser(s, store, encoder, self.metrics, on_closed=relay.wake)
             tasks.append(asyncio.create_task(closer.run(self.stop), name="month-close"))
-        log.info("worker_started", group=s.consumer_group, topics=[s.topic_usage,
-                                                                   s.topic_account_events])
+        log.info(
+            "worker_started", group=s.consumer_group, topics=[s.topic_usage, s.topic_account_events]
+        )
         clean = False
         try:
             failure = await self._until_stopped(tasks)
@@ -166,9 +186,15 @@ class Worker:
         remaining_s = max(deadline - asyncio.get_running_loop().time(), 0.1)
         try:
             drained = await asyncio.wait_for(
-                drain(relay, self.settings.database_url, timeout_s=remaining_s), remaining_s)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                asyncpg.InternalClientError) as exc:
+                drain(relay, self.settings.database_url, timeout_s=remaining_s), remaining_s
+            )
+        except (
+            TimeoutError,
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+        ) as exc:
             log.error("shutdown_incomplete", step="outbox", error=repr(exc))
             return False
         if not drained:
@@ -186,8 +212,7 @@ class Worker:
         if self.stop.is_set():
             log.info("shutdown_already_requested", signal=sig.name)
             return
-        log.info("shutdown_requested", signal=sig.name,
-                 timeout_s=self.settings.shutdown_timeout_s)
+        log.info("shutdown_requested", signal=sig.name, timeout_s=self.settings.shutdown_timeout_s)
         self.stop.set()
 
     async def _sweeper(self, store: PgStore, policy: Policy, encoder: Encoder) -> None:

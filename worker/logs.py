@@ -30,8 +30,9 @@ def _redact_emails(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
     return event
 
 
-def _stdlib_logger_name(_: Any, __: str, event: MutableMapping[str, Any]
-                        ) -> MutableMapping[str, Any]:
+def _stdlib_logger_name(
+    _: Any, __: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     record = event.get("_record")
     if record is not None:
         event["logger_name"] = record.name
@@ -40,8 +41,9 @@ def _stdlib_logger_name(_: Any, __: str, event: MutableMapping[str, Any]
 
 def configure(level: str = "INFO", json: bool = True) -> None:
     """Route stdlib and structlog output through one JSON renderer on stderr."""
-    renderer: Any = (structlog.processors.JSONRenderer() if json
-                     else structlog.dev.ConsoleRenderer(colors=False))
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -58,10 +60,12 @@ def configure(level: str = "INFO", json: bool = True) -> None:
     # Library loggers (aiokafka, asyncpg, aiohttp) get the same JSON lines; INFO from them is
     # noise, so they stay at WARNING unless the worker itself is at DEBUG.
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[_stdlib_logger_name, *shared],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-    ))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[_stdlib_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)

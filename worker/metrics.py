@@ -17,39 +17,67 @@ class Metrics:
         prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.events = Counter("billing_events", "Input events by topic and outcome",
-                              ["topic", "outcome"], registry=r)
-        self.dlq = Counter("billing_dlq_messages", "Records sent to the dead-letter topic",
-                           ["error_code"], registry=r)
+        self.events = Counter(
+            "billing_events", "Input events by topic and outcome", ["topic", "outcome"], registry=r
+        )
+        self.dlq = Counter(
+            "billing_dlq_messages",
+            "Records sent to the dead-letter topic",
+            ["error_code"],
+            registry=r,
+        )
         self.implicit_accounts = Counter(
-            "billing_implicit_accounts", "Usage for accounts never opened (charged as overdraft)",
-            registry=r)
-        self.reminders = Counter("billing_reminders", "Reminders written to the outbox",
-                                 registry=r)
+            "billing_implicit_accounts",
+            "Usage for accounts never opened (charged as overdraft)",
+            registry=r,
+        )
+        self.reminders = Counter("billing_reminders", "Reminders written to the outbox", registry=r)
         self.invoices = Counter("billing_invoices", "Invoices written to the outbox", registry=r)
-        self.retries = Counter("billing_retries", "Retries after an infrastructure failure",
-                               ["operation", "cause"], registry=r)
+        self.retries = Counter(
+            "billing_retries",
+            "Retries after an infrastructure failure",
+            ["operation", "cause"],
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "billing_batch_size", "Records per batch", registry=r,
-            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000))
+            "billing_batch_size",
+            "Records per batch",
+            registry=r,
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+        )
         self.batch_seconds = Histogram(
-            "billing_batch_duration_seconds", "Time to apply and commit one batch", registry=r,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.outbox_sent = Counter("billing_outbox_sent", "Outbox messages the broker acked",
-                                   ["topic"], registry=r)
-        self.outbox_backlog = Gauge("billing_outbox_backlog", "Outbox rows not yet sent",
-                                    registry=r)
-        self.outbox_oldest_s = Gauge("billing_outbox_oldest_unsent_seconds",
-                                     "Age of the oldest unsent outbox row", registry=r)
-        self.lag = Gauge("kafka_consumergroup_lag",
-                         "Log-end offset minus the group's committed offset",
-                         ["consumergroup", "topic", "partition"], registry=r)
-        self.since_commit = Gauge("billing_seconds_since_last_commit",
-                                  "Seconds since this process last committed a partition it owns"
-                                  " (since it was assigned, if it has not committed it yet)",
-                                  ["topic", "partition"], registry=r)
-        self.assigned = Gauge("billing_assigned_partitions", "Partitions assigned to this process",
-                              registry=r)
+            "billing_batch_duration_seconds",
+            "Time to apply and commit one batch",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.outbox_sent = Counter(
+            "billing_outbox_sent", "Outbox messages the broker acked", ["topic"], registry=r
+        )
+        self.outbox_backlog = Gauge(
+            "billing_outbox_backlog", "Outbox rows not yet sent", registry=r
+        )
+        self.outbox_oldest_s = Gauge(
+            "billing_outbox_oldest_unsent_seconds",
+            "Age of the oldest unsent outbox row",
+            registry=r,
+        )
+        self.lag = Gauge(
+            "kafka_consumergroup_lag",
+            "Log-end offset minus the group's committed offset",
+            ["consumergroup", "topic", "partition"],
+            registry=r,
+        )
+        self.since_commit = Gauge(
+            "billing_seconds_since_last_commit",
+            "Seconds since this process last committed a partition it owns"
+            " (since it was assigned, if it has not committed it yet)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.assigned = Gauge(
+            "billing_assigned_partitions", "Partitions assigned to this process", registry=r
+        )
 
     def set_lag(self, group: str, rows: Iterable[Mapping[str, Any]]) -> None:
         """Replace the lag series with one reading (partitions that vanished disappear)."""
@@ -57,9 +85,13 @@ class Metrics:
         for row in rows:
             self.lag.labels(group, row["topic"], str(row["partition"])).set(row["lag"])
 
-    def set_since_commit(self, owned: Iterable[tuple[str, int]],
-                         last_commit_s: Mapping[tuple[str, int], float],
-                         assigned_at_s: float, now_s: float) -> None:
+    def set_since_commit(
+        self,
+        owned: Iterable[tuple[str, int]],
+        last_commit_s: Mapping[tuple[str, int], float],
+        assigned_at_s: float,
+        now_s: float,
+    ) -> None:
         """Seconds since the last commit of each partition this process owns right now."""
         self.since_commit.clear()
         for topic, partition in owned:

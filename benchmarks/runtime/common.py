@@ -2,6 +2,7 @@
 
 Everything here talks to the local broker started by ``scripts/services``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,8 +51,7 @@ async def committed_offsets(group: str, topic: str) -> dict[int, int]:
     Uses a consumer's ``committed()`` without joining the group, so it works
     while (or after) the group member is dead.
     """
-    c = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=group,
-                         enable_auto_commit=False)
+    c = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=group, enable_auto_commit=False)
     await c.start()
     try:
         parts = c.partitions_for_topic(topic)

@@ -5,6 +5,7 @@ the RangePartitionAssignor and with aiokafka's default RoundRobinPartitionAssign
 
     .venv/bin/python benchmarks/runtime/copartition_check.py
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,24 +22,38 @@ TOPICS = ("adr-copart-usage", "adr-copart-account")
 
 async def check(assignor, n_members: int) -> dict:
     group = f"adr-copart-{uuid.uuid4().hex[:8]}"
-    consumers = [AIOKafkaConsumer(*TOPICS, bootstrap_servers=BOOTSTRAP, group_id=group,
-                                  enable_auto_commit=False,
-                                  partition_assignment_strategy=(assignor,))
-                 for _ in range(n_members)]
+    consumers = [
+        AIOKafkaConsumer(
+            *TOPICS,
+            bootstrap_servers=BOOTSTRAP,
+            group_id=group,
+            enable_auto_commit=False,
+            partition_assignment_strategy=(assignor,),
+        )
+        for _ in range(n_members)
+    ]
     await asyncio.gather(*(c.start() for c in consumers))
     try:
         for _ in range(100):  # wait for a stable assignment covering all 12 partitions
             for c in consumers:
                 await c.getmany(timeout_ms=100)
-            if sum(len(c.assignment()) for c in consumers) == 12 and all(c.assignment() for c in consumers):
+            if sum(len(c.assignment()) for c in consumers) == 12 and all(
+                c.assignment() for c in consumers
+            ):
                 break
         members = []
         for c in consumers:
-            by_topic = {t: sorted(tp.partition for tp in c.assignment() if tp.topic == t)
-                        for t in TOPICS}
+            by_topic = {
+                t: sorted(tp.partition for tp in c.assignment() if tp.topic == t) for t in TOPICS
+            }
             members.append(by_topic)
         co = all(m[TOPICS[0]] == m[TOPICS[1]] for m in members)
-        return {"assignor": assignor.name, "n_members": n_members, "members": members, "co_partitioned": co}
+        return {
+            "assignor": assignor.name,
+            "n_members": n_members,
+            "members": members,
+            "co_partitioned": co,
+        }
     finally:
         await asyncio.gather(*(c.stop() for c in consumers))
 

@@ -9,6 +9,7 @@ partition.  Kafka commits are Faust's own: events are acked by take() and
 committed by the consumer's commit timer (broker_commit_interval).
 Prints one JSON line at N messages and exits (os._exit, no graceful stop).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,13 +32,25 @@ ap.add_argument("--within", type=float, default=0.2)
 ap.add_argument("--sleep-ms", type=float, default=0.0)
 ap.add_argument("--db", default=None)
 ap.add_argument("--forever", action="store_true")
-ap.add_argument("--commit-interval", type=float, default=None,
-                help="broker_commit_interval (Faust default 2.8 s)")
-ap.add_argument("--api", choices=["take", "take_events"], default=None,
-                help="take (values) or take_events (needed for offsets); "
-                     "default: take, or take_events with --db")
-ap.add_argument("--setting", action="append", default=[],
-                help="extra faust setting name=int, e.g. stream_buffer_maxsize=16384")
+ap.add_argument(
+    "--commit-interval",
+    type=float,
+    default=None,
+    help="broker_commit_interval (Faust default 2.8 s)",
+)
+ap.add_argument(
+    "--api",
+    choices=["take", "take_events"],
+    default=None,
+    help="take (values) or take_events (needed for offsets); "
+    "default: take, or take_events with --db",
+)
+ap.add_argument(
+    "--setting",
+    action="append",
+    default=[],
+    help="extra faust setting name=int, e.g. stream_buffer_maxsize=16384",
+)
 args = ap.parse_args()
 
 datadir = f"/tmp/adr-faust-data/{args.group}"
@@ -79,18 +92,26 @@ def report() -> None:
     t_end = time.perf_counter()
     dt = t_end - state["t_first"]
     # the Faust worker redirects sys.stdout into logging: write to fd 1.
-    os.write(1, (json.dumps({
-        "runtime": "faust-" + API,
-        "faust": faust.__version__,
-        "group": args.group,
-        "messages": state["consumed"],
-        "batches": state["batches"],
-        "sleep_ms": args.sleep_ms,
-        "seconds": round(dt, 3),
-        "msgs_per_s": round(state["consumed"] / dt),
-        "seconds_incl_join": round(t_end - T_START, 3),
-        "settings": args.setting,
-    }) + "\n").encode())
+    os.write(
+        1,
+        (
+            json.dumps(
+                {
+                    "runtime": "faust-" + API,
+                    "faust": faust.__version__,
+                    "group": args.group,
+                    "messages": state["consumed"],
+                    "batches": state["batches"],
+                    "sleep_ms": args.sleep_ms,
+                    "seconds": round(dt, 3),
+                    "msgs_per_s": round(state["consumed"] / dt),
+                    "seconds_incl_join": round(t_end - T_START, 3),
+                    "settings": args.setting,
+                }
+            )
+            + "\n"
+        ).encode(),
+    )
 
 
 @app.agent(topic)

@@ -25,6 +25,7 @@ Cases:
                        takes 30 s, the others 0.1 s (faust-streaming issue 606).
   concurrency_fresh    as above without the precommit; offset 0 is the slow one.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -71,8 +72,13 @@ def worker(case: str, topic: str, group: str, log_path: str) -> None:
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def log(kind: str, offsets) -> None:
-        os.write(fd, (json.dumps({"t": round(time.time(), 3), "kind": kind,
-                                  "offsets": list(offsets)}) + "\n").encode())
+        os.write(
+            fd,
+            (
+                json.dumps({"t": round(time.time(), 3), "kind": kind, "offsets": list(offsets)})
+                + "\n"
+            ).encode(),
+        )
 
     if case in ("exception", "exception_last"):
         bad = 5 if case == "exception" else 9
@@ -88,6 +94,7 @@ def worker(case: str, topic: str, group: str, log_path: str) -> None:
                 log("done", [off])
 
     elif case == "take_exception":
+
         @app.agent(t)
         async def agent(stream):
             async for evs in stream.take_events(5, within=0.5):
@@ -99,6 +106,7 @@ def worker(case: str, topic: str, group: str, log_path: str) -> None:
                 log("done", offs)
 
     elif case == "noack_take_exception":
+
         @app.agent(t)
         async def agent(stream):
             async for evs in stream.noack_take(5, within=0.5):
@@ -140,8 +148,7 @@ async def prepare(topic: str, group: str, n: int, precommit) -> None:
     finally:
         await p.stop()
     if precommit is not None:
-        c = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=group,
-                             enable_auto_commit=False)
+        c = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=group, enable_auto_commit=False)
         await c.start()
         try:
             tp = TopicPartition(topic, 0)
@@ -160,7 +167,10 @@ def parent(case: str) -> dict:
     asyncio.run(prepare(topic, group, n, precommit))
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--worker", case, topic, group, log_path],
-        cwd=HERE, stdout=subprocess.DEVNULL, stderr=open(f"/tmp/{group}.stderr", "w"))
+        cwd=HERE,
+        stdout=subprocess.DEVNULL,
+        stderr=open(f"/tmp/{group}.stderr", "w"),
+    )
     try:
         time.sleep(seconds)
         committed_before_kill = asyncio.run(committed_offsets(group, topic)).get(0)
@@ -177,13 +187,21 @@ def parent(case: str) -> dict:
     # every offset below the committed one that was NOT finished is lost on restart
     lost = [o for o in range(base, committed) if o not in done]
     result = {
-        "case": case, "topic": topic, "messages": n, "precommitted": precommit,
-        "started": started, "done": done, "raised": raised,
+        "case": case,
+        "topic": topic,
+        "messages": n,
+        "precommitted": precommit,
+        "started": started,
+        "done": done,
+        "raised": raised,
         "in_flight_at_kill": in_flight,
         "kafka_committed_p0_at_kill": committed_before_kill,
         "committed_past_unfinished": lost,
-        "verdict": ("HAZARD: offsets committed for messages that raised or were still in flight"
-                    if lost else "safe: committed offset never passed an unfinished message"),
+        "verdict": (
+            "HAZARD: offsets committed for messages that raised or were still in flight"
+            if lost
+            else "safe: committed offset never passed an unfinished message"
+        ),
     }
     err = open(f"/tmp/{group}.stderr").read()
     if "Traceback" in err or "RuntimeError" in err:

@@ -9,6 +9,7 @@ into that batch's "DB work".  Then compare the group's committed offsets
 
     .venv/bin/python benchmarks/runtime/kill_test.py --topic adr-bench --repeats 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,16 +53,33 @@ def n_commits(path: str) -> int:
         return 0
 
 
-def one(topic: str, name: str, argv: list, sleep_ms: float, rng: random.Random,
-        sig: int = signal.SIGKILL) -> dict:
+def one(
+    topic: str,
+    name: str,
+    argv: list,
+    sleep_ms: float,
+    rng: random.Random,
+    sig: int = signal.SIGKILL,
+) -> dict:
     group = f"adr-kill-{uuid.uuid4().hex[:8]}"
     journal = f"/tmp/adr-kill-{group}.journal"
-    cmd = [PY, os.path.join(HERE, argv[0]), *argv[1:], "--topic", topic,
-           "--group", group, "--sleep-ms", str(sleep_ms), "--db", journal, "--forever"]
+    cmd = [
+        PY,
+        os.path.join(HERE, argv[0]),
+        *argv[1:],
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--sleep-ms",
+        str(sleep_ms),
+        "--db",
+        journal,
+        "--forever",
+    ]
     if argv[0] == "faust_agent.py":
         cmd += ["--api", "take_events"]
-    proc = subprocess.Popen(cmd, cwd=HERE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
         while n_commits(journal) < 1:
@@ -89,13 +107,19 @@ def one(topic: str, name: str, argv: list, sleep_ms: float, rng: random.Random,
     ahead = {p: (kafka.get(p, 0), db.get(p, 0)) for p in parts if kafka.get(p, 0) > db.get(p, 0)}
     behind = {p: db.get(p, 0) - kafka.get(p, 0) for p in parts if kafka.get(p, 0) < db.get(p, 0)}
     return {
-        "runtime": name, "signal": signal.Signals(sig).name, "group": group, "kill_ms_into_batch": round(delay * 1000),
-        "killed_mid_batch": mid_batch, "db_batches_committed": commits,
-        "db_next_offsets": db, "kafka_committed": kafka,
+        "runtime": name,
+        "signal": signal.Signals(sig).name,
+        "group": group,
+        "kill_ms_into_batch": round(delay * 1000),
+        "killed_mid_batch": mid_batch,
+        "db_batches_committed": commits,
+        "db_next_offsets": db,
+        "kafka_committed": kafka,
         "kafka_ahead_of_db_partitions": ahead,
         "redelivered_on_restart": sum(behind.values()),
-        "verdict": "LOSS (Kafka ahead of DB)" if ahead else
-                   ("redelivery only" if behind else "equal"),
+        "verdict": "LOSS (Kafka ahead of DB)"
+        if ahead
+        else ("redelivery only" if behind else "equal"),
     }
 
 
@@ -106,30 +130,49 @@ def main() -> None:
     ap.add_argument("--sleep-ms", type=float, default=200)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--signal", default="KILL", choices=["KILL", "TERM"],
-                    help="TERM: graceful shutdown mid-batch instead of kill -9")
+    ap.add_argument(
+        "--signal",
+        default="KILL",
+        choices=["KILL", "TERM"],
+        help="TERM: graceful shutdown mid-batch instead of kill -9",
+    )
     args = ap.parse_args()
     rng = random.Random(args.seed)
     results = []
     for i in range(args.repeats):
         for name, argv in VARIANTS.items():
-            res = one(args.topic, name, argv, args.sleep_ms, rng,
-                      getattr(signal, "SIG" + args.signal))
+            res = one(
+                args.topic, name, argv, args.sleep_ms, rng, getattr(signal, "SIG" + args.signal)
+            )
             print(json.dumps(res), flush=True)
             results.append(res)
     print("summary:")
     for name in VARIANTS:
         rs = [r for r in results if r["runtime"] == name]
-        print(json.dumps({
-            "runtime": name, "kills": len(rs),
-            "mid_batch": sum(r["killed_mid_batch"] for r in rs),
-            "kafka_ahead_of_db": sum(bool(r["kafka_ahead_of_db_partitions"]) for r in rs),
-            "redelivered": [r["redelivered_on_restart"] for r in rs],
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "runtime": name,
+                    "kills": len(rs),
+                    "mid_batch": sum(r["killed_mid_batch"] for r in rs),
+                    "kafka_ahead_of_db": sum(bool(r["kafka_ahead_of_db_partitions"]) for r in rs),
+                    "redelivered": [r["redelivered_on_restart"] for r in rs],
+                }
+            ),
+            flush=True,
+        )
     if args.out:
         with open(args.out, "w") as fh:
-            json.dump({"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                       "sleep_ms": args.sleep_ms, "signal": args.signal, "results": results}, fh, indent=2)
+            json.dump(
+                {
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "sleep_ms": args.sleep_ms,
+                    "signal": args.signal,
+                    "results": results,
+                },
+                fh,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

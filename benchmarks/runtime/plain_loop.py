@@ -7,6 +7,7 @@ Prints one JSON line with the throughput when it has consumed N messages.
 With ``--db`` it records, per batch, the offsets "committed to the database"
 (fsync'ed journal) BEFORE committing the same offsets to Kafka.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,11 +26,11 @@ async def main() -> None:
     ap.add_argument("--group", required=True)
     ap.add_argument("-n", type=int, default=200_000)
     ap.add_argument("--max-records", type=int, default=2000)
-    ap.add_argument("--sleep-ms", type=float, default=0.0,
-                    help="per-batch sleep emulating one DB transaction")
+    ap.add_argument(
+        "--sleep-ms", type=float, default=0.0, help="per-batch sleep emulating one DB transaction"
+    )
     ap.add_argument("--db", default=None, help="offset journal (kill test)")
-    ap.add_argument("--forever", action="store_true",
-                    help="do not stop at N (kill test)")
+    ap.add_argument("--forever", action="store_true", help="do not stop at N (kill test)")
     args = ap.parse_args()
 
     db = OffsetDB(args.db) if args.db else None
@@ -50,8 +51,7 @@ async def main() -> None:
     sleep_s = args.sleep_ms / 1000.0
     try:
         while True:
-            records = await consumer.getmany(timeout_ms=1000,
-                                             max_records=args.max_records)
+            records = await consumer.getmany(timeout_ms=1000, max_records=args.max_records)
             if not records:
                 continue
             if t_first is None:
@@ -75,16 +75,21 @@ async def main() -> None:
     finally:
         t_end = time.perf_counter()
         await consumer.stop()
-    print(json.dumps({
-        "runtime": "aiokafka-getmany",
-        "group": args.group,
-        "messages": consumed,
-        "batches": batches,
-        "sleep_ms": args.sleep_ms,
-        "seconds": round(t_end - t_first, 3),
-        "msgs_per_s": round(consumed / (t_end - t_first)),
-        "seconds_incl_join": round(t_end - t_start, 3),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "runtime": "aiokafka-getmany",
+                "group": args.group,
+                "messages": consumed,
+                "batches": batches,
+                "sleep_ms": args.sleep_ms,
+                "seconds": round(t_end - t_first, 3),
+                "msgs_per_s": round(consumed / (t_end - t_first)),
+                "seconds_incl_join": round(t_end - t_start, 3),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

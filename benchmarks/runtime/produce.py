@@ -1,7 +1,8 @@
 """Fill a topic with N JSON usage-like messages, keyed by account id.
 
-    .venv/bin/python benchmarks/runtime/produce.py --topic adr-bench -n 200000
+.venv/bin/python benchmarks/runtime/produce.py --topic adr-bench -n 200000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,10 @@ async def main() -> None:
     finally:
         await producer.stop()
     dt = time.perf_counter() - t0
-    print(f"produced {args.n} messages to {args.topic} "
-          f"(avg value {size / args.n:.0f} B) in {dt:.2f}s = {args.n / dt:,.0f} msg/s")
+    print(
+        f"produced {args.n} messages to {args.topic} "
+        f"(avg value {size / args.n:.0f} B) in {dt:.2f}s = {args.n / dt:,.0f} msg/s"
+    )
 
 
 if __name__ == "__main__":

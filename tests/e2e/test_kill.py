@@ -43,8 +43,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 ACCOUNTS = 50
 EVENTS = 3000
-DESTINATIONS = ["+819012345678", "+819087654321", "+12025550123", "+821012345678",
-                "+6591234567", "+639171234567"]
+DESTINATIONS = [
+    "+819012345678",
+    "+819087654321",
+    "+12025550123",
+    "+821012345678",
+    "+6591234567",
+    "+639171234567",
+]
 
 
 @dataclass(frozen=True)
@@ -68,20 +74,35 @@ def scenario(settings: Settings, prefix: str, seed: str) -> list[Sent]:
     for n, account in enumerate(accounts):
         if n % 10 != 9:  # every tenth account is never opened: implicit, in overdraft
             credits = rnd.choice([None, 0, 100, 300, 1000])
-            add(settings.topic_account_events, "account",
-                opened(f"{account}-open", account, base - timedelta(minutes=n), credits))
+            add(
+                settings.topic_account_events,
+                "account",
+                opened(f"{account}-open", account, base - timedelta(minutes=n), credits),
+            )
     for i in range(EVENTS):
         account = rnd.choice(accounts)
         at = base + timedelta(seconds=10 * i)
         if rnd.random() < 0.07:
             amount = 1000 * rnd.randint(1, 3)
-            add(settings.topic_account_events, "account",
-                purchased(f"{account}-buy-{i}", account, at, amount))
+            add(
+                settings.topic_account_events,
+                "account",
+                purchased(f"{account}-buy-{i}", account, at, amount),
+            )
         else:
             extra = {"country": "JP"} if rnd.random() < 0.2 else {}
-            add(settings.topic_usage, "usage",
-                usage(f"{account}-u-{i}", account, at, rnd.randint(1, 4),
-                      rnd.choice(DESTINATIONS), **extra))
+            add(
+                settings.topic_usage,
+                "usage",
+                usage(
+                    f"{account}-u-{i}",
+                    account,
+                    at,
+                    rnd.randint(1, 4),
+                    rnd.choice(DESTINATIONS),
+                    **extra,
+                ),
+            )
         if i > 50 and rnd.random() < 0.03:  # at-least-once: an earlier one comes again
             again = rnd.choice(out[:-1])
             add(again.topic, again.source, again.event)
@@ -92,13 +113,15 @@ def to_command(settings: Settings, sent: Sent) -> Command:
     e = sent.event
     at = datetime.fromisoformat(e["occurred_at"])
     if sent.source == "usage":
-        rated = rate_usage(rates_from(settings), e.get("country"), e["destination"],
-                           e["segments"], at)
+        rated = rate_usage(
+            rates_from(settings), e.get("country"), e["destination"], e["segments"], at
+        )
         return ChargeUsage(e["event_id"], e["account_id"], at, rated)
     if e["type"] == "account_opened":
         return OpenAccount(e["event_id"], e["account_id"], at, e.get("test_credits"))
-    return PurchaseCredits(e["event_id"], e["account_id"], at, e["purchase_id"], e["amount"],
-                           e["payment_method"])
+    return PurchaseCredits(
+        e["event_id"], e["account_id"], at, e["purchase_id"], e["amount"], e["payment_method"]
+    )
 
 
 def model(settings: Settings, sent: list[Sent]) -> dict[str, dict[str, Any]]:
@@ -114,7 +137,8 @@ def model(settings: Settings, sent: list[Sent]) -> dict[str, dict[str, Any]]:
         seen.add(key)
         command = to_command(settings, s)
         per_account[command.account_id].append(
-            (command.occurred_at, rank[s.source], s.seq, command))
+            (command.occurred_at, rank[s.source], s.seq, command)
+        )
     out = {}
     for account_id, items in per_account.items():
         account = Account(account_id)
@@ -133,19 +157,28 @@ def model(settings: Settings, sent: list[Sent]) -> dict[str, dict[str, Any]]:
 async def start_worker(settings: Settings, log: Path) -> asyncio.subprocess.Process:
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
-            str(CLI), "run", env=settings_env(settings, http_port="0", batch_max_records="200"),
-            stdout=out, stderr=out)
+            str(CLI),
+            "run",
+            env=settings_env(settings, http_port="0", batch_max_records="200"),
+            stdout=out,
+            stderr=out,
+        )
 
 
 async def produce_paced(settings: Settings, items: list[Sent], chunk: int = 100) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                acks="all", enable_idempotence=True, linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+    )
     await producer.start()
     try:
         for start in range(0, len(items), chunk):
-            for s in items[start:start + chunk]:
-                await producer.send(s.topic, orjson.dumps(s.event),
-                                    key=s.event["account_id"].encode())
+            for s in items[start : start + chunk]:
+                await producer.send(
+                    s.topic, orjson.dumps(s.event), key=s.event["account_id"].encode()
+                )
             await producer.flush()
             await asyncio.sleep(0.02)
     finally:
@@ -153,7 +186,8 @@ async def produce_paced(settings: Settings, items: list[Sent], chunk: int = 100)
 
 
 async def test_sigkill_mid_stream_then_restart_matches_the_model(
-        settings: Settings, unique: str, tmp_path: Path) -> None:
+    settings: Settings, unique: str, tmp_path: Path
+) -> None:
     prefix = f"e2e-{unique}"
     sent = scenario(settings, prefix, unique)
     distinct = len({(s.source, s.event["event_id"]) for s in sent})
@@ -165,9 +199,13 @@ async def test_sigkill_mid_stream_then_restart_matches_the_model(
     await create_topics(settings)
 
     async with database(settings) as conn:
+
         async def applied_count() -> int:
-            return int(await conn.fetchval(
-                "SELECT count(*) FROM processed_events WHERE account_id LIKE $1", prefix + "-%"))
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM processed_events WHERE account_id LIKE $1", prefix + "-%"
+                )
+            )
 
         async def at_least(n: int) -> bool:
             return await applied_count() >= n
@@ -200,24 +238,37 @@ async def test_sigkill_mid_stream_then_restart_matches_the_model(
                 await second.wait()
 
         rows = await conn.fetch(
-            "SELECT account_id, balance_jpy, overdraft_jpy FROM accounts"
-            " WHERE account_id LIKE $1", prefix + "-%")
+            "SELECT account_id, balance_jpy, overdraft_jpy FROM accounts WHERE account_id LIKE $1",
+            prefix + "-%",
+        )
         lots = await conn.fetch(
             "SELECT account_id, lot_id, remaining_jpy FROM lots WHERE account_id LIKE $1",
-            prefix + "-%")
+            prefix + "-%",
+        )
         sums = await conn.fetch(
             "SELECT account_id, sum(amount_jpy) AS total, count(*) AS n FROM ledger_entries"
-            " WHERE account_id LIKE $1 GROUP BY account_id", prefix + "-%")
+            " WHERE account_id LIKE $1 GROUP BY account_id",
+            prefix + "-%",
+        )
         dead = await conn.fetchval(
-            "SELECT count(*) FROM outbox WHERE topic = $1", settings.topic_dlq)
+            "SELECT count(*) FROM outbox WHERE topic = $1", settings.topic_dlq
+        )
         outbox_reminders = await conn.fetch(
             "SELECT message_id, sent_at FROM outbox WHERE topic = $1 AND key LIKE $2",
-            settings.topic_reminders, prefix + "-%")
+            settings.topic_reminders,
+            prefix + "-%",
+        )
         assert await applied_count() == distinct
 
     actual: dict[str, dict[str, Any]] = {
-        r["account_id"]: {"balance": r["balance_jpy"], "overdraft": r["overdraft_jpy"],
-                          "lots": {}, "entries": 0} for r in rows}
+        r["account_id"]: {
+            "balance": r["balance_jpy"],
+            "overdraft": r["overdraft_jpy"],
+            "lots": {},
+            "entries": 0,
+        }
+        for r in rows
+    }
     for lot in lots:
         actual[lot["account_id"]]["lots"][lot["lot_id"]] = lot["remaining_jpy"]
     for s in sums:
@@ -233,7 +284,9 @@ async def test_sigkill_mid_stream_then_restart_matches_the_model(
     assert all(r["sent_at"] is not None for r in outbox_reminders)
     published = Counter(
         m["reminder_id"]
-        for m in await read_topic(settings, settings.topic_reminders,
-                                  at_least=len(outbox_reminders))
-        if m["account_id"].startswith(prefix + "-"))
+        for m in await read_topic(
+            settings, settings.topic_reminders, at_least=len(outbox_reminders)
+        )
+        if m["account_id"].startswith(prefix + "-")
+    )
     assert set(published) == {r["message_id"] for r in outbox_reminders}

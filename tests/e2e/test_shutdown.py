@@ -42,8 +42,12 @@ MORE = 1500  # produced while it runs and is stopped
 async def start_worker(settings: Settings, log: Path, **extra: str) -> asyncio.subprocess.Process:
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
-            str(CLI), "run", stdout=out, stderr=out,
-            env=settings_env(settings, http_port="0", batch_max_records="50", **extra))
+            str(CLI),
+            "run",
+            stdout=out,
+            stderr=out,
+            env=settings_env(settings, http_port="0", batch_max_records="50", **extra),
+        )
 
 
 async def stop_worker(proc: asyncio.subprocess.Process) -> int:
@@ -60,24 +64,37 @@ async def charges(settings: Settings, accounts: list[str]) -> tuple[int, int]:
     async with database(settings) as conn:
         row = await conn.fetchrow(
             "SELECT count(*) AS n, count(DISTINCT ref) AS distinct_refs FROM ledger_entries"
-            " WHERE kind = 'charge' AND account_id = ANY($1::text[])", accounts)
+            " WHERE kind = 'charge' AND account_id = ANY($1::text[])",
+            accounts,
+        )
     assert row is not None
     return row["n"], row["distinct_refs"]
 
 
 async def test_sigterm_mid_burst_exits_0_and_applies_every_event_exactly_once(
-        settings: Settings, unique: str, tmp_path: Path) -> None:
+    settings: Settings, unique: str, tmp_path: Path
+) -> None:
     accounts = [f"acc-{unique}-{i}" for i in range(ACCOUNTS)]
     start = ago(hours=2)
     await create_topics(settings)
-    await produce(settings, settings.topic_account_events, [
-        event for i, account in enumerate(accounts) for event in (
-            opened(f"open-{unique}-{i}", account, start, test_credits=1_000),
-            reminder_set(f"rem-{unique}-{i}", account, start, threshold=500,
-                         email=f"ops+{i}@example.jp"),
-        )])
-    events = [usage(f"u-{unique}-{i}", accounts[i % ACCOUNTS], start + timedelta(seconds=i + 1))
-              for i in range(BACKLOG + MORE)]
+    await produce(
+        settings,
+        settings.topic_account_events,
+        [
+            event
+            for i, account in enumerate(accounts)
+            for event in (
+                opened(f"open-{unique}-{i}", account, start, test_credits=1_000),
+                reminder_set(
+                    f"rem-{unique}-{i}", account, start, threshold=500, email=f"ops+{i}@example.jp"
+                ),
+            )
+        ],
+    )
+    events = [
+        usage(f"u-{unique}-{i}", accounts[i % ACCOUNTS], start + timedelta(seconds=i + 1))
+        for i in range(BACKLOG + MORE)
+    ]
     await produce(settings, settings.topic_usage, events[:BACKLOG])
 
     first_log = tmp_path / "worker-1.log"
@@ -86,29 +103,41 @@ async def test_sigterm_mid_burst_exits_0_and_applies_every_event_exactly_once(
 
     async def charging() -> bool:
         return (await charges(settings, accounts))[0] > 0
+
     await wait_until(charging, timeout_s=60, what="the worker to be charging the burst")
     assert await stop_worker(worker) == 0
     await more
 
     # The batch in hand was finished and committed: the database holds exactly what the
     # group committed, per partition, and every committed outbox row was published.
-    offsets = await committed_and_end(settings.kafka_bootstrap_servers, settings.consumer_group,
-                                      [settings.topic_usage])
+    offsets = await committed_and_end(
+        settings.kafka_bootstrap_servers, settings.consumer_group, [settings.topic_usage]
+    )
     async with database(settings) as conn:
-        applied = dict(await conn.fetch(
-            "SELECT partition, count(*) FROM processed_events WHERE topic = $1"
-            " GROUP BY partition", settings.topic_usage))
+        applied = dict(
+            await conn.fetch(
+                "SELECT partition, count(*) FROM processed_events WHERE topic = $1"
+                " GROUP BY partition",
+                settings.topic_usage,
+            )
+        )
         unsent = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-    assert {tp.partition: committed or 0 for tp, (committed, _) in offsets.items()} == \
-        {tp.partition: applied.get(tp.partition, 0) for tp in offsets}
+    assert {tp.partition: committed or 0 for tp, (committed, _) in offsets.items()} == {
+        tp.partition: applied.get(tp.partition, 0) for tp in offsets
+    }
     assert unsent == 0
 
     lines = log_lines(first_log)
     events_logged = [line["event"] for line in lines]
-    assert [line["signal"] for line in lines if line["event"] == "shutdown_requested"] == \
-        ["SIGTERM"]
-    assert events_logged.index("shutdown_requested") < events_logged.index("stream_stopped") \
-        < events_logged.index("outbox_drained") < events_logged.index("worker_stopped")
+    assert [line["signal"] for line in lines if line["event"] == "shutdown_requested"] == [
+        "SIGTERM"
+    ]
+    assert (
+        events_logged.index("shutdown_requested")
+        < events_logged.index("stream_stopped")
+        < events_logged.index("outbox_drained")
+        < events_logged.index("worker_stopped")
+    )
     assert [line["clean"] for line in lines if line["event"] == "worker_stopped"] == [True]
 
     second_log = tmp_path / "worker-2.log"
@@ -116,6 +145,7 @@ async def test_sigterm_mid_burst_exits_0_and_applies_every_event_exactly_once(
 
     async def all_charged() -> bool:
         return (await charges(settings, accounts))[0] >= len(events)
+
     await wait_until(all_charged, timeout_s=120, what="the restarted worker to finish the burst")
     assert await stop_worker(worker) == 0
     assert await charges(settings, accounts) == (len(events), len(events))
@@ -124,7 +154,8 @@ async def test_sigterm_mid_burst_exits_0_and_applies_every_event_exactly_once(
 
 
 async def test_static_membership_is_accepted_and_a_restart_keeps_the_member(
-        settings: Settings, unique: str, tmp_path: Path) -> None:
+    settings: Settings, unique: str, tmp_path: Path
+) -> None:
     """With BILLING_GROUP_INSTANCE_ID the broker (Kafka 4.x) registers a static member; on
     SIGTERM aiokafka does not leave the group, and a restart under the same id replaces it."""
     instance = f"worker-{unique}"
@@ -144,6 +175,7 @@ async def test_static_membership_is_accepted_and_a_restart_keeps_the_member(
         async def one_static_member() -> bool:
             found = await members()
             return len(found) == 1 and found[0].startswith(instance + "-")
+
         await wait_until(one_static_member, timeout_s=60, what="the static member to join")
         first = (await members())[0]
         assert await stop_worker(worker) == 0
@@ -154,6 +186,7 @@ async def test_static_membership_is_accepted_and_a_restart_keeps_the_member(
         async def replaced() -> bool:
             found = await members()
             return len(found) == 1 and found[0] != first and found[0].startswith(instance)
+
         await wait_until(replaced, timeout_s=60, what="the restart to take the member's place")
         assert await stop_worker(worker) == 0
     finally:

@@ -35,11 +35,13 @@ async def create_topics(settings: Settings) -> None:
         await admin.close()
 
 
-async def produce(settings: Settings, topic: str, events: Iterable[dict[str, Any] | bytes],
-                  key: str | None = None) -> None:
+async def produce(
+    settings: Settings, topic: str, events: Iterable[dict[str, Any] | bytes], key: str | None = None
+) -> None:
     """Send events in order, keyed by their account (or `key`), and wait for the acks."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True
+    )
     await producer.start()
     try:
         for event in events:
@@ -47,18 +49,28 @@ async def produce(settings: Settings, topic: str, events: Iterable[dict[str, Any
                 value, account = event, key
             else:
                 value, account = orjson.dumps(event), key or event.get("account_id")
-            await producer.send_and_wait(topic, value,
-                                         key=None if account is None else account.encode())
+            await producer.send_and_wait(
+                topic, value, key=None if account is None else account.encode()
+            )
     finally:
         await producer.stop()
 
 
-async def read_topic(settings: Settings, topic: str, *, at_least: int = 0,
-                     timeout_s: float = 20.0, settle_s: float = 0.5) -> list[dict[str, Any]]:
+async def read_topic(
+    settings: Settings,
+    topic: str,
+    *,
+    at_least: int = 0,
+    timeout_s: float = 20.0,
+    settle_s: float = 0.5,
+) -> list[dict[str, Any]]:
     """Every message on `topic` from the start: wait for `at_least`, then for quiet."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                isolation_level="read_committed")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -83,8 +95,9 @@ async def read_topic(settings: Settings, topic: str, *, at_least: int = 0,
         await consumer.stop()
 
 
-async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0,
-                     what: str = "condition") -> None:
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if await check():
@@ -129,41 +142,78 @@ def stamp(at: datetime) -> str:
     return at.isoformat()
 
 
-def usage(event_id: str, account: str, at: datetime, segments: int = 1,
-          destination: str = JP_NUMBER, **extra: Any) -> dict[str, Any]:
-    return {"event_id": event_id, "account_id": account, "occurred_at": stamp(at),
-            "destination": destination, "segments": segments, **extra}
+def usage(
+    event_id: str,
+    account: str,
+    at: datetime,
+    segments: int = 1,
+    destination: str = JP_NUMBER,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "account_id": account,
+        "occurred_at": stamp(at),
+        "destination": destination,
+        "segments": segments,
+        **extra,
+    }
 
 
-def opened(event_id: str, account: str, at: datetime, test_credits: int | None = None
-           ) -> dict[str, Any]:
-    event: dict[str, Any] = {"type": "account_opened", "event_id": event_id,
-                             "account_id": account, "occurred_at": stamp(at)}
+def opened(
+    event_id: str, account: str, at: datetime, test_credits: int | None = None
+) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "type": "account_opened",
+        "event_id": event_id,
+        "account_id": account,
+        "occurred_at": stamp(at),
+    }
     if test_credits is not None:
         event["test_credits"] = test_credits
     return event
 
 
-def purchased(event_id: str, account: str, at: datetime, amount: int,
-              payment_method: str = "credit_card") -> dict[str, Any]:
-    return {"type": "credits_purchased", "event_id": event_id, "account_id": account,
-            "occurred_at": stamp(at), "purchase_id": f"p-{event_id}", "amount": amount,
-            "payment_method": payment_method}
+def purchased(
+    event_id: str, account: str, at: datetime, amount: int, payment_method: str = "credit_card"
+) -> dict[str, Any]:
+    return {
+        "type": "credits_purchased",
+        "event_id": event_id,
+        "account_id": account,
+        "occurred_at": stamp(at),
+        "purchase_id": f"p-{event_id}",
+        "amount": amount,
+        "payment_method": payment_method,
+    }
 
 
-def reminder_set(event_id: str, account: str, at: datetime, threshold: int,
-                 enabled: bool = True, email: str = "ops@example.jp") -> dict[str, Any]:
-    return {"type": "reminder_configured", "event_id": event_id, "account_id": account,
-            "occurred_at": stamp(at), "enabled": enabled, "threshold": threshold,
-            "email": email}
+def reminder_set(
+    event_id: str,
+    account: str,
+    at: datetime,
+    threshold: int,
+    enabled: bool = True,
+    email: str = "ops@example.jp",
+) -> dict[str, Any]:
+    return {
+        "type": "reminder_configured",
+        "event_id": event_id,
+        "account_id": account,
+        "occurred_at": stamp(at),
+        "enabled": enabled,
+        "threshold": threshold,
+        "email": email,
+    }
 
 
-async def produce_positions(settings: Settings, topic: str,
-                            events: Iterable[dict[str, Any] | bytes],
-                            key: str | None = None) -> list[tuple[int, int]]:
+async def produce_positions(
+    settings: Settings, topic: str, events: Iterable[dict[str, Any] | bytes], key: str | None = None
+) -> list[tuple[int, int]]:
     """Like `produce`, but returns each record's (partition, offset)."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True
+    )
     await producer.start()
     try:
         out = []
@@ -173,7 +223,8 @@ async def produce_positions(settings: Settings, topic: str,
             else:
                 value, account = orjson.dumps(event), key or event.get("account_id")
             meta = await producer.send_and_wait(
-                topic, value, key=None if account is None else account.encode())
+                topic, value, key=None if account is None else account.encode()
+            )
             out.append((meta.partition, meta.offset))
         return out
     finally:
@@ -189,21 +240,25 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-async def wait_applied(conn: asyncpg.Connection, event_ids: Sequence[str],
-                       timeout_s: float = 30.0) -> None:
+async def wait_applied(
+    conn: asyncpg.Connection, event_ids: Sequence[str], timeout_s: float = 30.0
+) -> None:
     """Until every one of `event_ids` is in processed_events (either source)."""
     wanted = set(event_ids)
 
     async def done() -> bool:
         rows = await conn.fetch(
             "SELECT DISTINCT event_id FROM processed_events WHERE event_id = ANY($1::text[])",
-            list(wanted))
+            list(wanted),
+        )
         return len(rows) == len(wanted)
+
     await wait_until(done, timeout_s, f"{len(wanted)} events to be applied")
 
 
-async def wait_outbox_sent(conn: asyncpg.Connection, key: str, at_least: int = 1,
-                           timeout_s: float = 30.0) -> int:
+async def wait_outbox_sent(
+    conn: asyncpg.Connection, key: str, at_least: int = 1, timeout_s: float = 30.0
+) -> int:
     """Until at least `at_least` outbox rows keyed `key` exist and all are sent; returns count."""
     count = 0
 
@@ -211,27 +266,33 @@ async def wait_outbox_sent(conn: asyncpg.Connection, key: str, at_least: int = 1
         nonlocal count
         row = await conn.fetchrow(
             "SELECT count(*) AS n, count(*) FILTER (WHERE sent_at IS NULL) AS unsent"
-            " FROM outbox WHERE key = $1", key)
+            " FROM outbox WHERE key = $1",
+            key,
+        )
         count = row["n"]
         return bool(row["n"] >= at_least and row["unsent"] == 0)
+
     await wait_until(sent, timeout_s, f"outbox rows for {key} to be relayed")
     return count
 
 
-async def messages_for(settings: Settings, topic: str, key: str,
-                       at_least: int = 0) -> list[dict[str, Any]]:
+async def messages_for(
+    settings: Settings, topic: str, key: str, at_least: int = 0
+) -> list[dict[str, Any]]:
     """Messages on `topic` about account `key` (reminders carry account_id, DLQ the key)."""
     deadline = time.monotonic() + 30
     while True:
-        found = [m for m in await read_topic(settings, topic, settle_s=0.2)
-                 if m.get("account_id", m.get("key")) == key]
+        found = [
+            m
+            for m in await read_topic(settings, topic, settle_s=0.2)
+            if m.get("account_id", m.get("key")) == key
+        ]
         if len(found) >= at_least or time.monotonic() > deadline:
             return found
 
 
 async def lot_remaining(conn: asyncpg.Connection, account: str) -> dict[str, int]:
-    rows = await conn.fetch(
-        "SELECT lot_id, remaining_jpy FROM lots WHERE account_id = $1", account)
+    rows = await conn.fetch("SELECT lot_id, remaining_jpy FROM lots WHERE account_id = $1", account)
     return {row["lot_id"]: row["remaining_jpy"] for row in rows}
 
 
@@ -244,7 +305,9 @@ async def account_row(conn: asyncpg.Connection, account: str) -> asyncpg.Record:
 async def ledger(conn: asyncpg.Connection, account: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         "SELECT entry_id, kind, amount_jpy, balance_after_jpy, ref, allocations"
-        " FROM ledger_entries WHERE account_id = $1 ORDER BY recorded_at, entry_id", account)
+        " FROM ledger_entries WHERE account_id = $1 ORDER BY recorded_at, entry_id",
+        account,
+    )
     return [{**dict(row), "allocations": orjson.loads(row["allocations"])} for row in rows]
 
 
@@ -256,8 +319,9 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
     for name, value in settings.model_dump().items():
         if value is not None:
-            env[f"BILLING_{name.upper()}"] = str(value).lower() if isinstance(value, bool) \
-                else str(value)
+            env[f"BILLING_{name.upper()}"] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
     env.update({f"BILLING_{k.upper()}": v for k, v in extra.items()})
     return env
 
@@ -265,8 +329,12 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
 async def run_cli(settings: Settings, *args: str) -> tuple[int, str, str]:
     """Run `billing-worker ARGS` without blocking the event loop; (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        str(CLI), *args, env=settings_env(settings),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        str(CLI),
+        *args,
+        env=settings_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()

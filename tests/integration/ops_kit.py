@@ -26,9 +26,12 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 async def http_get(worker: Worker, path: str) -> tuple[int, str]:
     assert worker.http_port is not None
-    async with aiohttp.ClientSession() as session, session.get(
-            f"http://127.0.0.1:{worker.http_port}{path}",
-            timeout=aiohttp.ClientTimeout(total=10)) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"http://127.0.0.1:{worker.http_port}{path}", timeout=aiohttp.ClientTimeout(total=10)
+        ) as response,
+    ):
         return response.status, await response.text()
 
 
@@ -73,26 +76,51 @@ class PrivatePostgres:
     async def _as_owner(self, *argv: str) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         proc = await asyncio.create_subprocess_exec(
-            *prefix, *argv, cwd=self.root, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
+            *prefix,
+            *argv,
+            cwd=self.root,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await proc.communicate()
         assert proc.returncode == 0, f"{argv[0]} failed: {out.decode()}"
 
     async def init(self) -> None:
-        await self._as_owner(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
-                             "-E", "UTF8", "--locale=C", "--auth=trust")
+        await self._as_owner(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--auth=trust",
+        )
         with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write(f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
-                       f"unix_socket_directories = '{self.root}'\nfsync = off\n"
-                       "max_connections = 50\n")
+            conf.write(
+                f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{self.root}'\nfsync = off\n"
+                "max_connections = 50\n"
+            )
 
     async def start(self) -> None:
-        await self._as_owner(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60",
-                             "-l", str(self.root / "postgres.log"), "start")
+        await self._as_owner(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(self.root / "postgres.log"),
+            "start",
+        )
 
     async def stop(self, mode: str = "fast") -> None:
-        await self._as_owner(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode,
-                             "-w", "-t", "60", "stop")
+        await self._as_owner(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop"
+        )
 
     async def create_database(self) -> None:
         admin = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres")
@@ -109,9 +137,11 @@ class PrivatePostgres:
 
 
 def _pg_bindir() -> Path:
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
-                        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
-                        reverse=True)
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
     for d in [Path(os.environ["PG_BINDIR"])] if "PG_BINDIR" in os.environ else candidates:
         if (d / "initdb").exists() and (d / "pg_ctl").exists():
             return d

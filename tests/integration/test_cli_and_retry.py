@@ -27,20 +27,29 @@ from worker.metrics import Metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
+
 async def test_account_json_shows_balance_overdraft_reminder_and_lots(
-        settings: Settings, unique: str) -> None:
+    settings: Settings, unique: str
+) -> None:
     account = f"acc-{unique}"
     opened_at, bought_at = ago(days=3), ago(days=2)
     await create_topics(settings)
     async with running_worker(settings), database(settings) as conn:
-        await produce(settings, settings.topic_account_events, [
-            opened(f"open-{unique}", account, opened_at, test_credits=100),
-            purchased(f"buy-{unique}", account, bought_at, 1000),
-            reminder_set(f"rem-{unique}", account, ago(days=1), threshold=300),
-        ])
+        await produce(
+            settings,
+            settings.topic_account_events,
+            [
+                opened(f"open-{unique}", account, opened_at, test_credits=100),
+                purchased(f"buy-{unique}", account, bought_at, 1000),
+                reminder_set(f"rem-{unique}", account, ago(days=1), threshold=300),
+            ],
+        )
         await wait_applied(conn, [f"open-{unique}", f"buy-{unique}", f"rem-{unique}"])
-        await produce(settings, settings.topic_usage,
-                      [usage(f"u-{unique}", account, ago(hours=1), segments=15)])
+        await produce(
+            settings,
+            settings.topic_usage,
+            [usage(f"u-{unique}", account, ago(hours=1), segments=15)],
+        )
         await wait_applied(conn, [f"u-{unique}"])
     code, out, err = await run_cli(settings, "account", account, "--json")
     assert code == 0, err.decode()
@@ -61,8 +70,7 @@ async def test_account_json_shows_balance_overdraft_reminder_and_lots(
     assert bought["expires_at"] > bought["granted_at"]
 
 
-async def test_account_json_exits_2_for_an_unknown_account(settings: Settings,
-                                                           unique: str) -> None:
+async def test_account_json_exits_2_for_an_unknown_account(settings: Settings, unique: str) -> None:
     code, out, err = await run_cli(settings, "account", f"nobody-{unique}", "--json")
     assert code == 2
     assert out == ""
@@ -82,8 +90,12 @@ async def test_retry_survives_a_flaky_action_and_counts_the_retries() -> None:
 
     result = await retry("flaky_op", flaky, asyncio.Event(), metrics, max_backoff_s=0.2)
     assert (result, calls) == ("done", 3)
-    assert metrics.registry.get_sample_value(
-        "billing_retries_total", {"operation": "flaky_op", "cause": "OSError"}) == 2
+    assert (
+        metrics.registry.get_sample_value(
+            "billing_retries_total", {"operation": "flaky_op", "cause": "OSError"}
+        )
+        == 2
+    )
 
 
 async def test_retry_gives_up_at_once_on_a_bug_and_when_stopping() -> None:
@@ -94,8 +106,12 @@ async def test_retry_gives_up_at_once_on_a_bug_and_when_stopping() -> None:
 
     with pytest.raises(ValueError, match="a bug"):
         await retry("broken_op", broken, asyncio.Event(), metrics, max_backoff_s=0.2)
-    assert metrics.registry.get_sample_value(
-        "billing_retries_total", {"operation": "broken_op", "cause": "ValueError"}) is None
+    assert (
+        metrics.registry.get_sample_value(
+            "billing_retries_total", {"operation": "broken_op", "cause": "ValueError"}
+        )
+        is None
+    )
 
     stop = asyncio.Event()
     stop.set()

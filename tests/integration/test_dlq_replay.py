@@ -15,11 +15,17 @@ from worker.entrypoints.dlq import replay
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-async def test_replayed_dead_letter_is_charged_once(settings: Settings, unique: str,
-                                                    tmp_path: Path) -> None:
+async def test_replayed_dead_letter_is_charged_once(
+    settings: Settings, unique: str, tmp_path: Path
+) -> None:
     account = f"fr-{unique}"
-    usage = {"event_id": f"fr-{unique}", "account_id": account, "destination": "+33612345678",
-             "occurred_at": "2026-11-02T10:00:00+09:00", "segments": 2}
+    usage = {
+        "event_id": f"fr-{unique}",
+        "account_id": account,
+        "destination": "+33612345678",
+        "occurred_at": "2026-11-02T10:00:00+09:00",
+        "segments": 2,
+    }
     await create_topics(settings)
     await produce(settings, settings.topic_usage, [usage])
     async with running_worker(settings):
@@ -28,10 +34,22 @@ async def test_replayed_dead_letter_is_charged_once(settings: Settings, unique: 
     assert json.loads(letter["payload"]) == usage
 
     rates = tmp_path / "rates.json"
-    rates.write_text(json.dumps([
-        {"country": "JP", "unit_price_jpy": 10, "effective_from": "2000-01-01T00:00:00+09:00"},
-        {"country": "FR", "unit_price_jpy": 16, "effective_from": "2000-01-01T00:00:00+09:00"},
-    ]))
+    rates.write_text(
+        json.dumps(
+            [
+                {
+                    "country": "JP",
+                    "unit_price_jpy": 10,
+                    "effective_from": "2000-01-01T00:00:00+09:00",
+                },
+                {
+                    "country": "FR",
+                    "unit_price_jpy": 16,
+                    "effective_from": "2000-01-01T00:00:00+09:00",
+                },
+            ]
+        )
+    )
     fixed = settings.model_copy(update={"rate_table_path": rates})
     counts = await replay(fixed, {"no_rate"}, dry_run=False, idle_ms=500)
     assert counts == {"replayed:no_rate": 1}
@@ -39,12 +57,19 @@ async def test_replayed_dead_letter_is_charged_once(settings: Settings, unique: 
     async with running_worker(fixed):
         conn = await asyncpg.connect(settings.database_url)
         try:
+
             async def charged() -> bool:
                 total = await conn.fetchval(
-                    "SELECT sum(amount_jpy) FROM ledger_entries WHERE account_id = $1", account)
+                    "SELECT sum(amount_jpy) FROM ledger_entries WHERE account_id = $1", account
+                )
                 return total == -32
+
             await wait_until(charged, what="the replayed charge")
-            assert await conn.fetchval(
-                "SELECT count(*) FROM ledger_entries WHERE account_id = $1", account) == 1
+            assert (
+                await conn.fetchval(
+                    "SELECT count(*) FROM ledger_entries WHERE account_id = $1", account
+                )
+                == 1
+            )
         finally:
             await conn.close()

@@ -34,27 +34,37 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 async def test_the_timer_forfeits_expired_lots_and_announces_expiring_ones_once(
-        settings: Settings, unique: str) -> None:
+    settings: Settings, unique: str
+) -> None:
     gone, soon = f"gone-{unique}", f"soon-{unique}"
     gone_lot, soon_lot = f"lot:open-{unique}", f"lot:buy-{unique}"
     await create_topics(settings)
     async with running_worker(settings), database(settings) as conn:
-        await produce(settings, settings.topic_account_events, [
-            # Expired a day ago: past expiry plus the lateness allowance.
-            opened(f"open-{unique}", gone, ago(days=91), test_credits=500),
-            # Expires in five days: inside the seven-day notice.
-            opened(f"open2-{unique}", soon, ago(days=85), test_credits=0),
-            purchased(f"buy-{unique}", soon, ago(days=85), 2000),
-        ])
+        await produce(
+            settings,
+            settings.topic_account_events,
+            [
+                # Expired a day ago: past expiry plus the lateness allowance.
+                opened(f"open-{unique}", gone, ago(days=91), test_credits=500),
+                # Expires in five days: inside the seven-day notice.
+                opened(f"open2-{unique}", soon, ago(days=85), test_credits=0),
+                purchased(f"buy-{unique}", soon, ago(days=85), 2000),
+            ],
+        )
         await wait_applied(conn, [f"open-{unique}", f"open2-{unique}", f"buy-{unique}"])
 
         async def forfeited() -> bool:
-            return bool(await conn.fetchval(
-                "SELECT forfeited FROM lots WHERE lot_id = $1", gone_lot))
+            return bool(
+                await conn.fetchval("SELECT forfeited FROM lots WHERE lot_id = $1", gone_lot)
+            )
 
         async def notified() -> bool:
-            return bool(await conn.fetchval(
-                "SELECT expiring_notified FROM lots WHERE lot_id = $1", soon_lot))
+            return bool(
+                await conn.fetchval(
+                    "SELECT expiring_notified FROM lots WHERE lot_id = $1", soon_lot
+                )
+            )
+
         await wait_until(forfeited, what="the sweep to forfeit the expired lot")
         await wait_until(notified, what="the sweep to announce the expiring lot")
         # More sweeps, by this worker's timer and by another caller, change nothing.
@@ -70,10 +80,14 @@ async def test_the_timer_forfeits_expired_lots_and_announces_expiring_ones_once(
         gone_entries = await ledger(conn, gone)
         soon_entries = await ledger(conn, soon)
         gone_row = await conn.fetchrow("SELECT * FROM lots WHERE lot_id = $1", gone_lot)
-        balances = [await conn.fetchval(
-            "SELECT balance_jpy FROM accounts WHERE account_id = $1", a) for a in (gone, soon)]
+        balances = [
+            await conn.fetchval("SELECT balance_jpy FROM accounts WHERE account_id = $1", a)
+            for a in (gone, soon)
+        ]
     assert [(e["kind"], e["amount_jpy"], e["ref"]) for e in gone_entries] == [
-        ("grant", 500, f"open-{unique}"), ("forfeit", -500, gone_lot)]
+        ("grant", 500, f"open-{unique}"),
+        ("forfeit", -500, gone_lot),
+    ]
     assert (gone_row["remaining_jpy"], gone_row["forfeited_jpy"]) == (0, 500)
     assert [e["kind"] for e in soon_entries] == ["grant"]
     assert balances == [0, 2000]
@@ -86,11 +100,11 @@ async def test_the_timer_forfeits_expired_lots_and_announces_expiring_ones_once(
 
     soon_msgs = await messages_for(settings, settings.topic_reminders, soon, at_least=sent_soon)
     assert [(m["kind"], m["lot_id"], m["amount"]) for m in soon_msgs] == [
-        ("credits_expiring", soon_lot, 2000)]
+        ("credits_expiring", soon_lot, 2000)
+    ]
 
 
-async def test_two_sweeps_at_once_forfeit_each_lot_once(settings: Settings,
-                                                        unique: str) -> None:
+async def test_two_sweeps_at_once_forfeit_each_lot_once(settings: Settings, unique: str) -> None:
     policy, encoder = policy_from(settings), encoder_from(settings)
     ids = [f"sweep-{unique}-{n:02d}" for n in range(20)]
     pools = [await create_pool(settings, 4) for _ in range(2)]
@@ -100,15 +114,24 @@ async def test_two_sweeps_at_once_forfeit_each_lot_once(settings: Settings,
             accounts = await uow.lock_accounts(ids)
             changes = Changes(accounts=list(accounts.values()))
             for a in changes.accounts:
-                a.apply(OpenAccount(f"open-{a.account_id}", a.account_id, ago(days=95), 300),
-                        policy, changes.effects)
-                a.apply(PurchaseCredits(f"buy-{a.account_id}", a.account_id, ago(days=86),
-                                        "p", 1000, "credit_card"), policy, changes.effects)
+                a.apply(
+                    OpenAccount(f"open-{a.account_id}", a.account_id, ago(days=95), 300),
+                    policy,
+                    changes.effects,
+                )
+                a.apply(
+                    PurchaseCredits(
+                        f"buy-{a.account_id}", a.account_id, ago(days=86), "p", 1000, "credit_card"
+                    ),
+                    policy,
+                    changes.effects,
+                )
             await uow.save(changes)
         now = datetime.now(UTC)
         results = await asyncio.gather(
             *(sweep_expiry(PgStore(pool), now, policy, encoder) for pool in pools),
-            return_exceptions=True)
+            return_exceptions=True,
+        )
     finally:
         for pool in pools:
             await pool.close()
@@ -117,14 +140,18 @@ async def test_two_sweeps_at_once_forfeit_each_lot_once(settings: Settings,
     async with database(settings) as conn:
         forfeits = await conn.fetch(
             "SELECT account_id, amount_jpy FROM ledger_entries"
-            " WHERE kind = 'forfeit' AND account_id = ANY($1::text[])", ids)
+            " WHERE kind = 'forfeit' AND account_id = ANY($1::text[])",
+            ids,
+        )
         lots = await conn.fetch(
             "SELECT lot_id, remaining_jpy, forfeited_jpy, forfeited, expiring_notified"
-            " FROM lots WHERE account_id = ANY($1::text[])", ids)
-        outbox = await conn.fetch(
-            "SELECT payload FROM outbox WHERE key = ANY($1::text[])", ids)
+            " FROM lots WHERE account_id = ANY($1::text[])",
+            ids,
+        )
+        outbox = await conn.fetch("SELECT payload FROM outbox WHERE key = ANY($1::text[])", ids)
         balances = await conn.fetch(
-            "SELECT balance_jpy FROM accounts WHERE account_id = ANY($1::text[])", ids)
+            "SELECT balance_jpy FROM accounts WHERE account_id = ANY($1::text[])", ids
+        )
     assert sorted(r["account_id"] for r in forfeits) == ids
     assert {r["amount_jpy"] for r in forfeits} == {-300}
     for lot in lots:
@@ -132,7 +159,10 @@ async def test_two_sweeps_at_once_forfeit_each_lot_once(settings: Settings,
             assert (lot["remaining_jpy"], lot["forfeited_jpy"], lot["forfeited"]) == (0, 300, True)
         else:
             assert (lot["remaining_jpy"], lot["forfeited"], lot["expiring_notified"]) == (
-                1000, False, True)
+                1000,
+                False,
+                True,
+            )
     assert {r["balance_jpy"] for r in balances} == {1000}
     kinds = sorted(orjson.loads(m["payload"])["kind"] for m in outbox)
     assert kinds == ["credits_expired"] * 20 + ["credits_expiring"] * 20
@@ -142,7 +172,11 @@ async def test_two_sweeps_at_once_forfeit_each_lot_once(settings: Settings,
     async with running_worker(settings), database(settings) as conn:
         for account in ids:
             await wait_outbox_sent(conn, account, at_least=2)
-    published = [m for m in await read_topic(settings, settings.topic_reminders, at_least=40)
-                 if m["account_id"] in ids]
+    published = [
+        m
+        for m in await read_topic(settings, settings.topic_reminders, at_least=40)
+        if m["account_id"] in ids
+    ]
     assert sorted((m["account_id"], m["kind"]) for m in published) == sorted(
-        (a, kind) for a in ids for kind in ("credits_expired", "credits_expiring"))
+        (a, kind) for a in ids for kind in ("credits_expired", "credits_expiring")
+    )

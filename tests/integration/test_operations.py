@@ -36,24 +36,32 @@ LAG = "kafka_consumergroup_lag"
 
 def burst(unique: str, account: str, n: int, prefix: str = "u") -> list[dict[str, object]]:
     start = ago(minutes=30)
-    return [usage(f"{prefix}-{unique}-{i}", account, start + timedelta(seconds=i))
-            for i in range(n)]
+    return [
+        usage(f"{prefix}-{unique}-{i}", account, start + timedelta(seconds=i)) for i in range(n)
+    ]
 
 
 async def test_metrics_show_lag_rising_during_a_burst_and_falling_to_zero_after(
-        settings: Settings, unique: str) -> None:
+    settings: Settings, unique: str
+) -> None:
     settings = settings.model_copy(update={"lag_refresh_interval_s": 0.2})
     account = f"acc-{unique}"
     await create_topics(settings)
-    await produce(settings, settings.topic_account_events,
-                  [opened(f"open-{unique}", account, ago(hours=1), test_credits=100_000)])
+    await produce(
+        settings,
+        settings.topic_account_events,
+        [opened(f"open-{unique}", account, ago(hours=1), test_credits=100_000)],
+    )
     async with running_worker(settings) as worker:
         group = settings.consumer_group
 
         async def lag_is(value: int) -> bool:
             samples = await scrape(worker)
-            return (total(samples, LAG, consumergroup=group) == value
-                    and total(samples, "billing_events_total", outcome="applied") >= 1)
+            return (
+                total(samples, LAG, consumergroup=group) == value
+                and total(samples, "billing_events_total", outcome="applied") >= 1
+            )
+
         await wait_until(lambda: lag_is(0), what="the opening to be applied and committed")
 
         # Hold the consumer still, so the burst piles up as lag whatever the machine's speed.
@@ -69,8 +77,9 @@ async def test_metrics_show_lag_rising_during_a_burst_and_falling_to_zero_after(
         await wait_until(lambda: lag_is(0), what="/metrics to show the lag drained")
         samples = await scrape(worker)
 
-    assert total(samples, "billing_events_total", topic=settings.topic_usage,
-                 outcome="applied") == 200
+    assert (
+        total(samples, "billing_events_total", topic=settings.topic_usage, outcome="applied") == 200
+    )
     per_partition = {dict(labels)["partition"] for (name, labels) in samples if name == LAG}
     assert per_partition == {"0", "1", "2"}  # both topics, three partitions each
     assert total(samples, "billing_batch_size_count") >= 2
@@ -84,11 +93,15 @@ async def test_metrics_show_lag_rising_during_a_burst_and_falling_to_zero_after(
 
 
 async def test_lag_command_reports_the_group_with_and_without_a_running_worker(
-        settings: Settings, unique: str) -> None:
+    settings: Settings, unique: str
+) -> None:
     account = f"acc-{unique}"
     await create_topics(settings)
-    await produce(settings, settings.topic_account_events,
-                  [opened(f"open-{unique}", account, ago(hours=1), test_credits=10_000)])
+    await produce(
+        settings,
+        settings.topic_account_events,
+        [opened(f"open-{unique}", account, ago(hours=1), test_credits=10_000)],
+    )
     await produce(settings, settings.topic_usage, burst(unique, account, 30))
 
     code, out, err = await run_cli(settings, "lag", "--json")
@@ -102,9 +115,11 @@ async def test_lag_command_reports_the_group_with_and_without_a_running_worker(
     assert (await run_cli(settings, "lag", "--max-lag", "31"))[0] == 0
 
     async with running_worker(settings):
+
         async def caught_up() -> bool:
             code, out, _ = await run_cli(settings, "lag", "--json")
             return code == 0 and orjson.loads(out)["total"] == 0
+
         await wait_until(caught_up, what="`billing-worker lag` to report the group caught up")
         code, out, _ = await run_cli(settings, "lag", "--json")
         running = orjson.loads(out)
@@ -122,19 +137,20 @@ async def test_lag_command_reports_the_group_with_and_without_a_running_worker(
 
 
 async def test_ready_turns_false_when_postgres_stops_and_true_after_it_restarts(
-        settings: Settings) -> None:
+    settings: Settings,
+) -> None:
     await create_topics(settings)
     async with private_postgres() as pg:
         own = settings.model_copy(update={"database_url": pg.url, "lag_refresh_interval_s": 0.5})
         async with running_worker(own) as worker:
+
             async def readiness(expected: bool) -> bool:
                 status, body = await ready(worker)
                 return status == (200 if expected else 503) and body["ready"] is expected
 
             await wait_until(lambda: readiness(True), what="/ready to say ready")
             _, body = await ready(worker)
-            assert set(body["checks"]) == {"running", "postgres", "kafka", "assignment",
-                                           "progress"}
+            assert set(body["checks"]) == {"running", "postgres", "kafka", "assignment", "progress"}
 
             await pg.stop()
             await wait_until(lambda: readiness(False), what="/ready to notice PostgreSQL is gone")
@@ -147,7 +163,8 @@ async def test_ready_turns_false_when_postgres_stops_and_true_after_it_restarts(
 
 
 async def test_demo_traffic_is_billed_and_only_its_malformed_events_are_dead_lettered(
-        settings: Settings) -> None:
+    settings: Settings,
+) -> None:
     await create_topics(settings)
     options = Options(rate=300, duration_s=2, accounts=8, malformed_share=0.05, seed=7)
     console = Console(file=io.StringIO(), width=120)
@@ -157,6 +174,7 @@ async def test_demo_traffic_is_billed_and_only_its_malformed_events_are_dead_let
         async def all_handled() -> bool:
             samples = await scrape(worker)
             return total(samples, "billing_events_total") == totals.produced
+
         await wait_until(all_handled, what="every demo event to be applied or dead-lettered")
         samples = await scrape(worker)
 
@@ -164,12 +182,17 @@ async def test_demo_traffic_is_billed_and_only_its_malformed_events_are_dead_let
     assert totals.produced > options.accounts * 2
     assert 0 < totals.malformed < totals.produced
     assert total(samples, "billing_events_total", outcome="dead_lettered") == totals.malformed
-    assert total(samples, "billing_events_total", outcome="applied") == \
-        totals.produced - totals.malformed
+    assert (
+        total(samples, "billing_events_total", outcome="applied")
+        == totals.produced - totals.malformed
+    )
     async with database(settings) as conn:
-        plans = dict(await conn.fetch(
-            "SELECT account_id, plan FROM accounts WHERE account_id = ANY($1::text[])",
-            totals.accounts))
+        plans = dict(
+            await conn.fetch(
+                "SELECT account_id, plan FROM accounts WHERE account_id = ANY($1::text[])",
+                totals.accounts,
+            )
+        )
     assert set(plans) == set(totals.accounts)
     assert "postpay" in plans.values()
     assert "prepay" in plans.values()

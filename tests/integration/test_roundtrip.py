@@ -14,24 +14,51 @@ pytestmark = pytest.mark.integration
 async def test_usage_is_charged_and_reminder_published(settings: Settings, unique: str) -> None:
     account = f"acc-{unique}"
     await create_topics(settings)
-    await produce(settings, settings.topic_account_events, [
-        {"type": "account_opened", "event_id": f"open-{unique}", "account_id": account,
-         "occurred_at": "2026-11-01T09:00:00+09:00", "test_credits": 100},
-        {"type": "reminder_configured", "event_id": f"rem-{unique}", "account_id": account,
-         "occurred_at": "2026-11-01T09:01:00+09:00", "enabled": True, "threshold": 50,
-         "email": "ops@example.jp"},
-    ])
-    await produce(settings, settings.topic_usage, [
-        {"event_id": f"u-{unique}", "account_id": account, "destination": "+819012345678",
-         "occurred_at": "2026-11-01T09:02:00+09:00", "segments": 6},
-    ])
+    await produce(
+        settings,
+        settings.topic_account_events,
+        [
+            {
+                "type": "account_opened",
+                "event_id": f"open-{unique}",
+                "account_id": account,
+                "occurred_at": "2026-11-01T09:00:00+09:00",
+                "test_credits": 100,
+            },
+            {
+                "type": "reminder_configured",
+                "event_id": f"rem-{unique}",
+                "account_id": account,
+                "occurred_at": "2026-11-01T09:01:00+09:00",
+                "enabled": True,
+                "threshold": 50,
+                "email": "ops@example.jp",
+            },
+        ],
+    )
+    await produce(
+        settings,
+        settings.topic_usage,
+        [
+            {
+                "event_id": f"u-{unique}",
+                "account_id": account,
+                "destination": "+819012345678",
+                "occurred_at": "2026-11-01T09:02:00+09:00",
+                "segments": 6,
+            },
+        ],
+    )
     async with running_worker(settings):
         conn = await asyncpg.connect(settings.database_url)
         try:
+
             async def charged() -> bool:
                 value = await conn.fetchval(
-                    "SELECT sum(amount_jpy) FROM ledger_entries WHERE account_id = $1", account)
+                    "SELECT sum(amount_jpy) FROM ledger_entries WHERE account_id = $1", account
+                )
                 return value == 40
+
             await wait_until(charged, what="the charge in the ledger")
         finally:
             await conn.close()

@@ -46,24 +46,39 @@ class Book:
         return command.event_id
 
     def open(self, when: datetime = T0, test_credits_jpy: int | None = None) -> str:
-        return self.apply(OpenAccount(self.next_id(), self.account.account_id, when,
-                                      test_credits_jpy))
+        return self.apply(
+            OpenAccount(self.next_id(), self.account.account_id, when, test_credits_jpy)
+        )
 
     def purchase(self, amount_jpy: int, when: datetime, method: str = "credit_card") -> str:
         event_id = self.next_id()
-        return self.apply(PurchaseCredits(event_id, self.account.account_id, when,
-                                          f"p-{event_id}", amount_jpy, method))
+        return self.apply(
+            PurchaseCredits(
+                event_id, self.account.account_id, when, f"p-{event_id}", amount_jpy, method
+            )
+        )
 
-    def configure(self, when: datetime, threshold_jpy: int, enabled: bool = True,
-                  email: str | None = "ops@example.com") -> str:
-        return self.apply(ConfigureReminder(self.next_id(), self.account.account_id, when,
-                                            enabled, threshold_jpy, email))
+    def configure(
+        self,
+        when: datetime,
+        threshold_jpy: int,
+        enabled: bool = True,
+        email: str | None = "ops@example.com",
+    ) -> str:
+        return self.apply(
+            ConfigureReminder(
+                self.next_id(), self.account.account_id, when, enabled, threshold_jpy, email
+            )
+        )
 
     def charge(self, amount_jpy: int, when: datetime, country: str = "JP") -> str:
         """A usage charge of `amount_jpy`, as that many JPY-1 segments unless it divides by 10."""
         price, segments = (10, amount_jpy // 10) if amount_jpy % 10 == 0 else (1, amount_jpy)
-        return self.apply(ChargeUsage(self.next_id(), self.account.account_id, when,
-                                      Rated(country, price, segments)))
+        return self.apply(
+            ChargeUsage(
+                self.next_id(), self.account.account_id, when, Rated(country, price, segments)
+            )
+        )
 
     def use(self, rated: Rated, when: datetime) -> str:
         return self.apply(ChargeUsage(self.next_id(), self.account.account_id, when, rated))

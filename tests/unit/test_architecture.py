@@ -12,8 +12,14 @@ DOMAIN = Path(__file__).resolve().parents[2] / "worker" / "domain"
 MODULES = sorted(DOMAIN.glob("*.py"))
 ALLOWED_THIRD_PARTY = {"phonenumbers"}
 CLOCK_CALLS = {
-    ("datetime", "now"), ("datetime", "utcnow"), ("datetime", "today"), ("date", "today"),
-    ("time", "time"), ("time", "time_ns"), ("time", "monotonic"), ("time", "perf_counter"),
+    ("datetime", "now"),
+    ("datetime", "utcnow"),
+    ("datetime", "today"),
+    ("date", "today"),
+    ("time", "time"),
+    ("time", "time_ns"),
+    ("time", "monotonic"),
+    ("time", "perf_counter"),
 }
 
 
@@ -28,20 +34,37 @@ def imported_modules(tree: ast.Module) -> list[str]:
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             # a relative import stays inside worker.domain only from its top level
-            names.append("worker.domain" if node.level == 1 else
-                         f"<relative level {node.level}>" if node.level else node.module or "")
+            names.append(
+                "worker.domain"
+                if node.level == 1
+                else f"<relative level {node.level}>"
+                if node.level
+                else node.module or ""
+            )
     return names
 
 
 def allowed(module: str) -> bool:
     top = module.split(".")[0]
-    return (top in sys.stdlib_module_names or top in ALLOWED_THIRD_PARTY
-            or module == "worker.domain" or module.startswith("worker.domain."))
+    return (
+        top in sys.stdlib_module_names
+        or top in ALLOWED_THIRD_PARTY
+        or module == "worker.domain"
+        or module.startswith("worker.domain.")
+    )
 
 
 def test_domain_modules_are_found() -> None:
-    assert {p.name for p in MODULES} >= {"account.py", "lots.py", "rating.py", "reminders.py",
-                                         "expiry.py", "invoicing.py", "events.py", "errors.py"}
+    assert {p.name for p in MODULES} >= {
+        "account.py",
+        "lots.py",
+        "rating.py",
+        "reminders.py",
+        "expiry.py",
+        "invoicing.py",
+        "events.py",
+        "errors.py",
+    }
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
@@ -52,8 +75,18 @@ def test_domain_imports_only_the_standard_library_phonenumbers_and_itself(path: 
 
 
 @pytest.mark.parametrize(
-    "module", ["asyncpg", "aiokafka", "faust", "pydantic", "schemas.usage", "worker.adapters",
-               "worker.service.billing", "worker.entrypoints", "worker.config"],
+    "module",
+    [
+        "asyncpg",
+        "aiokafka",
+        "faust",
+        "pydantic",
+        "schemas.usage",
+        "worker.adapters",
+        "worker.service.billing",
+        "worker.entrypoints",
+        "worker.config",
+    ],
 )
 def test_the_purity_check_refuses_infrastructure(module: str) -> None:
     assert not allowed(module)

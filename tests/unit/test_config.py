@@ -35,8 +35,9 @@ def test_defaults_point_at_the_project_services(monkeypatch: pytest.MonkeyPatch)
         ("BILLING_RATE_TABLE_PATH", "/no/such/rates.json"),
     ],
 )
-def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, variable: str,
-                                        value: str) -> None:
+def test_a_bad_value_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
     monkeypatch.setenv(variable, value)
     with pytest.raises(SettingsError, match=variable):
         load_settings()
@@ -50,8 +51,14 @@ def test_topics_must_differ(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_worker_refuses_to_start_with_a_bad_setting(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "billing-worker"
-    done = subprocess.run([str(script), "run"], env={"BILLING_INPUT_PARTITIONS": "many",
-                                                     "PATH": "/usr/bin:/bin"},
-                          capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
+    done = subprocess.run(
+        [str(script), "run"],
+        env={"BILLING_INPUT_PARTITIONS": "many", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
     assert done.returncode == 78
     assert "BILLING_INPUT_PARTITIONS" in done.stderr

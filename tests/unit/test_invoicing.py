@@ -25,17 +25,30 @@ from worker.domain.rating import Rated
 TOKYO = ZoneInfo("Asia/Tokyo")
 
 
-def jst(year: int, month: int, day: int, hour: int = 0, minute: int = 0,
-        second: int = 0) -> datetime:
+def jst(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
     return datetime(year, month, day, hour, minute, second, tzinfo=TOKYO)
 
 
-def usage(event_id: str, occurred_at: datetime, country: str, price: int, segments: int,
-          from_lots_jpy: int = 0) -> PostpayCharge:
+def usage(
+    event_id: str,
+    occurred_at: datetime,
+    country: str,
+    price: int,
+    segments: int,
+    from_lots_jpy: int = 0,
+) -> PostpayCharge:
     return PostpayCharge(
-        event_id=event_id, account_id="acc-1", occurred_at=occurred_at,
-        period=period_of(occurred_at, TOKYO), country=country, unit_price_jpy=price,
-        segments=segments, amount_jpy=price * segments, from_lots_jpy=from_lots_jpy,
+        event_id=event_id,
+        account_id="acc-1",
+        occurred_at=occurred_at,
+        period=period_of(occurred_at, TOKYO),
+        country=country,
+        unit_price_jpy=price,
+        segments=segments,
+        amount_jpy=price * segments,
+        from_lots_jpy=from_lots_jpy,
     )
 
 
@@ -88,9 +101,13 @@ def test_period_bounds_are_tokyo_midnights() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.datetimes(min_value=datetime(2000, 1, 1),  # noqa: DTZ001 - hypothesis wants naive bounds
-                    max_value=datetime(2100, 1, 1),  # noqa: DTZ001
-                    timezones=st.just(UTC)))
+@given(
+    st.datetimes(
+        min_value=datetime(2000, 1, 1),  # noqa: DTZ001 - hypothesis wants naive bounds
+        max_value=datetime(2100, 1, 1),  # noqa: DTZ001
+        timezones=st.just(UTC),
+    )
+)
 def test_every_instant_lies_within_the_bounds_of_its_period(instant: datetime) -> None:
     start, end = period_bounds(period_of(instant, TOKYO), TOKYO)
 
@@ -113,8 +130,9 @@ def test_lines_group_usage_per_country_and_unit_price_in_segments() -> None:
     assert invoice is not None
     assert invoice.invoice_id == invoice_id("acc-1", "2026-10")
     assert invoice.due_date == date(2026, 11, 30)
-    assert [(x.country, x.unit_price_jpy, x.quantity, x.amount_jpy, x.period)
-            for x in invoice.lines] == [("JP", 10, 5, 50, "2026-10"), ("US", 12, 1, 12, "2026-10")]
+    assert [
+        (x.country, x.unit_price_jpy, x.quantity, x.amount_jpy, x.period) for x in invoice.lines
+    ] == [("JP", 10, 5, 50, "2026-10"), ("US", 12, 1, 12, "2026-10")]
     assert invoice.total_jpy == 62
 
 
@@ -144,7 +162,9 @@ def test_rate_change_mid_month_yields_two_lines() -> None:
 
     assert invoice is not None
     assert [(x.unit_price_jpy, x.quantity, x.amount_jpy) for x in invoice.lines] == [
-        (12, 4, 48), (15, 2, 30)]
+        (12, 4, 48),
+        (15, 2, 30),
+    ]
 
 
 def test_late_usage_from_an_invoiced_month_is_its_own_line_with_its_period() -> None:
@@ -179,7 +199,10 @@ def test_switch_to_postpay_mid_month_bills_only_usage_after_it_and_uses_credit_f
     invoice = build_invoice("acc-1", "2026-10", book.effects.postpay, TOKYO)
     assert invoice is not None
     assert [(x.country, x.unit_price_jpy, x.quantity, x.amount_jpy) for x in invoice.lines] == [
-        ("JP", 10, 10, 100), ("US", 12, 5, 60), (None, -50, 1, -50)]
+        ("JP", 10, 10, 100),
+        ("US", 12, 5, 60),
+        (None, -50, 1, -50),
+    ]
     assert invoice.total_jpy == 110
     assert book.account.balance_jpy == -110 - 20
 

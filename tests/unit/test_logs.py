@@ -31,31 +31,39 @@ def lines(buffer: io.StringIO) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in buffer.getvalue().splitlines()]
 
 
-def test_email_addresses_are_redacted_wherever_they_sit(
-        stderr: io.StringIO) -> None:
+def test_email_addresses_are_redacted_wherever_they_sit(stderr: io.StringIO) -> None:
     logs.get("worker.test").warning(
-        "dead_lettered", topic="sms.usage.v1", partition=2, offset=41, account="acc-1",
+        "dead_lettered",
+        topic="sms.usage.v1",
+        partition=2,
+        offset=41,
+        account="acc-1",
         reason="reminder for ops@example.jp failed",
-        context={"to": ["billing+acc-1@example.com"], "n": 1})
+        context={"to": ["billing+acc-1@example.com"], "n": 1},
+    )
     [line] = lines(stderr)
     assert line["event"] == "dead_lettered"
-    assert (line["topic"], line["partition"], line["offset"], line["account"]) == \
-        ("sms.usage.v1", 2, 41, "acc-1")
+    assert (line["topic"], line["partition"], line["offset"], line["account"]) == (
+        "sms.usage.v1",
+        2,
+        41,
+        "acc-1",
+    )
     assert line["reason"] == "reminder for <email> failed"
     assert line["context"] == {"to": ["<email>"], "n": 1}
     assert "@" not in orjson.dumps(line).decode()
 
 
-def test_library_logs_come_out_as_redacted_json_too(
-        stderr: io.StringIO) -> None:
+def test_library_logs_come_out_as_redacted_json_too(stderr: io.StringIO) -> None:
     logging.getLogger("aiokafka.consumer").warning("could not reach %s", "root@broker.example")
     [line] = lines(stderr)
     assert line["logger_name"] == "aiokafka.consumer"
     assert line["event"] == "could not reach <email>"
 
 
-def test_the_level_comes_from_the_settings(stderr: io.StringIO,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_level_comes_from_the_settings(
+    stderr: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "stderr", stderr)
     logs.configure("WARNING", json=True)
     log = logs.get("worker.test")

@@ -131,8 +131,10 @@ lots_strategy = st.lists(
 def test_debit_takes_exactly_the_amount_in_soonest_expiry_order(
     specs: list[tuple[int, int, int]], amount: int, when: int
 ) -> None:
-    lots = [lot(f"l{i}", size, at(granted), at(granted + life))
-            for i, (size, granted, life) in enumerate(specs)]
+    lots = [
+        lot(f"l{i}", size, at(granted), at(granted + life))
+        for i, (size, granted, life) in enumerate(specs)
+    ]
     before = {x.lot_id: x.remaining_jpy for x in lots}
     order = [x.lot_id for x in debit_order(lots, at(when))]
 

@@ -126,8 +126,11 @@ def build(steps: list[tuple[str, int, tuple[str, object]]], wind_down: bool) -> 
             items.append(PurchaseCredits(event_id, account_id, now, f"p{n}", amount, method))
         elif kind == "configure":
             enabled, threshold = cast(tuple[bool, int], arg)
-            items.append(ConfigureReminder(event_id, account_id, now, enabled, threshold,
-                                           f"{account_id}@example.com"))
+            items.append(
+                ConfigureReminder(
+                    event_id, account_id, now, enabled, threshold, f"{account_id}@example.com"
+                )
+            )
         elif kind == "charge":
             assert isinstance(arg, int)
             items.append(ChargeUsage(event_id, account_id, now, Rated("JP", 10, arg)))
@@ -142,6 +145,7 @@ sequences = st.builds(build, st.lists(step, min_size=1, max_size=40), st.boolean
 
 
 # -- invariants -----------------------------------------------------------------------------
+
 
 def check_money(world: World) -> None:
     """Every lot conserves its credit, and every account's balance is its ledger's sum."""
@@ -197,13 +201,12 @@ def test_money_is_conserved_and_reminders_follow_balance_edges(items: list[Item]
         world.run([item])
         check_money(world)
         new = world.reminders[sent:]
-        touched = (sorted(world.accounts) if isinstance(item, Sweep) else [item.account_id])
+        touched = sorted(world.accounts) if isinstance(item, Sweep) else [item.account_id]
         for account_id in touched:
             account = world.accounts[account_id]
             mine = [r for r in new if r.account_id == account_id]
             got = Counter(r.kind for r in mine if r.kind in ("low_balance", "balance_depleted"))
-            want = expected_reminders(account, item, before.get(account_id, 0),
-                                      account.balance_jpy)
+            want = expected_reminders(account, item, before.get(account_id, 0), account.balance_jpy)
             assert got == +want, (item, got, want)
             # low_balance fires at most once per downward crossing: it disarms until the
             # balance is above the threshold again (a configuration change re-evaluates)

@@ -13,12 +13,14 @@ from worker.domain.errors import Rejected
 from worker.domain.rating import Rate, RateTable, destination_country, rate_usage
 
 CHANGE = T0 + timedelta(days=10)
-TABLE = RateTable([
-    Rate("JP", 10, T0 - timedelta(days=3650)),
-    Rate("US", 12, T0 - timedelta(days=3650)),
-    Rate("US", 15, CHANGE),
-    Rate("GB", 14, T0),
-])
+TABLE = RateTable(
+    [
+        Rate("JP", 10, T0 - timedelta(days=3650)),
+        Rate("US", 12, T0 - timedelta(days=3650)),
+        Rate("US", 15, CHANGE),
+        Rate("GB", 14, T0),
+    ]
+)
 
 
 def test_japan_costs_ten_yen_per_segment() -> None:
@@ -40,8 +42,12 @@ def test_country_field_wins_over_the_number() -> None:
 
 @pytest.mark.parametrize(
     ("destination", "country"),
-    [("+819012345678", "JP"), ("+12127365000", "US"), ("+442079460000", "GB"),
-     ("+14165550100", "CA")],
+    [
+        ("+819012345678", "JP"),
+        ("+12127365000", "US"),
+        ("+442079460000", "GB"),
+        ("+14165550100", "CA"),
+    ],
 )
 def test_country_comes_from_the_e164_number_when_absent(destination: str, country: str) -> None:
     assert destination_country(None, destination) == country

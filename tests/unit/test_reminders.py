@@ -34,7 +34,10 @@ def test_low_balance_fires_once_when_the_balance_reaches_the_threshold() -> None
     assert reminder.kind == "low_balance"
     assert reminder.reminder_id == f"acc-1:low_balance:charge:{charge}"
     assert (reminder.balance_jpy, reminder.threshold_jpy, reminder.email) == (
-        500, 500, "ops@example.com")
+        500,
+        500,
+        "ops@example.com",
+    )
     assert reminder.created_at == at(1)
 
 
@@ -109,7 +112,10 @@ def test_changing_the_setting_while_at_or_below_sends_one_at_once() -> None:
 
     [reminder] = book.take_reminders()
     assert (reminder.kind, reminder.threshold_jpy, reminder.email) == (
-        "low_balance", 400, "new@example.com")
+        "low_balance",
+        400,
+        "new@example.com",
+    )
 
 
 def test_enabling_above_the_threshold_sends_nothing() -> None:
@@ -249,7 +255,11 @@ def test_credits_are_forfeited_after_expiry_plus_lateness() -> None:
     assert entry.occurred_at == EXPIRY
     lot = book.account.lots[0]
     assert (lot.remaining_jpy, lot.consumed_jpy, lot.forfeited_jpy, lot.forfeited) == (
-        0, 30, 70, True)
+        0,
+        30,
+        70,
+        True,
+    )
     reminders = book.take_reminders()
     assert [r.kind for r in reminders] == ["credits_expired", "balance_depleted"]
     assert (reminders[0].lot_id, reminders[0].amount_jpy) == ("lot:e1", 70)

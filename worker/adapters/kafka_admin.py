@@ -22,8 +22,9 @@ class OffsetReader:
     call opens fresh ones, so a broker that went away and came back is picked up again.
     """
 
-    def __init__(self, bootstrap: str, client_id: str = "sms-billing-worker-offsets",
-                 timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, bootstrap: str, client_id: str = "sms-billing-worker-offsets", timeout_s: float = 5.0
+    ) -> None:
         self.bootstrap = bootstrap
         self.client_id = client_id
         self.timeout_s = timeout_s
@@ -34,8 +35,12 @@ class OffsetReader:
     async def __aenter__(self) -> OffsetReader:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -53,14 +58,19 @@ class OffsetReader:
     async def _open(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._consumer is None:
             await self.close()
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap,
-                                        client_id=self.client_id,
-                                        request_timeout_ms=int(self.timeout_s * 1000))
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=self.bootstrap,
+                client_id=self.client_id,
+                request_timeout_ms=int(self.timeout_s * 1000),
+            )
             # read_committed: the end is the last stable offset, as far as the worker can read.
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap,
-                                        client_id=self.client_id, enable_auto_commit=False,
-                                        isolation_level="read_committed",
-                                        request_timeout_ms=int(self.timeout_s * 1000))
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                client_id=self.client_id,
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+                request_timeout_ms=int(self.timeout_s * 1000),
+            )
             try:
                 await admin.start()
                 await consumer.start()
@@ -89,7 +99,8 @@ class OffsetReader:
         described = await self._bounded(admin.describe_topics(topics))
         return sorted(
             TopicPartition(t["topic"], p["partition"])
-            for t in described if t["error_code"] == 0
+            for t in described
+            if t["error_code"] == 0
             for p in t["partitions"]
         )
 
@@ -107,8 +118,10 @@ class OffsetReader:
         committed = await self._bounded(admin.list_consumer_group_offsets(group))
         ends = await self.end_offsets(topics)
         return {
-            tp: (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else None,
-                 end)
+            tp: (
+                committed[tp].offset if tp in committed and committed[tp].offset >= 0 else None,
+                end,
+            )
             for tp, end in ends.items()
         }
 
@@ -122,8 +135,13 @@ async def committed_and_end(bootstrap: str, group: str, topics: list[str]) -> Of
 def lag_rows(offsets: Offsets) -> list[dict[str, Any]]:
     """One row per partition; a partition never committed lags by its whole end offset."""
     return [
-        {"topic": tp.topic, "partition": tp.partition, "committed": committed, "end": end,
-         "lag": max(end - (committed or 0), 0)}
+        {
+            "topic": tp.topic,
+            "partition": tp.partition,
+            "committed": committed,
+            "end": end,
+            "lag": max(end - (committed or 0), 0),
+        }
         for tp, (committed, end) in sorted(offsets.items())
     ]
 
@@ -131,8 +149,13 @@ def lag_rows(offsets: Offsets) -> list[dict[str, Any]]:
 async def group_lag(settings: Settings) -> dict[str, Any]:
     """Lag per input partition and in total, for `billing-worker lag`."""
     offsets = await committed_and_end(
-        settings.kafka_bootstrap_servers, settings.consumer_group,
-        [settings.topic_usage, settings.topic_account_events])
+        settings.kafka_bootstrap_servers,
+        settings.consumer_group,
+        [settings.topic_usage, settings.topic_account_events],
+    )
     rows = lag_rows(offsets)
-    return {"group": settings.consumer_group, "partitions": rows,
-            "total": sum(r["lag"] for r in rows)}
+    return {
+        "group": settings.consumer_group,
+        "partitions": rows,
+        "total": sum(r["lag"] for r in rows),
+    }

@@ -29,7 +29,8 @@ async def outbox_backlog(pool: asyncpg.Pool, timeout_s: float = 5.0) -> tuple[in
     return int(row["n"]), float(row["oldest_s"])
 
 
-async def balances(conn: asyncpg.Connection | asyncpg.Pool,
-                   account_ids: Sequence[str]) -> list[asyncpg.Record]:
+async def balances(
+    conn: asyncpg.Connection | asyncpg.Pool, account_ids: Sequence[str]
+) -> list[asyncpg.Record]:
     """Plan and money columns of the given accounts that exist."""
     return list(await conn.fetch(_BALANCES, list(account_ids)))

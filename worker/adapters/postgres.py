@@ -105,10 +105,19 @@ def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
 
 def _account_values(row: asyncpg.Record) -> tuple[Any, ...]:
     """The stored columns in the order `_save_accounts` compares and writes them."""
-    return (row["account_id"], row["plan"], row["opened"], row["overdraft_jpy"],
-            row["postpay_due_jpy"], row["postpay_since"], row["contract_id"],
-            row["reminder_enabled"], row["reminder_threshold_jpy"], row["reminder_email"],
-            row["balance_jpy"])
+    return (
+        row["account_id"],
+        row["plan"],
+        row["opened"],
+        row["overdraft_jpy"],
+        row["postpay_due_jpy"],
+        row["postpay_since"],
+        row["contract_id"],
+        row["reminder_enabled"],
+        row["reminder_threshold_jpy"],
+        row["reminder_email"],
+        row["balance_jpy"],
+    )
 
 
 def _lot(row: asyncpg.Record) -> Lot:
@@ -151,8 +160,7 @@ class PgUnitOfWork:
             )
             rows = await self.conn.fetch(_LOCK_ACCOUNTS, ids)
         accounts = {row["account_id"]: _account(row) for row in rows}
-        self.stored_accounts.update(
-            (row["account_id"], _account_values(row)) for row in rows)
+        self.stored_accounts.update((row["account_id"], _account_values(row)) for row in rows)
         for row in await self.conn.fetch(_LOAD_LOTS, ids):
             accounts[row["account_id"]].lots.append(_lot(row))
             self.stored_lots.add(row["lot_id"])
@@ -180,11 +188,25 @@ class PgUnitOfWork:
         if changes.processed:
             await self.conn.copy_records_to_table(
                 "processed_events",
-                columns=["source", "event_id", "fingerprint", "account_id", "topic",
-                         "partition", "offset"],
+                columns=[
+                    "source",
+                    "event_id",
+                    "fingerprint",
+                    "account_id",
+                    "topic",
+                    "partition",
+                    "offset",
+                ],
                 records=[
-                    (d.record.source, d.command.event_id, d.fingerprint, d.command.account_id,
-                     d.record.topic, d.record.partition, d.record.offset)
+                    (
+                        d.record.source,
+                        d.command.event_id,
+                        d.fingerprint,
+                        d.command.account_id,
+                        d.record.topic,
+                        d.record.partition,
+                        d.record.offset,
+                    )
                     for d in changes.processed
                 ],
             )
@@ -205,9 +227,19 @@ class PgUnitOfWork:
         updated_lots: list[tuple[Any, ...]] = []
         invoices: list[OpenInvoice] = []
         for a in accounts:
-            values = (a.account_id, a.plan, a.opened, a.overdraft_jpy, a.postpay_due_jpy,
-                      a.postpay_since, a.contract_id, a.reminder_enabled,
-                      a.reminder_threshold_jpy, a.reminder_email, a.balance_jpy)
+            values = (
+                a.account_id,
+                a.plan,
+                a.opened,
+                a.overdraft_jpy,
+                a.postpay_due_jpy,
+                a.postpay_since,
+                a.contract_id,
+                a.reminder_enabled,
+                a.reminder_threshold_jpy,
+                a.reminder_email,
+                a.balance_jpy,
+            )
             if self.stored_accounts.get(a.account_id) != values:
                 changed.append(values)
             self._dirty_lots(a, lots, updated_lots)
@@ -223,43 +255,96 @@ class PgUnitOfWork:
                 _SAVE_INVOICES, [i.invoice_id for i in invoices], [i.paid_jpy for i in invoices]
             )
 
-    def _dirty_lots(self, a: Account, new: list[tuple[Any, ...]],
-                    stored: list[tuple[Any, ...]]) -> None:
+    def _dirty_lots(
+        self, a: Account, new: list[tuple[Any, ...]], stored: list[tuple[Any, ...]]
+    ) -> None:
         """Changed lots: stored ones as an update of their balances, new ones whole."""
         for lot in a.lots:
             if not lot.dirty:
                 continue
             if lot.lot_id in self.stored_lots:
-                stored.append((lot.lot_id, lot.remaining_jpy, lot.forfeited_jpy, lot.forfeited,
-                               lot.expiring_notified))
+                stored.append(
+                    (
+                        lot.lot_id,
+                        lot.remaining_jpy,
+                        lot.forfeited_jpy,
+                        lot.forfeited,
+                        lot.expiring_notified,
+                    )
+                )
             else:
-                new.append((lot.lot_id, a.account_id, lot.source, lot.amount_jpy,
-                            lot.remaining_jpy, lot.forfeited_jpy, lot.granted_at, lot.expires_at,
-                            lot.forfeited, lot.expiring_notified))
+                new.append(
+                    (
+                        lot.lot_id,
+                        a.account_id,
+                        lot.source,
+                        lot.amount_jpy,
+                        lot.remaining_jpy,
+                        lot.forfeited_jpy,
+                        lot.granted_at,
+                        lot.expires_at,
+                        lot.forfeited,
+                        lot.expiring_notified,
+                    )
+                )
 
     async def _save_ledger(self, changes: Changes) -> None:
         effects = changes.effects
         if effects.ledger:
             await self.conn.copy_records_to_table(
                 "ledger_entries",
-                columns=["entry_id", "account_id", "kind", "amount_jpy", "balance_after_jpy",
-                         "occurred_at", "ref", "allocations"],
+                columns=[
+                    "entry_id",
+                    "account_id",
+                    "kind",
+                    "amount_jpy",
+                    "balance_after_jpy",
+                    "occurred_at",
+                    "ref",
+                    "allocations",
+                ],
                 records=[
-                    (e.entry_id, e.account_id, e.kind, e.amount_jpy, e.balance_after_jpy,
-                     e.occurred_at, e.ref,
-                     orjson.dumps([{"lot_id": lot, "amount_jpy": n} for lot, n in e.allocations])
-                     .decode())
+                    (
+                        e.entry_id,
+                        e.account_id,
+                        e.kind,
+                        e.amount_jpy,
+                        e.balance_after_jpy,
+                        e.occurred_at,
+                        e.ref,
+                        orjson.dumps(
+                            [{"lot_id": lot, "amount_jpy": n} for lot, n in e.allocations]
+                        ).decode(),
+                    )
                     for e in effects.ledger
                 ],
             )
         if effects.postpay:
             await self.conn.copy_records_to_table(
                 "postpay_usage",
-                columns=["event_id", "account_id", "period", "occurred_at", "country",
-                         "unit_price_jpy", "segments", "amount_jpy", "from_lots_jpy"],
+                columns=[
+                    "event_id",
+                    "account_id",
+                    "period",
+                    "occurred_at",
+                    "country",
+                    "unit_price_jpy",
+                    "segments",
+                    "amount_jpy",
+                    "from_lots_jpy",
+                ],
                 records=[
-                    (p.event_id, p.account_id, p.period, p.occurred_at, p.country,
-                     p.unit_price_jpy, p.segments, p.amount_jpy, p.from_lots_jpy)
+                    (
+                        p.event_id,
+                        p.account_id,
+                        p.period,
+                        p.occurred_at,
+                        p.country,
+                        p.unit_price_jpy,
+                        p.segments,
+                        p.amount_jpy,
+                        p.from_lots_jpy,
+                    )
                     for p in effects.postpay
                 ],
             )
@@ -294,15 +379,22 @@ class PgCloseUnitOfWork(PgUnitOfWork):
         # A second closer blocks on the primary key until the first commits, then sees it.
         row = await self.conn.fetchrow(
             "INSERT INTO month_closes (period, invoices) VALUES ($1, 0)"
-            " ON CONFLICT (period) DO NOTHING RETURNING period", period)
+            " ON CONFLICT (period) DO NOTHING RETURNING period",
+            period,
+        )
         return row is not None
 
     async def uninvoiced_usage(self, period: str) -> list[PostpayCharge]:
         usage = [
             PostpayCharge(
-                event_id=r["event_id"], account_id=r["account_id"], occurred_at=r["occurred_at"],
-                period=r["period"], country=r["country"], unit_price_jpy=r["unit_price_jpy"],
-                segments=r["segments"], amount_jpy=r["amount_jpy"],
+                event_id=r["event_id"],
+                account_id=r["account_id"],
+                occurred_at=r["occurred_at"],
+                period=r["period"],
+                country=r["country"],
+                unit_price_jpy=r["unit_price_jpy"],
+                segments=r["segments"],
+                amount_jpy=r["amount_jpy"],
                 from_lots_jpy=r["from_lots_jpy"],
             )
             for r in await self.conn.fetch(_UNINVOICED, period)
@@ -310,22 +402,41 @@ class PgCloseUnitOfWork(PgUnitOfWork):
         self.read_event_ids = tuple(u.event_id for u in usage)
         return usage
 
-    async def save_invoices(self, period: str, invoices: Sequence[Invoice],
-                            issued_at: datetime, outbox: Sequence[OutboxMessage]) -> None:
+    async def save_invoices(
+        self,
+        period: str,
+        invoices: Sequence[Invoice],
+        issued_at: datetime,
+        outbox: Sequence[OutboxMessage],
+    ) -> None:
         if invoices:
             await self.conn.execute(
-                _SAVE_INVOICE_ROWS, period, issued_at,
-                [i.invoice_id for i in invoices], [i.account_id for i in invoices],
-                [i.total_jpy for i in invoices], [i.due_date for i in invoices])
+                _SAVE_INVOICE_ROWS,
+                period,
+                issued_at,
+                [i.invoice_id for i in invoices],
+                [i.account_id for i in invoices],
+                [i.total_jpy for i in invoices],
+                [i.due_date for i in invoices],
+            )
             await self.conn.execute(
-                _LINK_USAGE, [i.account_id for i in invoices], [i.invoice_id for i in invoices],
-                period, list(self.read_event_ids))
-        await self.conn.execute("UPDATE month_closes SET invoices = $2 WHERE period = $1",
-                                period, len(invoices))
+                _LINK_USAGE,
+                [i.account_id for i in invoices],
+                [i.invoice_id for i in invoices],
+                period,
+                list(self.read_event_ids),
+            )
+        await self.conn.execute(
+            "UPDATE month_closes SET invoices = $2 WHERE period = $1", period, len(invoices)
+        )
         if outbox:
             await self.conn.execute(
-                _SAVE_OUTBOX, [m.message_id for m in outbox], [m.topic for m in outbox],
-                [m.key for m in outbox], [m.payload for m in outbox])
+                _SAVE_OUTBOX,
+                [m.message_id for m in outbox],
+                [m.topic for m in outbox],
+                [m.key for m in outbox],
+                [m.payload for m in outbox],
+            )
 
 
 class PgStore:

@@ -21,7 +21,10 @@ _ENTRIES = TypeAdapter(list[_RateEntry])
 
 def load_rate_table(path: Path | None) -> RateTable:
     """The file at `path`, else the table shipped with the worker (JP = JPY 10 per segment)."""
-    raw = (path.read_bytes() if path is not None
-           else resources.files("worker").joinpath("rates.json").read_bytes())
+    raw = (
+        path.read_bytes()
+        if path is not None
+        else resources.files("worker").joinpath("rates.json").read_bytes()
+    )
     entries = _ENTRIES.validate_json(raw)
     return RateTable(Rate(e.country, e.unit_price_jpy, e.effective_from) for e in entries)

@@ -46,8 +46,15 @@ def build_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
 class OutboxRelay:
     """Moves outbox rows to Kafka; `wake()` after a commit avoids waiting for the next poll."""
 
-    def __init__(self, database_url: str, bootstrap_servers: str, client_id: str,
-                 metrics: Metrics, batch_size: int = 1000, poll_interval_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        bootstrap_servers: str,
+        client_id: str,
+        metrics: Metrics,
+        batch_size: int = 1000,
+        poll_interval_s: float = 0.2,
+    ) -> None:
         self.database_url = database_url
         self.bootstrap_servers = bootstrap_servers
         self.client_id = client_id
@@ -98,8 +105,9 @@ class OutboxRelay:
         self._wakeup.clear()
         waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
         try:
-            await asyncio.wait(waiters, timeout=self.poll_interval_s,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waiters, timeout=self.poll_interval_s, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for waiter in waiters:
                 waiter.cancel()
@@ -118,8 +126,10 @@ class OutboxRelay:
                 for row in rows
             ]
             await asyncio.gather(*futures)
-            await conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
-                               [row["id"] for row in rows])
+            await conn.execute(
+                "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
+                [row["id"] for row in rows],
+            )
             for row in rows:
                 self.metrics.outbox_sent.labels(row["topic"]).inc()
         backlog = await conn.fetchrow(_BACKLOG)

@@ -50,8 +50,14 @@ def _summarise(exc: ValidationError) -> tuple[str, str]:
     return "schema_violation", "; ".join(parts)
 
 
-def _fingerprint(model: UsageEvent | AccountOpened | CreditsPurchased | ReminderConfigured
-                 | SwitchedToPostpay | InvoicePaid) -> bytes:
+def _fingerprint(
+    model: UsageEvent
+    | AccountOpened
+    | CreditsPurchased
+    | ReminderConfigured
+    | SwitchedToPostpay
+    | InvoicePaid,
+) -> bytes:
     """A digest of the validated payload: re-serialised, so whitespace and key order don't count."""
     canonical = orjson.dumps(model.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).digest()
@@ -78,10 +84,12 @@ class Decoder:
         try:
             if record.source == "usage":
                 usage = UsageEvent.model_validate(payload)
-                rated = rate_usage(self.rates, usage.country, usage.destination, usage.segments,
-                                   usage.occurred_at)
-                command: Command = ChargeUsage(usage.event_id, usage.account_id,
-                                               usage.occurred_at, rated)
+                rated = rate_usage(
+                    self.rates, usage.country, usage.destination, usage.segments, usage.occurred_at
+                )
+                command: Command = ChargeUsage(
+                    usage.event_id, usage.account_id, usage.occurred_at, rated
+                )
                 return Decoded(record, command, _fingerprint(usage))
             event = ACCOUNT_EVENT_ADAPTER.validate_python(payload)
         except ValidationError as exc:
@@ -128,8 +136,9 @@ class Encoder:
             amount=reminder.amount_jpy,
             expires_at=reminder.expires_at,
         )
-        return OutboxMessage(reminder.reminder_id, self.reminders_topic, reminder.account_id,
-                             wire.to_json_bytes())
+        return OutboxMessage(
+            reminder.reminder_id, self.reminders_topic, reminder.account_id, wire.to_json_bytes()
+        )
 
     def dead_letter(self, dead: Dead, failed_at: datetime) -> OutboxMessage:
         record = dead.record
@@ -172,5 +181,6 @@ class Encoder:
             ],
             total=invoice.total_jpy,
         )
-        return OutboxMessage(invoice.invoice_id, self.invoices_topic, invoice.account_id,
-                             wire.to_json_bytes())
+        return OutboxMessage(
+            invoice.invoice_id, self.invoices_topic, invoice.account_id, wire.to_json_bytes()
+        )

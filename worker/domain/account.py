@@ -86,8 +86,14 @@ class Account:
             self._charge(command, policy, effects)
         elif isinstance(command, PurchaseCredits):
             _check_purchase(command)
-            self._grant(command.event_id, command.amount_jpy, command.occurred_at, "purchase",
-                        policy, effects)
+            self._grant(
+                command.event_id,
+                command.amount_jpy,
+                command.occurred_at,
+                "purchase",
+                policy,
+                effects,
+            )
         elif isinstance(command, OpenAccount):
             if self.opened:
                 raise Rejected("already_opened", f"account {self.account_id} is already open")
@@ -95,8 +101,9 @@ class Account:
             credits = command.test_credits_jpy
             amount = policy.test_credits_jpy if credits is None else credits
             if amount > 0:
-                self._grant(command.event_id, amount, command.occurred_at, "test_credits",
-                            policy, effects)
+                self._grant(
+                    command.event_id, amount, command.occurred_at, "test_credits", policy, effects
+                )
         elif isinstance(command, ConfigureReminder):
             self._configure(command, effects)
         elif isinstance(command, SwitchToPostpay):
@@ -119,29 +126,34 @@ class Account:
         allocations: list[Allocation] | None = None,
     ) -> None:
         after = self.balance_jpy
-        effects.ledger.append(LedgerEntry(
-            entry_id=f"{kind}:{ref}",
-            account_id=self.account_id,
-            kind=kind,
-            amount_jpy=amount_jpy,
-            balance_after_jpy=after,
-            occurred_at=at,
-            ref=ref,
-            allocations=tuple(allocations or ()),
-        ))
+        effects.ledger.append(
+            LedgerEntry(
+                entry_id=f"{kind}:{ref}",
+                account_id=self.account_id,
+                kind=kind,
+                amount_jpy=amount_jpy,
+                balance_after_jpy=after,
+                occurred_at=at,
+                ref=ref,
+                allocations=tuple(allocations or ()),
+            )
+        )
         # The cause is the ledger entry id: unique across both input topics.
         effects.reminders.extend(
-            reminders.on_balance_change(self, before_jpy, after, f"{kind}:{ref}", at))
+            reminders.on_balance_change(self, before_jpy, after, f"{kind}:{ref}", at)
+        )
 
-    def _grant(self, ref: str, amount: int, at: datetime, source: str, policy: Policy,
-               effects: Effects) -> None:
+    def _grant(
+        self, ref: str, amount: int, at: datetime, source: str, policy: Policy, effects: Effects
+    ) -> None:
         before = self.balance_jpy
         lot = new_lot(f"lot:{ref}", amount, at, policy.lot_validity, source)
         repaid = lot.take(self.overdraft_jpy)
         self.overdraft_jpy -= repaid
         self.lots.append(lot)
-        self._record("grant", ref, amount, at, before, effects,
-                     [(lot.lot_id, repaid)] if repaid else None)
+        self._record(
+            "grant", ref, amount, at, before, effects, [(lot.lot_id, repaid)] if repaid else None
+        )
 
     def _charge(self, command: ChargeUsage, policy: Policy, effects: Effects) -> None:
         before = self.balance_jpy
@@ -150,34 +162,40 @@ class Account:
         since = self.postpay_since
         if self.plan == "postpay" and since is not None and command.occurred_at >= since:
             self.postpay_due_jpy += uncovered
-            effects.postpay.append(PostpayCharge(
-                event_id=command.event_id,
-                account_id=self.account_id,
-                occurred_at=command.occurred_at,
-                period=period_of(command.occurred_at, policy.zone),
-                country=command.rated.country,
-                unit_price_jpy=command.rated.unit_price_jpy,
-                segments=command.rated.segments,
-                amount_jpy=amount,
-                from_lots_jpy=amount - uncovered,
-            ))
+            effects.postpay.append(
+                PostpayCharge(
+                    event_id=command.event_id,
+                    account_id=self.account_id,
+                    occurred_at=command.occurred_at,
+                    period=period_of(command.occurred_at, policy.zone),
+                    country=command.rated.country,
+                    unit_price_jpy=command.rated.unit_price_jpy,
+                    segments=command.rated.segments,
+                    amount_jpy=amount,
+                    from_lots_jpy=amount - uncovered,
+                )
+            )
         else:
             self.overdraft_jpy += uncovered
-        self._record("charge", command.event_id, -amount, command.occurred_at, before, effects,
-                     allocations)
+        self._record(
+            "charge", command.event_id, -amount, command.occurred_at, before, effects, allocations
+        )
 
     def _configure(self, command: ConfigureReminder, effects: Effects) -> None:
         self.reminder_enabled = command.enabled
         self.reminder_threshold_jpy = command.threshold_jpy
         self.reminder_email = command.email
-        effects.reminders.extend(reminders.on_configured(self, f"configure:{command.event_id}",
-                                                         command.occurred_at))
+        effects.reminders.extend(
+            reminders.on_configured(self, f"configure:{command.event_id}", command.occurred_at)
+        )
 
     def _pay(self, command: PayInvoice, effects: Effects) -> None:
         invoice = self.invoices.get(command.invoice_id)
         if invoice is None:
-            raise Rejected("unknown_invoice",
-                           f"invoice {command.invoice_id} is not an invoice of {self.account_id}")
+            raise Rejected(
+                "unknown_invoice",
+                f"invoice {command.invoice_id} is not an invoice of {self.account_id}",
+            )
         if command.amount_jpy > invoice.outstanding_jpy:
             raise Rejected(
                 "overpayment",
@@ -188,8 +206,9 @@ class Account:
         invoice.paid_jpy += command.amount_jpy
         invoice.dirty = True
         self.postpay_due_jpy -= command.amount_jpy
-        self._record("payment", command.event_id, command.amount_jpy, command.occurred_at,
-                     before, effects)
+        self._record(
+            "payment", command.event_id, command.amount_jpy, command.occurred_at, before, effects
+        )
 
 
 def _check_purchase(command: PurchaseCredits) -> None:

@@ -16,8 +16,11 @@ def sweep(account: Account, now: datetime, policy: Policy, effects: Effects) -> 
         if due_for_expiring_notice(lot, now, policy.expiring_notice):
             lot.expiring_notified = True
             lot.dirty = True
-            effects.reminders.append(_lot_reminder(account, "credits_expiring", lot.lot_id,
-                                                   lot.remaining_jpy, lot.expires_at, now))
+            effects.reminders.append(
+                _lot_reminder(
+                    account, "credits_expiring", lot.lot_id, lot.remaining_jpy, lot.expires_at, now
+                )
+            )
         if not due_for_forfeit(lot, now, policy.lateness):
             continue
         before = account.balance_jpy
@@ -25,24 +28,33 @@ def sweep(account: Account, now: datetime, policy: Policy, effects: Effects) -> 
         if lost == 0:
             continue
         after = account.balance_jpy
-        effects.ledger.append(LedgerEntry(
-            entry_id=f"forfeit:{lot.lot_id}",
-            account_id=account.account_id,
-            kind="forfeit",
-            amount_jpy=-lost,
-            balance_after_jpy=after,
-            occurred_at=lot.expires_at,
-            ref=lot.lot_id,
-        ))
-        effects.reminders.append(_lot_reminder(account, "credits_expired", lot.lot_id, lost,
-                                               lot.expires_at, now))
+        effects.ledger.append(
+            LedgerEntry(
+                entry_id=f"forfeit:{lot.lot_id}",
+                account_id=account.account_id,
+                kind="forfeit",
+                amount_jpy=-lost,
+                balance_after_jpy=after,
+                occurred_at=lot.expires_at,
+                ref=lot.lot_id,
+            )
+        )
+        effects.reminders.append(
+            _lot_reminder(account, "credits_expired", lot.lot_id, lost, lot.expires_at, now)
+        )
         effects.reminders.extend(
             reminders.on_balance_change(account, before, after, f"forfeit:{lot.lot_id}", now)
         )
 
 
-def _lot_reminder(account: Account, kind: ReminderKind, lot_id: str, amount: int,
-                  expires_at: datetime, now: datetime) -> ReminderDue:
+def _lot_reminder(
+    account: Account,
+    kind: ReminderKind,
+    lot_id: str,
+    amount: int,
+    expires_at: datetime,
+    now: datetime,
+) -> ReminderDue:
     return ReminderDue(
         reminder_id=reminders.reminder_id(account.account_id, kind, lot_id),
         account_id=account.account_id,

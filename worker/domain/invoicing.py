@@ -66,16 +66,18 @@ class Invoice:
     due_date: date
 
 
-def build_invoice(account_id: str, period: str, usage: Iterable[PostpayCharge],
-                  zone: tzinfo) -> Invoice | None:
+def build_invoice(
+    account_id: str, period: str, usage: Iterable[PostpayCharge], zone: tzinfo
+) -> Invoice | None:
     """Group not-yet-invoiced postpay usage up to `period`; None when there is none."""
     groups: dict[tuple[str, str, int], list[int]] = {}
     applied = 0
     total = 0
     for item in usage:
         item_period = period_of(item.occurred_at, zone)
-        quantity_amount = groups.setdefault((item_period, item.country, item.unit_price_jpy),
-                                            [0, 0])
+        quantity_amount = groups.setdefault(
+            (item_period, item.country, item.unit_price_jpy), [0, 0]
+        )
         quantity_amount[0] += item.segments
         quantity_amount[1] += item.amount_jpy
         applied += item.from_lots_jpy
@@ -95,8 +97,9 @@ def build_invoice(account_id: str, period: str, usage: Iterable[PostpayCharge],
     ]
     if applied:
         lines.append(InvoiceLine("Prepaid credit applied", None, -applied, 1, -applied, period))
-    return Invoice(invoice_id(account_id, period), account_id, period, tuple(lines), total,
-                   due_date(period))
+    return Invoice(
+        invoice_id(account_id, period), account_id, period, tuple(lines), total, due_date(period)
+    )
 
 
 def _describe(country: str, item_period: str, period: str) -> str:

@@ -114,4 +114,3 @@ def _sole_region(destination: str) -> str | None:
             return str(regions[0])
         return None
     return None
-

@@ -16,8 +16,9 @@ def reminder_id(account_id: str, kind: ReminderKind, cause: str) -> str:
     return f"{account_id}:{kind}:{cause}"
 
 
-def _due(account: Account, kind: ReminderKind, balance: int, cause: str,
-         at: datetime) -> ReminderDue:
+def _due(
+    account: Account, kind: ReminderKind, balance: int, cause: str, at: datetime
+) -> ReminderDue:
     return ReminderDue(
         reminder_id=reminder_id(account.account_id, kind, cause),
         account_id=account.account_id,

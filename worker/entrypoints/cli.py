@@ -16,8 +16,11 @@ from aiokafka.errors import KafkaError
 from worker import logs
 from worker.config import Settings, SettingsError, load_settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="SMS billing worker: prepaid credit lots, postpay invoices, reminders.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="SMS billing worker: prepaid credit lots, postpay invoices, reminders.",
+)
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead-letter topic tools.")
 app.add_typer(dlq_app, name="dlq")
 
@@ -121,8 +124,10 @@ def lag(
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         for row in report["partitions"]:
-            typer.echo(f"{row['topic']:<32} {row['partition']:>4} committed={row['committed']} "
-                       f"end={row['end']} lag={row['lag']}")
+            typer.echo(
+                f"{row['topic']:<32} {row['partition']:>4} committed={row['committed']} "
+                f"end={row['end']} lag={row['lag']}"
+            )
         typer.echo(f"total lag: {report['total']}")
     if max_lag is not None and report["total"] > max_lag:
         raise typer.Exit(1)
@@ -131,8 +136,7 @@ def lag(
 @app.command()
 def demo(
     rate: Annotated[float, typer.Option(min=0.1, help="Events per second.")] = 20.0,
-    duration: Annotated[float, typer.Option(min=0, help="Seconds to run; 0 = until Ctrl-C.")]
-    = 0.0,
+    duration: Annotated[float, typer.Option(min=0, help="Seconds to run; 0 = until Ctrl-C.")] = 0.0,
     accounts: Annotated[int, typer.Option(min=1, help="Demo accounts to open.")] = 20,
     malformed: Annotated[float, typer.Option(min=0, max=1, help="Share of bad events.")] = 0.02,
     seed: Annotated[int | None, typer.Option(help="Replay the same traffic.")] = None,
@@ -148,8 +152,9 @@ def demo(
 @app.command("close-month")
 def close_month(
     period: Annotated[str, typer.Argument(help="The month to close, YYYY-MM (business zone).")],
-    wait_s: Annotated[float, typer.Option(help="How long to wait for the group to catch up.")]
-    = 60.0,
+    wait_s: Annotated[
+        float, typer.Option(help="How long to wait for the group to catch up.")
+    ] = 60.0,
 ) -> None:
     """Close a month by hand: one invoice per postpay account, exactly once."""
     from worker.entrypoints.month_close import close_by_hand
@@ -165,8 +170,10 @@ def close_month(
 
 @dlq_app.command("replay")
 def dlq_replay(
-    error_code: Annotated[list[str] | None, typer.Option(
-        "--error-code", help="Replay only these error codes (repeatable).")] = None,
+    error_code: Annotated[
+        list[str] | None,
+        typer.Option("--error-code", help="Replay only these error codes (repeatable)."),
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="Count what would be replayed.")] = False,
 ) -> None:
     """Send dead letters back to their source topic (e.g. after a rate was added)."""

@@ -66,8 +66,9 @@ class DemoError(Exception):
     """The demo cannot run (e.g. its topics do not exist)."""
 
 
-async def run_demo(settings: Settings, options: Options, console: Console,
-                   stop: asyncio.Event | None = None) -> Totals:
+async def run_demo(
+    settings: Settings, options: Options, console: Console, stop: asyncio.Event | None = None
+) -> Totals:
     """Produce until `duration_s` is up or `stop` is set; returns what was produced."""
     stop = stop or asyncio.Event()
     rng = random.Random(options.seed)
@@ -76,17 +77,23 @@ async def run_demo(settings: Settings, options: Options, console: Console,
     totals = Totals(accounts=list(traffic.account_ids))
     async with OffsetReader(settings.kafka_bootstrap_servers, client_id="billing-demo") as reader:
         await _check_topics(reader, settings)
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                    client_id="billing-demo", acks="all",
-                                    enable_idempotence=True, linger_ms=5)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            client_id="billing-demo",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+        )
         await producer.start()
         view = _View(settings, reader, traffic.account_ids[:SHOWN_ACCOUNTS], options, totals)
         try:
-            with Live(view.render(), console=console, refresh_per_second=4,
-                      transient=False) as live:
+            with Live(
+                view.render(), console=console, refresh_per_second=4, transient=False
+            ) as live:
                 await view.baseline()
                 pacing = asyncio.create_task(
-                    _produce(producer, settings, traffic, options, totals, stop))
+                    _produce(producer, settings, traffic, options, totals, stop)
+                )
                 while not pacing.done():
                     live.update(view.render(await view.read()))
                     with contextlib.suppress(TimeoutError):
@@ -100,17 +107,29 @@ async def run_demo(settings: Settings, options: Options, console: Console,
 
 
 async def _check_topics(reader: OffsetReader, settings: Settings) -> None:
-    topics = [settings.topic_usage, settings.topic_account_events, settings.topic_reminders,
-              settings.topic_invoices, settings.topic_dlq]
+    topics = [
+        settings.topic_usage,
+        settings.topic_account_events,
+        settings.topic_reminders,
+        settings.topic_invoices,
+        settings.topic_dlq,
+    ]
     present = {tp.topic for tp in await reader.partitions(topics)}
     missing = [t for t in topics if t not in present]
     if missing:
-        raise DemoError(f"missing topics {', '.join(missing)}: start them with "
-                        "`scripts/services up`")
+        raise DemoError(
+            f"missing topics {', '.join(missing)}: start them with `scripts/services up`"
+        )
 
 
-async def _produce(producer: AIOKafkaProducer, settings: Settings, traffic: Traffic,
-                   options: Options, totals: Totals, stop: asyncio.Event) -> None:
+async def _produce(
+    producer: AIOKafkaProducer,
+    settings: Settings,
+    traffic: Traffic,
+    options: Options,
+    totals: Totals,
+    stop: asyncio.Event,
+) -> None:
     """The opening events at once, then `rate` events per second until done."""
     topics = {"usage": settings.topic_usage, "account": settings.topic_account_events}
     zone = settings.zone
@@ -130,12 +149,15 @@ async def _produce(producer: AIOKafkaProducer, settings: Settings, traffic: Traf
             await asyncio.wait_for(stop.wait(), timeout=0.05)
 
 
-async def _send(producer: AIOKafkaProducer, topics: dict[str, str], events: list[Event],
-                totals: Totals) -> None:
-    futures = [await producer.send(topics[e.source], e.value, key=e.account_id.encode())
-               for e in events]
-    for event, outcome in zip(events, await asyncio.gather(*futures, return_exceptions=True),
-                              strict=True):
+async def _send(
+    producer: AIOKafkaProducer, topics: dict[str, str], events: list[Event], totals: Totals
+) -> None:
+    futures = [
+        await producer.send(topics[e.source], e.value, key=e.account_id.encode()) for e in events
+    ]
+    for event, outcome in zip(
+        events, await asyncio.gather(*futures, return_exceptions=True), strict=True
+    ):
         if isinstance(outcome, BaseException):
             totals.failed += 1
             continue
@@ -146,8 +168,14 @@ async def _send(producer: AIOKafkaProducer, topics: dict[str, str], events: list
 class _View:
     """Reads the broker and the database once a second and renders the dashboard."""
 
-    def __init__(self, settings: Settings, reader: OffsetReader, shown: list[str],
-                 options: Options, totals: Totals) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        reader: OffsetReader,
+        shown: list[str],
+        options: Options,
+        totals: Totals,
+    ) -> None:
         self.settings = settings
         self.reader = reader
         self.shown = shown
@@ -172,7 +200,8 @@ class _View:
         try:
             offsets = await self.reader.committed_and_end(
                 self.settings.consumer_group,
-                [self.settings.topic_usage, self.settings.topic_account_events])
+                [self.settings.topic_usage, self.settings.topic_account_events],
+            )
             snap.consumed = sum(c or 0 for c, _ in offsets.values())
             snap.lag = sum(max(end - (c or 0), 0) for c, end in offsets.values())
             ends = await self.reader.end_offsets(self.outputs)
@@ -204,13 +233,17 @@ class _View:
 
     def render(self, snap: Snapshot | None = None) -> Group:
         o, t = self.options, self.totals
-        title = (f"billing demo — {o.rate:g} events/s, "
-                 + (f"{o.duration_s:g} s" if o.duration_s else "until Ctrl-C")
-                 + f", {o.accounts} accounts, group {self.settings.consumer_group}")
-        flow = Table(title=title, caption="in: events committed by the group; out: messages "
-                     "published from the outbox; lag: from committed offsets")
-        for column in ("produced", "bad", "in/s", "out/s", "lag", "reminders", "invoices",
-                       "DLQ"):
+        title = (
+            f"billing demo — {o.rate:g} events/s, "
+            + (f"{o.duration_s:g} s" if o.duration_s else "until Ctrl-C")
+            + f", {o.accounts} accounts, group {self.settings.consumer_group}"
+        )
+        flow = Table(
+            title=title,
+            caption="in: events committed by the group; out: messages "
+            "published from the outbox; lag: from committed offsets",
+        )
+        for column in ("produced", "bad", "in/s", "out/s", "lag", "reminders", "invoices", "DLQ"):
             flow.add_column(column, justify="right")
         if snap is None:
             flow.add_row(*["…"] * 8)
@@ -220,7 +253,8 @@ class _View:
         out_now = sum(snap.published.values()) if snap.published else None
         out_before = sum(prev.published.values()) if prev and prev.published else None
         flow.add_row(
-            f"{t.produced:,}", f"{t.malformed:,}",
+            f"{t.produced:,}",
+            f"{t.malformed:,}",
             self._rate(snap.consumed, prev.consumed if prev else None, seconds),
             self._rate(out_now, out_before, seconds),
             "–" if snap.lag is None else f"{snap.lag:,}",
@@ -228,11 +262,22 @@ class _View:
             self._since_start(self.settings.topic_invoices, snap),
             self._since_start(self.settings.topic_dlq, snap),
         )
-        accounts = Table("account", "plan", "balance JPY", "overdraft JPY", "postpay due JPY",
-                         title="a few accounts (from PostgreSQL)")
+        accounts = Table(
+            "account",
+            "plan",
+            "balance JPY",
+            "overdraft JPY",
+            "postpay due JPY",
+            title="a few accounts (from PostgreSQL)",
+        )
         for row in snap.balances:
-            accounts.add_row(row["account_id"], row["plan"], f"{row['balance_jpy']:,}",
-                             f"{row['overdraft_jpy']:,}", f"{row['postpay_due_jpy']:,}")
+            accounts.add_row(
+                row["account_id"],
+                row["plan"],
+                f"{row['balance_jpy']:,}",
+                f"{row['overdraft_jpy']:,}",
+                f"{row['postpay_due_jpy']:,}",
+            )
         parts: list[Table | str] = [flow, accounts]
         if snap.error:
             parts.append(f"[yellow]unavailable: {snap.error}[/yellow]")
@@ -258,6 +303,8 @@ def main(settings: Settings, options: Options) -> int:
         console.print(f"[red]{exc}[/red]")
         return 1
     console.line()
-    console.print(f"produced {totals.produced:,} events ({totals.malformed:,} malformed on "
-                  f"purpose), {totals.failed:,} failed")
+    console.print(
+        f"produced {totals.produced:,} events ({totals.malformed:,} malformed on "
+        f"purpose), {totals.failed:,} failed"
+    )
     return 0 if totals.failed == 0 else 1

@@ -15,8 +15,9 @@ from worker.config import Settings
 log = logs.get("worker.dlq")
 
 
-async def replay(settings: Settings, error_codes: set[str], dry_run: bool,
-                 idle_ms: int = 2000) -> Counter[str]:
+async def replay(
+    settings: Settings, error_codes: set[str], dry_run: bool, idle_ms: int = 2000
+) -> Counter[str]:
     """Re-publish each dead letter's original bytes to its source topic, once per letter.
 
     The replay group's committed offsets remember what was replayed; replayed events are
@@ -49,8 +50,14 @@ async def replay(settings: Settings, error_codes: set[str], dry_run: bool,
         await consumer.stop()
 
 
-async def _one(value: bytes | None, settings: Settings, producer: AIOKafkaProducer,
-               error_codes: set[str], dry_run: bool, counts: Counter[str]) -> None:
+async def _one(
+    value: bytes | None,
+    settings: Settings,
+    producer: AIOKafkaProducer,
+    error_codes: set[str],
+    dry_run: bool,
+    counts: Counter[str],
+) -> None:
     try:
         letter = DeadLetter.model_validate_json(value or b"")
     except ValidationError:

@@ -31,8 +31,9 @@ class Monitor:
         self.settings = settings
         self.metrics = metrics
         self.pool = pool
-        self.reader = OffsetReader(settings.kafka_bootstrap_servers,
-                                   client_id=settings.client_id + "-monitor")
+        self.reader = OffsetReader(
+            settings.kafka_bootstrap_servers, client_id=settings.client_id + "-monitor"
+        )
         self.topics = [settings.topic_usage, settings.topic_account_events]
         self.lag: dict[TopicPartition, int] = {}
         self.lag_at: float | None = None  # monotonic time of the last good lag reading
@@ -43,8 +44,9 @@ class Monitor:
             while not stop.is_set():
                 await self.refresh()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(),
-                                           timeout=self.settings.lag_refresh_interval_s)
+                    await asyncio.wait_for(
+                        stop.wait(), timeout=self.settings.lag_refresh_interval_s
+                    )
         finally:
             await self.reader.close()
 

@@ -34,15 +34,22 @@ def previous_period(period: str) -> str:
 
 def due_period(now: datetime, settings: Settings) -> str:
     """The latest month that ended at least the grace period ago."""
-    return previous_period(period_of(now - timedelta(seconds=settings.month_close_grace_s),
-                                     settings.zone))
+    return previous_period(
+        period_of(now - timedelta(seconds=settings.month_close_grace_s), settings.zone)
+    )
 
 
 class MonthCloser:
     """Closes months for the whole group; safe when every worker runs it."""
 
-    def __init__(self, settings: Settings, store: PgStore, encoder: Encoder, metrics: Metrics,
-                 on_closed: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: PgStore,
+        encoder: Encoder,
+        metrics: Metrics,
+        on_closed: Callable[[], None] = lambda: None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.encoder = encoder
@@ -51,25 +58,36 @@ class MonthCloser:
 
     async def is_closed(self, period: str) -> bool:
         async with self.store.pool.acquire() as conn:
-            return bool(await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM month_closes WHERE period = $1)", period))
+            return bool(
+                await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM month_closes WHERE period = $1)", period
+                )
+            )
 
     async def caught_up(self, period: str) -> bool:
         """Has the group committed past everything that was in the inputs when the month
         first became closable?"""
         s = self.settings
-        offsets = await committed_and_end(s.kafka_bootstrap_servers, s.consumer_group,
-                                          [s.topic_usage, s.topic_account_events])
+        offsets = await committed_and_end(
+            s.kafka_bootstrap_servers, s.consumer_group, [s.topic_usage, s.topic_account_events]
+        )
         snapshot = {f"{tp.topic}:{tp.partition}": end for tp, (_, end) in offsets.items()}
         async with self.store.pool.acquire() as conn:
             await conn.execute(
                 "INSERT INTO month_close_marks (period, end_offsets) VALUES ($1, $2)"
-                " ON CONFLICT (period) DO NOTHING", period, orjson.dumps(snapshot).decode())
-            mark = orjson.loads(await conn.fetchval(
-                "SELECT end_offsets FROM month_close_marks WHERE period = $1", period))
+                " ON CONFLICT (period) DO NOTHING",
+                period,
+                orjson.dumps(snapshot).decode(),
+            )
+            mark = orjson.loads(
+                await conn.fetchval(
+                    "SELECT end_offsets FROM month_close_marks WHERE period = $1", period
+                )
+            )
         committed = {f"{tp.topic}:{tp.partition}": c or 0 for tp, (c, _) in offsets.items()}
-        behind = {k: end - committed.get(k, 0) for k, end in mark.items()
-                  if committed.get(k, 0) < end}
+        behind = {
+            k: end - committed.get(k, 0) for k, end in mark.items() if committed.get(k, 0) < end
+        }
         if behind:
             log.info("month_close_waiting", period=period, behind=sum(behind.values()))
         return not behind
@@ -79,8 +97,7 @@ class MonthCloser:
         if now < end:
             raise MonthNotEnded(f"{period} has not ended yet (it ends {end.isoformat()})")
         async with self.store.close_unit_of_work() as uow:
-            invoices = await close_month(uow, period, now, self.settings.zone,
-                                         self.encoder.invoice)
+            invoices = await close_month(uow, period, now, self.settings.zone, self.encoder.invoice)
         if invoices is not None:
             self.metrics.invoices.inc(len(invoices))
             log.info("month_closed", period=period, invoices=len(invoices))
@@ -119,8 +136,10 @@ async def close_by_hand(settings: Settings, period: str, wait_s: float) -> tuple
         deadline = asyncio.get_running_loop().time() + wait_s
         while not await closer.caught_up(period):
             if asyncio.get_running_loop().time() >= deadline:
-                return 1, (f"refused: the group {settings.consumer_group} has not yet applied "
-                           f"the input that was waiting when {period} became closable")
+                return 1, (
+                    f"refused: the group {settings.consumer_group} has not yet applied "
+                    f"the input that was waiting when {period} became closable"
+                )
             await asyncio.sleep(1)
         invoices = await closer.close(period, datetime.now(UTC))
     finally:

@@ -135,8 +135,9 @@ class StreamProcessor:
         consumer = self.build_consumer()
         self.consumer = consumer
         consumer.subscribe(list(self.sources), listener=self.listener)
-        await retry("kafka_connect", consumer.start, stop, self.metrics,
-                    self.settings.retry_max_backoff_s)
+        await retry(
+            "kafka_connect", consumer.start, stop, self.metrics, self.settings.retry_max_backoff_s
+        )
         ahead: asyncio.Task[tuple[int, list[Decoded | Dead]]] | None = None
         try:
             while not stop.is_set():
@@ -146,9 +147,11 @@ class StreamProcessor:
                     if generation == self.listener.generation:
                         self.aligner.add(decoded)
                     # else: read before a rebalance; whoever owns the partitions reads them again
-                    ready = self.aligner.release(await self._caught_up(consumer),
-                                                 time.monotonic(),
-                                                 self.settings.batch_max_records)
+                    ready = self.aligner.release(
+                        await self._caught_up(consumer),
+                        time.monotonic(),
+                        self.settings.batch_max_records,
+                    )
                     if ready:
                         # Read and decode the next records while this batch is in the database;
                         # they reach the aligner only once it is committed.
@@ -166,15 +169,19 @@ class StreamProcessor:
     async def _fetch(self, consumer: AIOKafkaConsumer) -> tuple[int, list[Decoded | Dead]]:
         """Records read and decoded, with the assignment generation they were returned under
         (a revocation resets every position, so records returned before it are read again)."""
-        fetched = await consumer.getmany(timeout_ms=self.settings.batch_timeout_ms,
-                                         max_records=self.settings.batch_max_records)
+        fetched = await consumer.getmany(
+            timeout_ms=self.settings.batch_timeout_ms, max_records=self.settings.batch_max_records
+        )
         generation = self.listener.generation
         decoded: list[Decoded | Dead] = []
         for tp, messages in fetched.items():
             source = self.sources[tp.topic]
             for m in messages:
-                decoded.append(self.decoder(InputRecord(source, tp.topic, tp.partition, m.offset,
-                                                        m.key, m.value)))
+                decoded.append(
+                    self.decoder(
+                        InputRecord(source, tp.topic, tp.partition, m.offset, m.key, m.value)
+                    )
+                )
                 if len(decoded) % _DECODE_SLICE == 0:
                     await asyncio.sleep(0)  # let the batch in the database take its next step
         return generation, decoded
@@ -190,8 +197,9 @@ class StreamProcessor:
                 done.add((source, partition))
         return done
 
-    async def _handle(self, consumer: AIOKafkaConsumer, ready: list[Decoded | Dead],
-                      stop: asyncio.Event) -> None:
+    async def _handle(
+        self, consumer: AIOKafkaConsumer, ready: list[Decoded | Dead], stop: asyncio.Event
+    ) -> None:
         started = time.perf_counter()
         report = await self._apply(ready, stop)
         next_offsets: dict[TopicPartition, int] = {}
@@ -206,20 +214,29 @@ class StreamProcessor:
     async def _apply(self, decoded: Sequence[Decoded | Dead], stop: asyncio.Event) -> BatchReport:
         """Apply the batch; a record that fails for a reason other than infrastructure is
         isolated by splitting the batch and dead-lettered alone."""
+
         async def attempt() -> BatchReport:
-            return await apply_batch(self.store, decoded, self.policy, self.encoder,
-                                     datetime.now(UTC))
+            return await apply_batch(
+                self.store, decoded, self.policy, self.encoder, datetime.now(UTC)
+            )
+
         try:
-            return await retry("apply_batch", attempt, stop, self.metrics,
-                               self.settings.retry_max_backoff_s)
+            return await retry(
+                "apply_batch", attempt, stop, self.metrics, self.settings.retry_max_backoff_s
+            )
         except ShuttingDown:
             raise
         except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition
             if len(decoded) == 1:
                 item = decoded[0]
-                log.error("record_failed", topic=item.record.topic,
-                          partition=item.record.partition, offset=item.record.offset,
-                          account=_account(item.record), error=repr(exc))
+                log.error(
+                    "record_failed",
+                    topic=item.record.topic,
+                    partition=item.record.partition,
+                    offset=item.record.offset,
+                    account=_account(item.record),
+                    error=repr(exc),
+                )
                 dead = Dead(item.record, "processing_error", f"could not be applied: {exc!r}")
                 return await self._apply([dead], stop)
             middle = len(decoded) // 2
@@ -232,11 +249,15 @@ class StreamProcessor:
             first.reminders += second.reminders
             return first
 
-    async def _commit(self, consumer: AIOKafkaConsumer,
-                      offsets: dict[TopicPartition, OffsetAndMetadata],
-                      stop: asyncio.Event) -> None:
+    async def _commit(
+        self,
+        consumer: AIOKafkaConsumer,
+        offsets: dict[TopicPartition, OffsetAndMetadata],
+        stop: asyncio.Event,
+    ) -> None:
         async def attempt() -> None:
             await consumer.commit(offsets)
+
         try:
             await retry("commit", attempt, stop, self.metrics, self.settings.retry_max_backoff_s)
         except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
@@ -259,9 +280,15 @@ class StreamProcessor:
         for dead in report.dead:
             m.events.labels(dead.record.topic, "dead_lettered").inc()
             m.dlq.labels(dead.code).inc()
-            log.warning("dead_lettered", topic=dead.record.topic, partition=dead.record.partition,
-                        offset=dead.record.offset, account=_account(dead.record),
-                        error_code=dead.code, reason=dead.reason)
+            log.warning(
+                "dead_lettered",
+                topic=dead.record.topic,
+                partition=dead.record.partition,
+                offset=dead.record.offset,
+                account=_account(dead.record),
+                error_code=dead.code,
+                reason=dead.reason,
+            )
         m.implicit_accounts.inc(report.implicit_accounts)
         m.reminders.inc(report.reminders)
 

@@ -26,18 +26,25 @@ async def account_view(settings: Settings, account_id: str, entries: int) -> dic
             return None
         lots = await conn.fetch(
             "SELECT * FROM lots WHERE account_id = $1 ORDER BY expires_at, granted_at, lot_id",
-            account_id)
+            account_id,
+        )
         ledger = await conn.fetch(
             "SELECT * FROM ledger_entries WHERE account_id = $1"
-            " ORDER BY recorded_at DESC, entry_id DESC LIMIT $2", account_id, entries)
+            " ORDER BY recorded_at DESC, entry_id DESC LIMIT $2",
+            account_id,
+            entries,
+        )
         ledger_sum = await conn.fetchval(
             "SELECT coalesce(sum(amount_jpy), 0) FROM ledger_entries WHERE account_id = $1",
-            account_id)
+            account_id,
+        )
         open_period = period_of(datetime.now(UTC), settings.zone)
         running = await conn.fetchval(
             "SELECT coalesce(sum(amount_jpy - from_lots_jpy), 0) FROM postpay_usage"
             " WHERE account_id = $1 AND invoice_id IS NULL AND period = $2",
-            account_id, open_period)
+            account_id,
+            open_period,
+        )
     finally:
         await conn.close()
     return {
@@ -92,15 +99,24 @@ def render_account(view: dict[str, Any]) -> None:
     )
     if view["plan"] == "postpay":
         p = view["postpay"]
-        console.print(f"postpay since {p['since']}  unpaid=JPY {p['unpaid']}  "
-                      f"{p['open_period']} so far=JPY {p['open_period_total']}")
+        console.print(
+            f"postpay since {p['since']}  unpaid=JPY {p['unpaid']}  "
+            f"{p['open_period']} so far=JPY {p['open_period_total']}"
+        )
     lots = Table("lot", "amount", "remaining", "forfeited", "granted", "expires", title="lots")
     for lot in view["lots"]:
-        lots.add_row(lot["lot_id"], str(lot["amount"]), str(lot["remaining"]),
-                     str(lot["forfeited"]), lot["granted_at"], lot["expires_at"])
+        lots.add_row(
+            lot["lot_id"],
+            str(lot["amount"]),
+            str(lot["remaining"]),
+            str(lot["forfeited"]),
+            lot["granted_at"],
+            lot["expires_at"],
+        )
     console.print(lots)
     ledger = Table("entry", "kind", "amount", "balance after", "occurred", title="latest entries")
     for e in view["ledger"]:
-        ledger.add_row(e["entry_id"], e["kind"], str(e["amount"]), str(e["balance_after"]),
-                       e["occurred_at"])
+        ledger.add_row(
+            e["entry_id"], e["kind"], str(e["amount"]), str(e["balance_after"]), e["occurred_at"]
+        )
     console.print(ledger)

@@ -50,8 +50,9 @@ def observe_commits(worker: Worker) -> None:
     if stream is None or consumer is None:
         worker.metrics.since_commit.clear()
         return
-    worker.metrics.set_since_commit(consumer.assignment(), stream.last_commit,
-                                    stream.listener.assigned_at, time.monotonic())
+    worker.metrics.set_since_commit(
+        consumer.assignment(), stream.last_commit, stream.listener.assigned_at, time.monotonic()
+    )
 
 
 async def readiness(worker: Worker) -> dict[str, Check]:
@@ -74,8 +75,13 @@ async def _postgres(worker: Worker) -> Check:
         return _check(False, "", "pool not open yet")
     try:
         await observe.ping(worker.pool, PROBE_TIMEOUT_S)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
-            OSError, TimeoutError) as exc:
+    except (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        OSError,
+        TimeoutError,
+    ) as exc:
         return _check(False, "", f"{type(exc).__name__}: {exc}")
     return _check(True, "SELECT 1 answered", "")
 
@@ -123,8 +129,11 @@ def _progress(worker: Worker) -> Check:
         last = max(stream.last_commit.get(tp, 0.0), stream.listener.assigned_at)
         if now - last > limit_s:
             stalled.append(f"{tp.topic}:{tp.partition} lag={monitor.lag[tp]}")
-    return _check(not stalled, "committing where there is lag",
-                  f"no commit for over {limit_s:g} s despite lag: " + ", ".join(stalled))
+    return _check(
+        not stalled,
+        "committing where there is lag",
+        f"no commit for over {limit_s:g} s despite lag: " + ", ".join(stalled),
+    )
 
 
 async def serve(worker: Worker) -> web.AppRunner:

@@ -73,8 +73,14 @@ class Aligner:
                 out.append(side.popleft())
         return out
 
-    def _next(self, usage: deque[Item], account: deque[Item], partition: int,
-              caught_up: set[Side], now_s: float) -> deque[Item] | None:
+    def _next(
+        self,
+        usage: deque[Item],
+        account: deque[Item],
+        partition: int,
+        caught_up: set[Side],
+        now_s: float,
+    ) -> deque[Item] | None:
         if usage and account:
             self.blocked_since.pop(partition, None)
             # Ties go to the account topic: a purchase at the same instant covers the usage.

@@ -104,9 +104,7 @@ async def sweep_expiry(
 ) -> int:
     """Forfeit due lots and announce expiring ones for up to `limit` accounts; returns how many."""
     async with store.unit_of_work() as uow:
-        ids = await uow.accounts_due_for_expiry(
-            now, policy.lateness, policy.expiring_notice, limit
-        )
+        ids = await uow.accounts_due_for_expiry(now, policy.lateness, policy.expiring_notice, limit)
         if not ids:
             return 0
         accounts = await uow.lock_accounts(ids)

@@ -19,16 +19,22 @@ class CloseUnitOfWork(Protocol):
     async def uninvoiced_usage(self, period: str) -> Sequence[PostpayCharge]:
         """Postpay usage of `period` and earlier that is on no invoice yet."""
 
-    async def save_invoices(self, period: str, invoices: Sequence[Invoice],
-                            issued_at: datetime, outbox: Sequence[OutboxMessage]) -> None:
+    async def save_invoices(
+        self,
+        period: str,
+        invoices: Sequence[Invoice],
+        issued_at: datetime,
+        outbox: Sequence[OutboxMessage],
+    ) -> None:
         """Store the invoices, link their usage, queue them for publication."""
 
 
 InvoiceEncoder = Callable[[Invoice, datetime, tzinfo], OutboxMessage]
 
 
-async def close_month(uow: CloseUnitOfWork, period: str, now: datetime, zone: tzinfo,
-                      encode: InvoiceEncoder) -> list[Invoice] | None:
+async def close_month(
+    uow: CloseUnitOfWork, period: str, now: datetime, zone: tzinfo, encode: InvoiceEncoder
+) -> list[Invoice] | None:
     """Invoice every account's open postpay usage up to `period`; None if already closed.
 
     Usage of an earlier month that arrived after that month was closed lands here as lines
