@@ -23,8 +23,8 @@ from tests.integration.kit import (
     wait_until,
 )
 from worker.config import Settings
-from worker.domain.invoicing import period_of
-from worker.entrypoints.month_close import close_by_hand
+from worker.domain.invoicing import period_bounds, period_of
+from worker.entrypoints.month_close import close_by_hand, due_period
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -354,3 +354,56 @@ async def _account_json(settings: Settings, account: str) -> dict[str, Any]:
     assert code == 0, err
     view: dict[str, Any] = json.loads(out)
     return view
+
+
+async def test_close_by_hand_publishes_when_no_worker_runs(
+    postpay_settings: Settings, unique: str
+) -> None:
+    s = postpay_settings
+    a = f"hand-{unique}"
+    await create_topics(s)
+    await produce(
+        s,
+        s.topic_account_events,
+        [opened(a, "2026-07-01T00:00:00+09:00"), switched(a, "2026-07-01T00:00:00+09:00")],
+    )
+    await produce(s, s.topic_usage, [sms(f"h1-{unique}", a, "2026-07-09T10:00:00+09:00")])
+    async with running_worker(s):
+        await applied(s, 3)
+    code, message = await close_by_hand(s, "2026-07", wait_s=30)
+    assert code == 0, message
+    assert "published" in message
+    (invoice,) = await invoices_of(s, {a}, at_least=1)
+    assert (invoice["invoice_id"], invoice["total"]) == (f"INV-2026-07-{a}", 10)
+
+
+async def test_timer_waits_for_the_backlog_before_closing(
+    postpay_settings: Settings, unique: str
+) -> None:
+    """A worker restarted after an outage must not close the month while its backlog still
+    holds that month's usage: every backlog event ends up on the one invoice."""
+    s = postpay_settings.model_copy(update={"month_close_enabled": True, "batch_max_records": 20})
+    period = due_period(datetime.now(UTC), s)
+    start, _ = period_bounds(period, s.zone)
+    a = f"timer-{unique}"
+    await create_topics(s)
+    await produce(
+        s, s.topic_account_events, [opened(a, start.isoformat()), switched(a, start.isoformat())]
+    )
+    backlog = [
+        sms(f"t{n}-{unique}", a, (start + timedelta(hours=n)).isoformat()) for n in range(300)
+    ]
+    await produce(s, s.topic_usage, backlog)
+    async with running_worker(s):
+        invoices = await invoices_of(s, {a}, at_least=1)
+    (invoice,) = invoices
+    assert invoice["period"] == period
+    assert sum(ln["quantity"] for ln in invoice["lines"] if ln["country"]) == 300
+    assert invoice["total"] == 3000
+
+
+async def test_close_month_refuses_a_month_that_has_not_ended(settings: Settings) -> None:
+    period = period_of(datetime.now(UTC) + timedelta(days=40), settings.zone)
+    code, message = await close_by_hand(settings, period, wait_s=1)
+    assert code == 1
+    assert "has not ended" in message

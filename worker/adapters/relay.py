@@ -67,8 +67,8 @@ class OutboxRelay:
     def wake(self) -> None:
         self._wakeup.set()
 
-    async def run(self, stop: asyncio.Event, drain: asyncio.Event | None = None) -> None:
-        """Relay until `stop`; if `drain` is set too, first empty what is committed."""
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until `stop`, leading when no other process does."""
         delay = 0.1
         while not stop.is_set():
             try:
@@ -100,6 +100,23 @@ class OutboxRelay:
             self.leader = False
             await producer.stop()
             await conn.close()
+
+    async def publish_pending(self) -> bool:
+        """Publish what is committed now unless another relay leads (then it will: False)."""
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
+                return False
+            producer = build_producer(self.bootstrap_servers, self.client_id + "-relay")
+            await producer.start()
+            try:
+                while await self.relay_once(conn, producer) == self.batch_size:
+                    pass
+            finally:
+                await producer.stop()
+            return True
+        finally:
+            await conn.close()  # ending the session releases the advisory lock
 
     async def _idle(self, stop: asyncio.Event) -> None:
         self._wakeup.clear()

@@ -13,6 +13,7 @@ import orjson
 from worker import logs
 from worker.adapters.kafka_admin import committed_and_end
 from worker.adapters.postgres import PgStore
+from worker.adapters.relay import OutboxRelay
 from worker.adapters.wire import Encoder
 from worker.config import Settings
 from worker.domain.invoicing import Invoice, period_bounds, period_of
@@ -146,4 +147,9 @@ async def close_by_hand(settings: Settings, period: str, wait_s: float) -> tuple
         await pool.close()
     if invoices is None:
         return 0, f"{period} was already closed; nothing published"
-    return 0, f"closed {period}: {len(invoices)} invoice(s) queued for publication"
+    relay = OutboxRelay(
+        settings.database_url, settings.kafka_bootstrap_servers, settings.client_id, Metrics()
+    )
+    published = await relay.publish_pending()
+    how = "published" if published else "queued; the running worker's relay publishes them"
+    return 0, f"closed {period}: {len(invoices)} invoice(s) {how}"
