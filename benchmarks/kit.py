@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 
 from worker.adapters.kafka_admin import OffsetReader
-from worker.adapters.migrate import migrate
+from worker.adapters.migrate import create_database as adapters_create_database
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -175,19 +175,7 @@ def topic_partitions(topic: str, partitions: int) -> list[TopicPartition]:
 
 
 async def create_database(services: Services, name: str, *, migrated: bool = True) -> str:
-    admin = await asyncpg.connect(services.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = services.db_url(name)
-    if migrated:
-        conn = await asyncpg.connect(url)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-    return url
+    return await adapters_create_database(services.database_url, name, migrated=migrated)
 
 
 async def drop_databases(services: Services, prefix: str) -> None:

@@ -8,13 +8,12 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from worker.adapters.migrate import migrate
+from worker.adapters.migrate import create_database, drop_database
 from worker.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,20 +63,11 @@ async def database_url(service_env: dict[str, str]) -> AsyncIterator[str]:
         "BILLING_DATABASE_URL", "postgresql://billing@127.0.0.1:15432/billing"
     )
     name = f"billing_test_{uuid.uuid4().hex[:10]}"
-    parts = urlsplit(admin_url)
-    url = urlunsplit(parts._replace(path="/" + name))
-    admin = await asyncpg.connect(admin_url)
+    url = await create_database(admin_url, name)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        conn = await asyncpg.connect(url)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
         yield url
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(admin_url, name)
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -36,3 +38,36 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
         return applied
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+
+
+def database_url_for(url: str, name: str) -> str:
+    """`url` pointing at database `name` on the same server."""
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+async def create_database(admin_url: str, name: str, *, migrated: bool = True) -> str:
+    """Create database `name` on the server of `admin_url` (migrated); returns its URL."""
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        raise ValueError(f"not a plain database name: {name!r}")
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = database_url_for(admin_url, name)
+    if migrated:
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+    return url
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    """Drop database `name`, ending its sessions."""
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import asyncpg
 import orjson
 
 from worker.adapters.kafka_admin import OffsetReader
-from worker.adapters.migrate import migrate
+from worker.adapters.migrate import create_database, drop_database
 from worker.app import policy_from, rates_from
 from worker.chaos import check, model
 from worker.chaos.kafka_io import (
@@ -297,31 +296,6 @@ def _names(seed: int) -> tuple[str, str]:
     return f"chaos-s{seed}-{stamp}", f"chaos_s{seed}_{stamp}"
 
 
-async def _fresh_database(admin_url: str, name: str) -> str:
-    if not re.fullmatch(r"[a-z0-9_]+", name):
-        raise RunFailed(f"bad database name {name}")
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = admin_url.rsplit("/", 1)[0] + "/" + name
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return url
-
-
-async def _drop_database(admin_url: str, name: str) -> None:
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 def _settings(services: Services, url: str, prefix: str) -> Settings:
     return Settings(
         kafka_bootstrap_servers=services.bootstrap,
@@ -544,7 +518,7 @@ async def main_async(o: Options) -> dict[str, Any]:
         await services.call("up")
     services_up_s = round(time.monotonic() - t0, 1)
     try:
-        url = await _fresh_database(services.admin_url, db_name)
+        url = await create_database(services.admin_url, db_name)
         settings = _settings(services, url, prefix)
         topics = Topics(
             settings.topic_usage,
@@ -564,7 +538,7 @@ async def main_async(o: Options) -> dict[str, Any]:
             await run.probe.close()
         if results["passed"]:  # a failed run keeps its data for inspection
             await delete_topics(services.bootstrap, topics)
-            await _drop_database(services.admin_url, db_name)
+            await drop_database(services.admin_url, db_name)
         return results
     finally:
         if o.stop_services:
