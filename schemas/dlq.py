@@ -9,6 +9,10 @@ from pydantic import Field, model_validator
 
 from schemas._types import OutputModel, Timestamp
 
+MAX_PAYLOAD_BYTES = 256 * 1024
+"""A longer value is kept truncated, so that the dead letter still fits in one Kafka message;
+the whole value stays in the source topic at the source offset."""
+
 
 class DeadLetter(OutputModel):
     """An input record that was not applied, with where it came from and why."""
@@ -26,6 +30,13 @@ class DeadLetter(OutputModel):
     )
     payload_base64: str = Field(
         description="Its value exactly as received, base64-encoded: use this to replay."
+    )
+    payload_size: int = Field(strict=True, ge=0, description="Size of the value in bytes.")
+    payload_truncated: bool = Field(
+        False,
+        strict=True,
+        description="True when the value was longer than 256 KiB: payload and payload_base64 "
+        "then hold its first 256 KiB; the whole value is at source_topic/partition/offset.",
     )
     error_code: str = Field(
         max_length=64,
@@ -49,7 +60,8 @@ class DeadLetter(OutputModel):
         failed_at: datetime,
     ) -> Self:
         """Build a dead letter from a consumed record's raw key and value bytes."""
-        raw = value or b""
+        whole = value or b""
+        raw = whole[:MAX_PAYLOAD_BYTES]
         return cls(
             source_topic=topic,
             source_partition=partition,
@@ -57,6 +69,8 @@ class DeadLetter(OutputModel):
             key=None if key is None else key.decode("utf-8", errors="replace"),
             payload=raw.decode("utf-8", errors="replace"),
             payload_base64=base64.b64encode(raw).decode("ascii"),
+            payload_size=len(whole),
+            payload_truncated=len(whole) > len(raw),
             error_code=error_code,
             reason=reason,
             failed_at=failed_at,
@@ -74,4 +88,6 @@ class DeadLetter(OutputModel):
             raise ValueError("payload_base64 is not valid base64") from exc
         if raw.decode("utf-8", errors="replace") != self.payload:
             raise ValueError("payload does not match payload_base64")
+        if (self.payload_size > len(raw)) != self.payload_truncated:
+            raise ValueError("payload_size and payload_truncated disagree with the payload")
         return self

@@ -13,9 +13,11 @@ LOT_KINDS: frozenset[str] = frozenset({"credits_expiring", "credits_expired"})
 class Reminder(OutputModel):
     """A top-up or expiry reminder about one account."""
 
+    # Ids are built from input ids (account_id <= 64, event_id <= 128):
+    # `account:kind:cause`, the cause being a ledger entry or lot id (<= 140), fits in 256.
     reminder_id: str = Field(
         min_length=1,
-        max_length=128,
+        max_length=256,
         description="Deterministic: the same reminder always has the same id, for de-duplication.",
     )
     account_id: str = Field(
@@ -38,7 +40,7 @@ class Reminder(OutputModel):
     )
     created_at: Timestamp = Field(description="When the reminder was raised (UTC).")
     lot_id: str | None = Field(
-        None, min_length=1, max_length=128, description="The credit lot, for lot kinds only."
+        None, min_length=1, max_length=256, description="The credit lot, for lot kinds only."
     )
     amount: int | None = Field(
         None,

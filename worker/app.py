@@ -226,9 +226,9 @@ class Worker:
                     self.relay.wake()
             except ShuttingDown:
                 return
-            except Exception as exc:
-                if not is_retriable(exc):
-                    raise
-                log.warning("expiry_sweep_retrying", cause=type(exc).__name__, error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - the sweep's transaction rolled back
+                # A failing sweep must not take billing down with it: log, retry next round.
+                level = log.warning if is_retriable(exc) else log.error
+                level("expiry_sweep_failed", cause=type(exc).__name__, error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=interval)

@@ -54,6 +54,12 @@ class Metrics:
         self.outbox_sent = Counter(
             "billing_outbox_sent", "Outbox messages the broker acked", ["topic"], registry=r
         )
+        self.outbox_parked = Counter(
+            "billing_outbox_parked",
+            "Outbox messages the broker can never accept, parked with their reason",
+            ["topic"],
+            registry=r,
+        )
         self.outbox_backlog = Gauge(
             "billing_outbox_backlog", "Outbox rows not yet sent", registry=r
         )

@@ -23,7 +23,7 @@ from tests.integration.kit import (
     wait_until,
 )
 from worker.config import Settings
-from worker.domain.invoicing import period_bounds, period_of
+from worker.domain.invoicing import period_bounds, period_of, previous_period
 from worker.entrypoints.month_close import close_by_hand, due_period
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -407,3 +407,28 @@ async def test_close_month_refuses_a_month_that_has_not_ended(settings: Settings
     code, message = await close_by_hand(settings, period, wait_s=1)
     assert code == 1
     assert "has not ended" in message
+
+
+async def test_timer_closes_months_missed_during_an_outage_each_on_its_own_invoice(
+    postpay_settings: Settings, unique: str
+) -> None:
+    s = postpay_settings.model_copy(update={"month_close_enabled": True})
+    due = due_period(datetime.now(UTC), s)
+    missed = [previous_period(previous_period(due)), previous_period(due)]
+    a = f"missed-{unique}"
+    start, _ = period_bounds(missed[0], s.zone)
+    await create_topics(s)
+    await produce(
+        s, s.topic_account_events, [opened(a, start.isoformat()), switched(a, start.isoformat())]
+    )
+    await produce(
+        s,
+        s.topic_usage,
+        [
+            sms(f"mo{n}-{unique}", a, (period_bounds(p, s.zone)[0] + timedelta(days=3)).isoformat())
+            for n, p in enumerate(missed)
+        ],
+    )
+    async with running_worker(s):
+        invoices = await invoices_of(s, {a}, at_least=2)
+    assert sorted((i["period"], i["total"]) for i in invoices) == [(p, 10) for p in missed]

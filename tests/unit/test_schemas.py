@@ -25,6 +25,7 @@ from schemas import (
     UsageEvent,
     generate,
 )
+from schemas.dlq import MAX_PAYLOAD_BYTES
 
 SCHEMAS_DIR = Path(generate.__file__).resolve().parent
 TOPICS = {
@@ -341,7 +342,7 @@ def test_balance_depleted_needs_no_email_or_threshold() -> None:
         ({"balance": "400"}, "string balance"),
         ({"balance": 400.0}, "float balance"),
         ({"created_at": datetime(2024, 7, 9, 3)}, "naive datetime"),  # noqa: DTZ001
-        ({"reminder_id": "r" * 129}, "id too long"),
+        ({"reminder_id": "r" * 257}, "id too long"),
         ({"kind": "credits_expiring"}, "lot kind without lot"),
         ({"lot_id": "lot-1", "amount": 1, "expires_at": T0}, "balance kind with lot"),
         ({"email": None}, "low balance without email"),
@@ -546,3 +547,36 @@ def test_schemas_never_import_the_worker() -> None:
             else:
                 continue
             assert not any(n == "worker" or n.startswith("worker.") for n in names), path
+
+
+def test_a_dead_letter_of_a_huge_value_is_truncated_and_says_so() -> None:
+    value = b"x" * (MAX_PAYLOAD_BYTES + 10)
+    letter = DeadLetter.from_record(
+        topic="sms.usage.v1",
+        partition=1,
+        offset=7,
+        key=b"acc",
+        value=value,
+        error_code="malformed_json",
+        reason="not valid JSON",
+        failed_at=datetime(2024, 7, 9, 3, tzinfo=UTC),
+    )
+    assert letter.payload_truncated
+    assert letter.payload_size == len(value)
+    assert letter.original_payload() == value[:MAX_PAYLOAD_BYTES]
+    assert len(letter.to_json_bytes()) < 1_000_000
+
+
+def test_a_dead_letter_of_a_small_value_keeps_it_whole() -> None:
+    letter = DeadLetter.from_record(
+        topic="sms.usage.v1",
+        partition=1,
+        offset=7,
+        key=None,
+        value=b"{bad",
+        error_code="malformed_json",
+        reason="not valid JSON",
+        failed_at=datetime(2024, 7, 9, 3, tzinfo=UTC),
+    )
+    assert not letter.payload_truncated
+    assert (letter.payload_size, letter.original_payload()) == (4, b"{bad")

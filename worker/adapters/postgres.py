@@ -17,6 +17,8 @@ from worker.domain.invoicing import Invoice
 from worker.domain.lots import Lot
 from worker.service.ports import Changes, EventKey, OutboxMessage
 
+MONTH_CLOSE_LOCK_KEY = 0x5B111_0003
+
 _LOCK_ACCOUNTS = """
 SELECT * FROM accounts WHERE account_id = ANY($1::text[]) ORDER BY account_id FOR UPDATE
 """
@@ -38,7 +40,7 @@ _DUE = """
 SELECT DISTINCT account_id FROM lots
 WHERE NOT forfeited AND remaining_jpy > 0
   AND (expires_at + $2::interval <= $1
-       OR (NOT expiring_notified AND expires_at - $3::interval <= $1))
+       OR (NOT expiring_notified AND expires_at - $3::interval <= $1 AND $1 < expires_at))
 LIMIT $4
 """
 _SAVE_ACCOUNTS = """
@@ -376,7 +378,10 @@ class PgCloseUnitOfWork(PgUnitOfWork):
     read_event_ids: tuple[str, ...] = ()  # what uninvoiced_usage returned: what gets linked
 
     async def claim_month(self, period: str) -> bool:
-        # A second closer blocks on the primary key until the first commits, then sees it.
+        # Closes run one at a time, whatever their month: two closes of different months
+        # would otherwise both read (and bill) the same earlier usage not yet on an invoice.
+        await self.conn.execute("SELECT pg_advisory_xact_lock($1)", MONTH_CLOSE_LOCK_KEY)
+        # A second closer of the same month then finds its row and publishes nothing.
         row = await self.conn.fetchrow(
             "INSERT INTO month_closes (period, invoices) VALUES ($1, 0)"
             " ON CONFLICT (period) DO NOTHING RETURNING period",

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
 from worker import logs
 from worker.errors import is_retriable
@@ -23,9 +25,12 @@ RELAY_LOCK_KEY = 0x5B111_0002
 
 _PENDING = """
 SELECT id, message_id, topic, key, payload FROM outbox
-WHERE sent_at IS NULL ORDER BY id LIMIT $1
+WHERE sent_at IS NULL AND failed_at IS NULL ORDER BY id LIMIT $1
 """
-_ANY_UNSENT = "SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL)"
+_ANY_UNSENT = "SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL)"
+_PARK = "UPDATE outbox SET failed_at = now(), failure = $2 WHERE id = $1"
+# Errors that no retry can cure for this one message: it is parked, the rest flows.
+_UNSENDABLE = (MessageSizeTooLargeError, RecordTooLargeError)
 _BACKLOG = """
 SELECT count(*) AS n, min(created_at) AS oldest FROM outbox WHERE sent_at IS NULL
 """
@@ -74,10 +79,10 @@ class OutboxRelay:
             try:
                 await self._lead(stop)
                 return
-            except Exception as exc:
-                if not is_retriable(exc):
-                    raise
-                log.warning("relay_retrying", cause=type(exc).__name__, error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - the relay must outlive any one failure
+                # Nothing of the failed page was marked sent: it is sent again, in order.
+                level = log.warning if is_retriable(exc) else log.error
+                level("relay_retrying", cause=type(exc).__name__, error=str(exc))
                 self.leader = False
                 await _sleep_or_stop(stop, delay)
                 delay = min(delay * 2, 10.0)
@@ -118,6 +123,32 @@ class OutboxRelay:
         finally:
             await conn.close()  # ending the session releases the advisory lock
 
+    async def _send(self, producer: AIOKafkaProducer, row: asyncpg.Record) -> asyncio.Future[Any]:
+        """The broker's ack to come, or at once the error a too large message raises."""
+        try:
+            future: asyncio.Future[Any] = await producer.send(
+                row["topic"],
+                value=bytes(row["payload"]),
+                key=None if row["key"] is None else row["key"].encode(),
+                headers=[("message_id", row["message_id"].encode())],
+            )
+        except _UNSENDABLE as exc:
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(exc)
+        return future
+
+    async def _park(self, conn: asyncpg.Connection, row: asyncpg.Record, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        await conn.execute(_PARK, row["id"], reason)
+        self.metrics.outbox_parked.labels(row["topic"]).inc()
+        log.error(
+            "outbox_row_parked",
+            message_id=row["message_id"],
+            topic=row["topic"],
+            size=len(row["payload"]),
+            reason=reason,
+        )
+
     async def _idle(self, stop: asyncio.Event) -> None:
         self._wakeup.clear()
         waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
@@ -133,21 +164,22 @@ class OutboxRelay:
         """Send one page of unsent rows in id order; mark them sent once all are acked."""
         rows = await conn.fetch(_PENDING, self.batch_size)
         if rows:
-            futures = [
-                await producer.send(
-                    row["topic"],
-                    value=bytes(row["payload"]),
-                    key=None if row["key"] is None else row["key"].encode(),
-                    headers=[("message_id", row["message_id"].encode())],
-                )
-                for row in rows
-            ]
-            await asyncio.gather(*futures)
+            outcomes = await asyncio.gather(
+                *[await self._send(producer, row) for row in rows], return_exceptions=True
+            )
+            sent = []
+            for row, outcome in zip(rows, outcomes, strict=True):
+                if isinstance(outcome, _UNSENDABLE):
+                    await self._park(conn, row, outcome)
+                elif isinstance(outcome, BaseException):
+                    raise outcome  # retried by run(): nothing of this page is marked sent
+                else:
+                    sent.append(row)
             await conn.execute(
                 "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
-                [row["id"] for row in rows],
+                [row["id"] for row in sent],
             )
-            for row in rows:
+            for row in sent:
                 self.metrics.outbox_sent.labels(row["topic"]).inc()
         backlog = await conn.fetchrow(_BACKLOG)
         assert backlog is not None  # an aggregate always returns one row

@@ -70,6 +70,13 @@ class Decoder:
         self.rates = rates
 
     def __call__(self, record: InputRecord) -> Decoded | Dead:
+        """Never raises: whatever a record holds, it becomes a command or a dead letter."""
+        try:
+            return self._decode(record)
+        except Exception as exc:  # noqa: BLE001 - one bad record must not stop the partition
+            return Dead(record, "schema_violation", f"could not be decoded: {exc!r}")
+
+    def _decode(self, record: InputRecord) -> Decoded | Dead:
         raw = record.value
         if raw is None:
             return Dead(record, "malformed_json", "record has no value (tombstone)")

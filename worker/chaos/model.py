@@ -23,7 +23,7 @@ from worker.domain.account import Account, OpenInvoice, Policy
 from worker.domain.errors import Rejected
 from worker.domain.events import Effects, LedgerEntry, PostpayCharge, ReminderDue
 from worker.domain.expiry import sweep
-from worker.domain.invoicing import Invoice, build_invoice
+from worker.domain.invoicing import Invoice, build_invoice, closing_window
 
 Position = tuple[str, int, int]  # topic, partition, offset
 EventKey = tuple[str, str]  # source, event_id
@@ -103,20 +103,22 @@ class _AccountReplay:
         self.out.processed[key] = record.position
 
     def close(self) -> None:
-        usage = [
-            c
-            for c in self.effects.postpay
-            if c.period <= self.period and c.event_id not in self.invoiced
-        ]
-        invoice = build_invoice(self.account.account_id, self.period, usage, self.policy.zone)
-        if invoice is None:
-            return
-        self.out.invoices[invoice.invoice_id] = invoice
-        self.account.invoices[invoice.invoice_id] = OpenInvoice(
-            invoice.invoice_id, invoice.total_jpy
-        )
-        for charge in usage:
-            self.invoiced[charge.event_id] = invoice.invoice_id
+        """The month-close timer after an outage: every month of the window, in order."""
+        for period in closing_window(self.period):
+            usage = [
+                c
+                for c in self.effects.postpay
+                if c.period <= period and c.event_id not in self.invoiced
+            ]
+            invoice = build_invoice(self.account.account_id, period, usage, self.policy.zone)
+            if invoice is None:
+                continue
+            self.out.invoices[invoice.invoice_id] = invoice
+            self.account.invoices[invoice.invoice_id] = OpenInvoice(
+                invoice.invoice_id, invoice.total_jpy
+            )
+            for charge in usage:
+                self.invoiced[charge.event_id] = invoice.invoice_id
 
     def sweeps(self, end: datetime) -> None:
         just_before = timedelta(microseconds=1)
@@ -164,7 +166,7 @@ def replay(
 
 
 def expected_invoices(items: Sequence[Item], policy: Policy, period: str) -> dict[str, int]:
-    """Totals of the invoices that closing `period` after `items` publishes, by account."""
+    """Totals of the invoices for `period` that closing it after `items` publishes, by account."""
     records = [Record(item, item.source, 0, n) for n, item in enumerate(items)]
     invoices = replay(records, policy, period, close_seq=len(items) + 10**9, end=None).invoices
-    return {i.account_id: i.total_jpy for i in invoices.values()}
+    return {i.account_id: i.total_jpy for i in invoices.values() if i.period == period}

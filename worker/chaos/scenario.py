@@ -35,7 +35,7 @@ from worker.domain.events import (
     PurchaseCredits,
     SwitchToPostpay,
 )
-from worker.domain.invoicing import period_bounds, period_of
+from worker.domain.invoicing import period_bounds, period_of, previous_period
 from worker.domain.rating import Rated, RateTable, destination_country
 
 Source = Literal["usage", "account"]
@@ -114,11 +114,6 @@ class Scenario:
 
     def items(self) -> list[Item]:
         return self.phase0 + self.main
-
-
-def previous_period(period: str) -> str:
-    year, month = (int(part) for part in period.split("-"))
-    return f"{year - (month == 1):04d}-{(month - 2) % 12 + 1:02d}"
 
 
 def lay_out(start: datetime, zone: ZoneInfo) -> Layout:

@@ -26,6 +26,23 @@ def next_period(period: str) -> str:
     return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
 
 
+def previous_period(period: str) -> str:
+    year, month = _parse(period)
+    return f"{year - (month == 1):04d}-{(month - 2) % 12 + 1:02d}"
+
+
+CATCH_UP_MONTHS = 12
+
+
+def closing_window(due: str, months: int = CATCH_UP_MONTHS) -> list[str]:
+    """The `months` months up to `due`, oldest first: the ones a close may still catch up on;
+    older usage not yet invoiced lands on the oldest of them."""
+    periods = [due]
+    while len(periods) < months:
+        periods.insert(0, previous_period(periods[0]))
+    return periods
+
+
 def period_bounds(period: str, zone: tzinfo) -> tuple[datetime, datetime]:
     """[start, end) of a period as aware instants in the business zone."""
     year, month = _parse(period)

@@ -67,6 +67,10 @@ async def _one(
     if letter.source_topic not in inputs or (error_codes and letter.error_code not in error_codes):
         counts["skipped"] += 1
         return
+    if letter.payload_truncated:
+        # Too large to carry whole: replay it from the source topic at source_offset.
+        counts["truncated"] += 1
+        return
     counts[f"replayed:{letter.error_code}"] += 1
     if not dry_run:
         key = None if letter.key is None else letter.key.encode()

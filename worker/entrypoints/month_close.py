@@ -16,7 +16,13 @@ from worker.adapters.postgres import PgStore
 from worker.adapters.relay import OutboxRelay
 from worker.adapters.wire import Encoder
 from worker.config import Settings
-from worker.domain.invoicing import Invoice, period_bounds, period_of
+from worker.domain.invoicing import (
+    Invoice,
+    closing_window,
+    period_bounds,
+    period_of,
+    previous_period,
+)
 from worker.errors import is_retriable
 from worker.metrics import Metrics
 from worker.service.invoicing import close_month
@@ -26,11 +32,6 @@ log = logs.get("worker.month_close")
 
 class MonthNotEnded(Exception):
     """A month cannot be closed before it has ended in the business time zone."""
-
-
-def previous_period(period: str) -> str:
-    year, month = (int(part) for part in period.split("-"))
-    return f"{year - (month == 1):04d}-{(month - 2) % 12 + 1:02d}"
 
 
 def due_period(now: datetime, settings: Settings) -> str:
@@ -105,11 +106,31 @@ class MonthCloser:
             self.on_closed()
         return invoices
 
+    async def unclosed_periods(self, due: str) -> list[str]:
+        """Ended months without a close, oldest first: a month missed during an outage still
+        gets its own invoice (within `closing_window`; older usage lands on the oldest)."""
+        periods = closing_window(due)
+        async with self.store.pool.acquire() as conn:
+            oldest = await conn.fetchval(
+                "SELECT min(period) FROM postpay_usage WHERE invoice_id IS NULL"
+            )
+            closed = {
+                row["period"]
+                for row in await conn.fetch(
+                    "SELECT period FROM month_closes WHERE period = ANY($1::text[])", periods
+                )
+            }
+        first = max(oldest or due, periods[0])
+        return [p for p in periods if p >= first and p not in closed]
+
     async def tick(self, now: datetime) -> list[Invoice] | None:
-        period = due_period(now, self.settings)
-        if await self.is_closed(period) or not await self.caught_up(period):
-            return None
-        return await self.close(period, now)
+        """Close every due month in order; stop at the first whose input is not caught up."""
+        invoices: list[Invoice] | None = None
+        for period in await self.unclosed_periods(due_period(now, self.settings)):
+            if not await self.caught_up(period):
+                break
+            invoices = await self.close(period, now)
+        return invoices
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

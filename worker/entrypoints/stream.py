@@ -23,6 +23,8 @@ from worker.service.billing import BatchReport, apply_batch
 from worker.service.ports import Dead, Decoded, Encoder, InputRecord, Source, Store
 
 log = logs.get("worker.stream")
+# (assignment generation, records decoded, fetch position per side just after they came)
+_Fetched = tuple[int, list[Decoded | Dead], dict[tuple[Source, int], int]]
 T = TypeVar("T")
 # Records decoded between two yields to the event loop while a batch is in the database.
 _DECODE_SLICE = 100
@@ -112,6 +114,8 @@ class StreamProcessor:
         self.listener = _Revocation(self.lock, metrics, self.aligner)
         self.consumer: AIOKafkaConsumer | None = None
         self.last_commit: dict[TopicPartition, float] = {}
+        self.committed: dict[TopicPartition, int] = {}
+        self.topics: dict[Source, str] = {source: topic for topic, source in self.sources.items()}
 
     def build_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
@@ -138,14 +142,15 @@ class StreamProcessor:
         await retry(
             "kafka_connect", consumer.start, stop, self.metrics, self.settings.retry_max_backoff_s
         )
-        ahead: asyncio.Task[tuple[int, list[Decoded | Dead]]] | None = None
+        ahead: asyncio.Task[_Fetched] | None = None
         try:
             while not stop.is_set():
-                generation, decoded = await (ahead or self._fetch(consumer))
+                generation, decoded, positions = await (ahead or self._fetch(consumer))
                 ahead = None
                 async with self.lock:
                     if generation == self.listener.generation:
                         self.aligner.add(decoded)
+                        self.aligner.fetched(positions)
                     # else: read before a rebalance; whoever owns the partitions reads them again
                     ready = self.aligner.release(
                         await self._caught_up(consumer),
@@ -157,6 +162,8 @@ class StreamProcessor:
                         # they reach the aligner only once it is committed.
                         ahead = asyncio.create_task(self._fetch(consumer))
                         await self._handle(consumer, ready, stop)
+                    else:
+                        await self._commit_settled(consumer, stop)
         except ShuttingDown:
             log.warning("stopped_with_batch_uncommitted", note="it will be redelivered")
         finally:
@@ -166,13 +173,18 @@ class StreamProcessor:
             self.consumer = None
             await consumer.stop()
 
-    async def _fetch(self, consumer: AIOKafkaConsumer) -> tuple[int, list[Decoded | Dead]]:
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> _Fetched:
         """Records read and decoded, with the assignment generation they were returned under
-        (a revocation resets every position, so records returned before it are read again)."""
+        (a revocation resets every position, so records returned before it are read again)
+        and the fetch position of every assigned partition just after they were returned."""
         fetched = await consumer.getmany(
             timeout_ms=self.settings.batch_timeout_ms, max_records=self.settings.batch_max_records
         )
         generation = self.listener.generation
+        positions = {
+            (self.sources[tp.topic], tp.partition): await consumer.position(tp)
+            for tp in consumer.assignment()
+        }
         decoded: list[Decoded | Dead] = []
         for tp, messages in fetched.items():
             source = self.sources[tp.topic]
@@ -184,7 +196,7 @@ class StreamProcessor:
                 )
                 if len(decoded) % _DECODE_SLICE == 0:
                     await asyncio.sleep(0)  # let the batch in the database take its next step
-        return generation, decoded
+        return generation, decoded, positions
 
     async def _caught_up(self, consumer: AIOKafkaConsumer) -> set[tuple[Source, int]]:
         """Sides the aligner waits on that have nothing more to fetch right now."""
@@ -206,10 +218,26 @@ class StreamProcessor:
         for item in ready:
             tp = TopicPartition(item.record.topic, item.record.partition)
             next_offsets[tp] = max(next_offsets.get(tp, 0), item.record.offset + 1)
-        offsets = {tp: OffsetAndMetadata(offset, "") for tp, offset in next_offsets.items()}
-        await self._commit(consumer, offsets, stop)
+        await self._commit(consumer, self._with_settled(next_offsets), stop)
         self._observe(report, len(ready), time.perf_counter() - started)
         self.on_applied(report)
+
+    def _with_settled(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """Move a partition's commit to its fetch position when nothing of it waits unreleased:
+        past a transaction's commit marker, which no record ever covers, so that a
+        read_committed group reaches the log end and its lag can be zero."""
+        merged = dict(offsets)
+        for (source, partition), position in self.aligner.settled().items():
+            tp = TopicPartition(self.topics[source], partition)
+            if position > max(merged.get(tp, 0), self.committed.get(tp, 0)):
+                merged[tp] = position
+        return merged
+
+    async def _commit_settled(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        """With nothing to apply, still commit positions that moved past markers alone."""
+        offsets = self._with_settled({})
+        if offsets:
+            await self._commit(consumer, offsets, stop)
 
     async def _apply(self, decoded: Sequence[Decoded | Dead], stop: asyncio.Event) -> BatchReport:
         """Apply the batch; a record that fails for a reason other than infrastructure is
@@ -252,9 +280,11 @@ class StreamProcessor:
     async def _commit(
         self,
         consumer: AIOKafkaConsumer,
-        offsets: dict[TopicPartition, OffsetAndMetadata],
+        next_offsets: dict[TopicPartition, int],
         stop: asyncio.Event,
     ) -> None:
+        offsets = {tp: OffsetAndMetadata(offset, "") for tp, offset in next_offsets.items()}
+
         async def attempt() -> None:
             await consumer.commit(offsets)
 
@@ -266,8 +296,9 @@ class StreamProcessor:
             log.warning("commit_lost_to_rebalance", error=str(exc))
             return
         now = time.monotonic()
-        for tp in offsets:
+        for tp, offset in next_offsets.items():
             self.last_commit[tp] = now
+            self.committed[tp] = offset
 
     def _observe(self, report: BatchReport, size: int, seconds: float) -> None:
         m = self.metrics

@@ -35,12 +35,28 @@ class Aligner:
         self.max_wait_s = max_wait_s
         self.buffers: dict[Side, deque[Item]] = {}
         self.blocked_since: dict[int, float] = {}
+        # Per side, the fetch position after the last records added: everything below it was
+        # handed to the aligner (transaction markers included, which carry no record).
+        self.fetched_through: dict[Side, int] = {}
 
     def add(self, items: Iterable[Item]) -> None:
         """Items of one partition in offset order (several partitions may be mixed)."""
         for item in items:
             side = (item.record.source, item.record.partition)
             self.buffers.setdefault(side, deque()).append(item)
+
+    def fetched(self, positions: dict[Side, int]) -> None:
+        """Fetch positions read right after the records just added were returned."""
+        self.fetched_through.update(positions)
+
+    def settled(self) -> dict[Side, int]:
+        """Offsets below which a side holds nothing unreleased: safe to commit once what was
+        released is committed to the database."""
+        return {
+            side: position
+            for side, position in self.fetched_through.items()
+            if not self.buffers.get(side)
+        }
 
     def buffered(self) -> int:
         return sum(len(b) for b in self.buffers.values())
@@ -58,6 +74,7 @@ class Aligner:
         for partition in partitions:
             for source in ("usage", "account"):
                 self.buffers.pop((source, partition), None)
+                self.fetched_through.pop((source, partition), None)
             self.blocked_since.pop(partition, None)
 
     def release(self, caught_up: set[Side], now_s: float, limit: int) -> list[Item]:
