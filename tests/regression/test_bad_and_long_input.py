@@ -1,4 +1,4 @@
-"""Review findings, each as the behaviour the contract expects (SPEC §2-§4)."""
+"""Long ids, out-of-range timestamps and huge bad records keep billing going (SPEC §2-§4)."""
 
 from __future__ import annotations
 
