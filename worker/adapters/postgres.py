@@ -146,6 +146,7 @@ class PgUnitOfWork:
         # account only when it changed, and updates stored lots instead of upserting them.
         self.stored_accounts: dict[str, tuple[Any, ...]] = {}
         self.stored_lots: set[str] = set()
+        self.created: set[str] = set()
 
     async def lock_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
         if not account_ids:
@@ -155,11 +156,12 @@ class PgUnitOfWork:
         if len(rows) < len(ids):
             # Accounts seen for the first time: created here, then locked with the others.
             found = {row["account_id"] for row in rows}
-            await self.conn.execute(
+            created = await self.conn.fetch(
                 "INSERT INTO accounts (account_id) SELECT unnest($1::text[])"
-                " ON CONFLICT DO NOTHING",
+                " ON CONFLICT DO NOTHING RETURNING account_id",
                 [a for a in ids if a not in found],
             )
+            self.created.update(row["account_id"] for row in created)
             rows = await self.conn.fetch(_LOCK_ACCOUNTS, ids)
         accounts = {row["account_id"]: _account(row) for row in rows}
         self.stored_accounts.update((row["account_id"], _account_values(row)) for row in rows)

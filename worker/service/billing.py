@@ -9,7 +9,7 @@ from datetime import datetime
 
 from worker.domain.account import Account, Policy
 from worker.domain.errors import Rejected
-from worker.domain.events import ChargeUsage, OpenAccount
+from worker.domain.events import ChargeUsage
 from worker.domain.expiry import sweep
 from worker.service.ports import (
     Changes,
@@ -58,8 +58,16 @@ async def apply_batch(
         account_ids = sorted({d.command.account_id for d in valid})
         accounts = await uow.lock_accounts(account_ids)
         seen = await uow.seen(sorted({d.key for d in valid}))
+        charged: set[str] = set()
         for item in valid:
-            _apply_one(item, accounts[item.command.account_id], seen, policy, changes, report)
+            account = accounts[item.command.account_id]
+            applied = _apply_one(item, account, seen, policy, changes, report)
+            if applied and isinstance(item.command, ChargeUsage):
+                charged.add(account.account_id)
+        # Usage for an account never opened: charged to an implicit prepay account.
+        report.implicit_accounts = sum(
+            1 for a in uow.created if a in charged and not accounts[a].opened
+        )
         changes.accounts = list(accounts.values())
         changes.outbox = [encoder.reminder(r) for r in changes.effects.reminders]
         changes.outbox += [encoder.dead_letter(d, now) for d in report.dead]
@@ -75,7 +83,8 @@ def _apply_one(
     policy: Policy,
     changes: Changes,
     report: BatchReport,
-) -> None:
+) -> bool:
+    """Apply one event unless it is a duplicate or breaks a rule; True when applied."""
     source = item.record.source
     prior = seen.get(item.key)
     if prior is not None:
@@ -84,19 +93,16 @@ def _apply_one(
         else:
             reason = f"event_id {item.command.event_id} was applied before with another payload"
             report.dead.append(Dead(item.record, "conflicting_duplicate", reason))
-        return
-    implicit = not account.opened and not isinstance(item.command, OpenAccount)
-    fresh = implicit and not account.lots and account.balance_jpy == 0
+        return False
     try:
         account.apply(item.command, policy, changes.effects)
     except Rejected as exc:
         report.dead.append(Dead(item.record, exc.code, exc.reason))
-        return
-    if fresh and isinstance(item.command, ChargeUsage):
-        report.implicit_accounts += 1
+        return False
     seen[item.key] = item.fingerprint
     changes.processed.append(item)
     report.applied[source] += 1
+    return True
 
 
 async def sweep_expiry(

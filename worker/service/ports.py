@@ -68,6 +68,9 @@ class Changes:
 
 
 class UnitOfWork(Protocol):
+    created: set[str]
+    """Accounts that `lock_accounts` had to create: seen for the first time."""
+
     async def lock_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
         """Create missing accounts, lock all of them and load their state."""
 
