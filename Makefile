@@ -13,7 +13,7 @@ WITH_ENV := services_env=$$($(SERVICES) env); eval "$$services_env";
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ARGS ?=
-# e.g. CHAOS_ARGS="--events 200000 --accounts 2000 --seed 7"; python -m worker.chaos.runner -h
+# e.g. CHAOS_ARGS="--events 200000 --accounts 2000 --seed 7"; python -m chaos.runner -h
 CHAOS_ARGS ?=
 
 .PHONY: help install services migrate run worker demo test bench lint format down status env chaos
@@ -88,4 +88,4 @@ env:
 
 # Starts and stops its own services (never the shared ones); results in benchmarks/chaos/.
 chaos: install
-	$(BIN)/python -m worker.chaos.runner $(CHAOS_ARGS)
+	$(BIN)/python -m chaos.runner $(CHAOS_ARGS)

@@ -11,11 +11,11 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
+from chaos import check, model
+from chaos.kafka_io import waves
+from chaos.scenario import Params, Scenario, build
 from worker.adapters.rates import load_rate_table
 from worker.adapters.wire import Decoder
-from worker.chaos import check, model
-from worker.chaos.kafka_io import waves
-from worker.chaos.scenario import Params, Scenario, build
 from worker.domain.account import Policy
 from worker.domain.invoicing import previous_period
 from worker.service.ports import Dead, Decoded, InputRecord

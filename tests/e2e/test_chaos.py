@@ -2,7 +2,7 @@
 
 20,000 events over 400 accounts; two SIGKILLs with restarts, a 10 s PostgreSQL outage, a
 broker restart and one of two workers killed for good; then every balance, lot, ledger entry,
-reminder, invoice and dead letter is compared with the reference model (`worker.chaos`).
+reminder, invoice and dead letter is compared with the reference model (`chaos`).
 `make chaos` is the full-size run. A seed that ever fails here stays in SEEDS.
 """
 
@@ -75,7 +75,7 @@ def test_reduced_chaos_run_matches_the_model(seed: int, tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
-        "worker.chaos.runner",
+        "chaos.runner",
         "--events",
         "20000",
         "--accounts",

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from worker.chaos.model import EventKey, Expected, Position
+from chaos.model import EventKey, Expected, Position
 from worker.domain.account import Account
 from worker.domain.events import LedgerEntry, ReminderDue
 from worker.domain.invoicing import Invoice

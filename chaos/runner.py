@@ -1,4 +1,4 @@
-"""`python -m worker.chaos.runner` (`make chaos`): the scenario against real processes.
+"""`python -m chaos.runner` (`make chaos`): the scenario against real processes.
 
 Its own Kafka and PostgreSQL (scripts/services with their own state dir and ports), a fresh
 database and topics per run, two `billing-worker run` processes in one consumer group. While
@@ -25,11 +25,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from worker.adapters.kafka_admin import OffsetReader
-from worker.adapters.migrate import create_database, drop_database
-from worker.app import policy_from, rates_from
-from worker.chaos import check, model
-from worker.chaos.kafka_io import (
+from chaos import check, model
+from chaos.kafka_io import (
     Topics,
     WaveProducer,
     create_topics,
@@ -37,9 +34,12 @@ from worker.chaos.kafka_io import (
     read_all,
     waves,
 )
-from worker.chaos.procs import CLI, ROOT, Services, WorkerProc, clean_env, free_port
-from worker.chaos.report import render_markdown, summary_lines
-from worker.chaos.scenario import Item, Params, Scenario, build
+from chaos.procs import CLI, ROOT, Services, WorkerProc, clean_env, free_port
+from chaos.report import render_markdown, summary_lines
+from chaos.scenario import Item, Params, Scenario, build
+from worker.adapters.kafka_admin import OffsetReader
+from worker.adapters.migrate import create_database, drop_database
+from worker.app import policy_from, rates_from
 from worker.config import Settings
 from worker.domain.invoicing import period_of
 
@@ -547,7 +547,7 @@ async def main_async(o: Options) -> dict[str, Any]:
 
 def parse(argv: list[str]) -> Options:
     p = argparse.ArgumentParser(
-        prog="python -m worker.chaos.runner",
+        prog="python -m chaos.runner",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

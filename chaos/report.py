@@ -66,7 +66,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     out = [
         "# Chaos run",
         "",
-        "Produced by `make chaos` (`python -m worker.chaos.runner`); the JSON next to this",
+        "Produced by `make chaos` (`python -m chaos.runner`); the JSON next to this",
         "file has every figure and the chaos timeline.",
         "",
         "| figure | value |",

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from worker.chaos.scenario import Item, ScenarioError
+from chaos.scenario import Item, ScenarioError
 from worker.domain.account import Account, OpenInvoice, Policy
 from worker.domain.errors import Rejected
 from worker.domain.events import Effects, LedgerEntry, PostpayCharge, ReminderDue

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-from worker.chaos.scenario import Item
+from chaos.scenario import Item
 
 
 @dataclass(frozen=True)
