@@ -141,6 +141,7 @@ def test_the_records_decode_to_what_the_model_applies(sc: Scenario) -> None:
                 0,
                 None if item.key is None else item.key.encode(),
                 item.value,
+                0,
             )
         )
         if item.dead_code is not None:

@@ -24,7 +24,9 @@ def test_only_the_events_meant_to_be_malformed_are_refused() -> None:
     wrong = []
     countries: Counter[str] = Counter()
     for offset, event in enumerate(events):
-        record = InputRecord(event.source, "t", 0, offset, event.account_id.encode(), event.value)
+        record = InputRecord(
+            event.source, "t", 0, offset, event.account_id.encode(), event.value, 0
+        )
         decoded = decoder(record)
         refused = isinstance(decoded, Dead)
         if isinstance(decoded, Decoded):

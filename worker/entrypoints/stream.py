@@ -191,7 +191,9 @@ class StreamProcessor:
             for m in messages:
                 decoded.append(
                     self.decoder(
-                        InputRecord(source, tp.topic, tp.partition, m.offset, m.key, m.value)
+                        InputRecord(
+                            source, tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp
+                        )
                     )
                 )
                 if len(decoded) % _DECODE_SLICE == 0:

@@ -25,6 +25,8 @@ class InputRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp_ms: int
+    """The record's Kafka timestamp: when it reached the broker (LogAppendTime) or was sent."""
 
 
 @dataclass(frozen=True)
