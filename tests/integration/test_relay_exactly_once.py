@@ -1,4 +1,4 @@
-"""The transactional relay: a crash between the Kafka commit and the outbox update repeats nothing."""
+"""The transactional relay: a crash between Kafka commit and outbox update repeats nothing."""
 
 from __future__ import annotations
 
@@ -233,5 +233,3 @@ async def test_a_producer_with_another_database_id_does_not_fence(
     finally:
         await a.close()
         await b.close()
-
-
