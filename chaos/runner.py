@@ -215,7 +215,10 @@ class Run:
     def schedule(self) -> list[tuple[float, str]]:
         rnd = self.rnd
         actions = [(rnd.uniform(0.05, 0.92), "kill") for _ in range(self.o.kills)]
-        actions += [(rnd.uniform(0.05, 0.95), "relay_kill") for _ in range(self.o.relay_kills)]
+        if self.o.relay_kills > 0:
+            # One after the other while input (and so output) still flows: an exit is only
+            # reached when a relay commits something.
+            actions.append((rnd.uniform(0.05, 0.3), "relay_kills"))
         if self.o.pg_stop_s > 0:
             actions.append((rnd.uniform(0.3, 0.6), "pg_stop"))
         actions += [
@@ -269,18 +272,21 @@ class Run:
     def relay_kills(self) -> int:
         return sum(w.relay_kills for w in self.workers)
 
-    async def do_relay_kill(self, progress: float) -> None:
-        """The next relay commit is followed by a hard exit, before the outbox update."""
-        before = self.relay_kills()
-        (self.faults / EXIT_FILE).write_text("")
-        self.note("relay_exit_armed", progress=progress)
-        give_up = time.monotonic() + 60
-        while self.relay_kills() == before:
-            if time.monotonic() > give_up and claim(self.faults / EXIT_FILE):
-                self.note("relay_exit_not_reached")
-                return
-            self.check_deadline("a relay commit")
-            await asyncio.sleep(0.2)
+    async def do_relay_kills(self, progress: float) -> None:
+        """`relay_kills` times: the next relay commit is followed by a hard exit, before the
+        outbox update; the process is restarted by `supervise`."""
+        for _ in range(self.o.relay_kills):
+            before = self.relay_kills()
+            (self.faults / EXIT_FILE).write_text("")
+            self.note("relay_exit_armed", progress=progress)
+            give_up = time.monotonic() + 60
+            while self.relay_kills() == before:
+                if time.monotonic() > give_up and claim(self.faults / EXIT_FILE):
+                    self.note("relay_exit_not_reached")
+                    return
+                self.check_deadline("a relay commit")
+                await asyncio.sleep(0.2)
+            progress = round(await self.progress() or 0.0, 3)
 
     async def hold_transaction(self) -> bool:
         """A relay stops with its transaction open (messages sent, not committed)."""
