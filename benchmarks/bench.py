@@ -47,7 +47,8 @@ from benchmarks.workload import Generator, Workload, latency_setup, main_workloa
 from worker.config import Settings
 
 PHASES = ("kafka", "postgres", "one", "ab", "two", "latency", "rss")
-# The old revision's worker, run from a checkout of it on PYTHONPATH by this interpreter.
+# The old revision's worker, run from a checkout of it on PYTHONPATH by this interpreter
+# (`-P`: the working directory, this checkout, must not come first on sys.path).
 _BASE_CLI = "import sys; from worker.entrypoints.cli import main; sys.exit(main())"
 
 
@@ -236,25 +237,29 @@ class Bench:
         """The old revision's worker and this one on the same backlog, alternating."""
         if "ab" not in self.phases:
             return
-        base = self.args.ab_base.resolve()
         timeout = max(300.0, work.total / 500)
         for round_ in range(self.args.ab_rounds):
             for side in ("base", "this"):
                 name = f"ab{round_}{side}"
                 topics = Topics(main.usage, main.account, *self.topics("", f"{name}-out").outputs)
                 await self.make_topics(topics, inputs=False)
-                db = await create_database(
-                    self.services, f"{self.db_prefix}_{name}", migrated=side == "this"
-                )
-                procs = self.processes(topics, db, name, 1)
-                if side == "base":
-                    procs.command = [sys.executable, "-c", _BASE_CLI, "run"]
-                    procs.extra_env = {**procs.extra_env, "PYTHONPATH": str(base)}
-                    await _run_checked([sys.executable, "-c", _BASE_CLI, "migrate"], procs.env(0))
+                procs = await self.side(side, topics, name)
                 say(f"A/B round {round_ + 1}: {side} worker on the backlog ...")
                 result = await run_backlog(procs, work, timeout)
                 self.results.ab.append((side, result))
                 say(f"A/B round {round_ + 1}: {side} {result.rate:,.0f} ev/s")
+
+    async def side(self, side: str, topics: Topics, name: str) -> Processes:
+        """One process of this revision's worker, or of the base's, with a fresh database."""
+        db = await create_database(
+            self.services, f"{self.db_prefix}_{name}", migrated=side == "this"
+        )
+        procs = self.processes(topics, db, name, 1)
+        if side == "base":
+            procs.command = [sys.executable, "-P", "-c", _BASE_CLI, "run"]
+            procs.extra_env = {**procs.extra_env, "PYTHONPATH": str(self.args.ab_base.resolve())}
+            await _run_checked([sys.executable, "-P", "-c", _BASE_CLI, "migrate"], procs.env(0))
+        return procs
 
     async def latency(self, gen: Generator) -> None:
         if "latency" not in self.phases:
@@ -273,26 +278,30 @@ class Bench:
             begin = datetime.now(UTC)
             gen.usage(usage, ids, count, begin=begin, span_s=self.args.latency_seconds, skewed=True)
             levels.append(LatencyLevel(pct / 100, rate, setup, usage.usage, usage.usage_ids))
-        topics = self.topics("lat", "lat-out")
-        await self.make_topics(topics, inputs=True)
-        db = await create_database(self.services, f"{self.db_prefix}_lat")
+        sides = ("base", "this") if self.args.ab_base is not None else ("this",)
         say(
             f"latency: levels {self.args.latency_levels} % of {full:,.0f} ev/s, "
-            f"{self.args.latency_seconds:g} s each, {accounts:,} accounts per level"
+            f"{self.args.latency_seconds:g} s each, {accounts:,} accounts per level, "
+            f"worker(s) {' and '.join(sides)} alternating"
         )
-        total = sum(len(level.usage) for level in levels)
-        self.results.latency = await run_latency(
-            self.processes(topics, db, "lat", 1),
-            levels,
-            (self.args.partitions, 3),
-            timeout_s=max(300.0, total / 200),
-        )
-        for lat in self.results.latency:
-            say(
-                f"latency at {lat.share:.0%} ({lat.target_rate:,.0f} ev/s): "
-                f"p50 {lat.percentile(0.5):.0f} ms, p99 {lat.percentile(0.99):.0f} ms "
-                f"over {len(lat.latencies_ms):,} reminders; load {lat.load}"
-            )
+        for level in levels:
+            for side in sides:
+                name = f"lat{level.share * 100:g}{side}"
+                topics = self.topics(name, f"{name}-out")
+                await self.make_topics(topics, inputs=True)
+                procs = await self.side(side, topics, name)
+                (lat,) = await run_latency(
+                    procs,
+                    [level],
+                    (self.args.partitions, 3),
+                    timeout_s=max(300.0, len(level.usage) / 200),
+                )
+                (self.results.latency if side == "this" else self.results.latency_base).append(lat)
+                say(
+                    f"latency at {lat.share:.0%} ({lat.target_rate:,.0f} ev/s), {side}: "
+                    f"p50 {lat.percentile(0.5):.0f} ms, p99 {lat.percentile(0.99):.0f} ms "
+                    f"over {len(lat.latencies_ms):,} reminders; load {lat.load}"
+                )
 
     async def memory(self, gen: Generator) -> None:
         if "rss" not in self.phases:
@@ -335,6 +344,17 @@ def raw(results: report.Results) -> dict[str, object]:
         "two": runs(results.two),
         "rss": runs(results.rss),
         "ab": [{"side": side, **(runs(run) or {})} for side, run in results.ab],
+        "latency_base": [
+            {
+                "share": lat.share,
+                "achieved_rate": lat.achieved_rate,
+                "n": len(lat.latencies_ms),
+                "p50_ms": lat.percentile(0.5),
+                "p99_ms": lat.percentile(0.99),
+                "load": lat.load,
+            }
+            for lat in results.latency_base
+        ],
         "latency": [
             {
                 "share": lat.share,
@@ -367,7 +387,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if results.latency and str(args.results) != "-":
         from benchmarks.plot import draw_latency  # matplotlib: only when there is a curve
 
-        draw_latency(results.latency, args.results.parent / "latency.png", report.LATENCY_TARGETS)
+        draw_latency(
+            results.latency,
+            results.latency_base,
+            args.results.parent / "latency.png",
+            report.LATENCY_TARGETS,
+        )
         say(f"drew {args.results.parent / 'latency.png'}")
     text = report.entry(results)
     print("\n" + text)

@@ -15,6 +15,7 @@ from benchmarks.workers import LatencyRun
 
 def draw_latency(
     runs: Sequence[LatencyRun],
+    base: Sequence[LatencyRun],
     path: Path,
     targets: dict[float, tuple[float | None, float]],
 ) -> None:
@@ -24,6 +25,14 @@ def draw_latency(
     for q, style in ((0.5, "o-"), (0.9, "s-"), (0.99, "^-")):
         curve.plot(rates, [run.percentile(q) for run in runs], style, label=f"p{q * 100:g}")
     curve.plot(rates, [max(run.latencies_ms, default=0) for run in runs], "x:", label="max")
+    if base:
+        curve.plot(
+            [run.achieved_rate for run in base],
+            [run.percentile(0.99) for run in base],
+            "^--",
+            color="grey",
+            label="p99, base revision",
+        )
     for run in runs:
         want = targets.get(round(run.share, 2))
         if want is None:

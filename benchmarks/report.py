@@ -54,6 +54,8 @@ class Results:
     one: BacklogRun | None = None
     two: BacklogRun | None = None
     latency: list[LatencyRun] = field(default_factory=list)
+    latency_base: list[LatencyRun] = field(default_factory=list)
+    """The same levels with the base revision's worker (phase ab), alternating with this."""
     ab: list[tuple[str, BacklogRun]] = field(default_factory=list)
     rss: BacklogRun | None = None
     rss_accounts: int = 0
@@ -120,8 +122,7 @@ def table(r: Results) -> str:
                     f"≥ 0.5: {_verdict(ratio >= TARGET_RATIO)}",
                 )
             )
-    for lat in r.latency:
-        rows.append(_latency_row(lat))
+    rows += _latency_rows(r)
     if r.rss:
         peak = max(r.rss.peak_rss_mb)
         rows.append(
@@ -141,31 +142,50 @@ def table(r: Results) -> str:
                 "",
             )
         )
-    if r.ab:
-        by_side: dict[str, list[float]] = {}
-        for side, run in r.ab:
-            by_side.setdefault(side, []).append(run.rate)
-        base, this = by_side.get("base", []), by_side.get("this", [])
-        ratio = (
-            f" = {statistics.median(this) / statistics.median(base):.2f} × base"
-            if base and this
-            else ""
-        )
-        not_lower = bool(base and this) and statistics.median(this) >= statistics.median(base)
-        rows.append(
-            (
-                "A/B on the same backlog, 1 process, alternating (base = the older revision)",
-                "base "
-                + ", ".join(f"{x:,.0f}" for x in base)
-                + " ev/s; this "
-                + ", ".join(f"{x:,.0f}" for x in this)
-                + f" ev/s{ratio} (medians)",
-                f"no lower than base: {_verdict(not_lower)}",
-            )
-        )
+    rows += _ab_rows(r)
     lines = ["| measure | result | target |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines)
+
+
+def _ab_rows(r: Results) -> list[tuple[str, str, str]]:
+    """Backlog rates of the base revision's worker and this one, run alternately."""
+    if not r.ab:
+        return []
+    rows: list[tuple[str, str, str]] = []
+    by_side: dict[str, list[float]] = {}
+    for side, run in r.ab:
+        by_side.setdefault(side, []).append(run.rate)
+    base, this = by_side.get("base", []), by_side.get("this", [])
+    ratio = (
+        f" = {statistics.median(this) / statistics.median(base):.2f} × base"
+        if base and this
+        else ""
+    )
+    not_lower = bool(base and this) and statistics.median(this) >= statistics.median(base)
+    rows.append(
+        (
+            "A/B on the same backlog, 1 process, alternating (base = the older revision)",
+            "base "
+            + ", ".join(f"{x:,.0f}" for x in base)
+            + " ev/s; this "
+            + ", ".join(f"{x:,.0f}" for x in this)
+            + f" ev/s{ratio} (medians)",
+            f"no lower than base: {_verdict(not_lower)}",
+        )
+    )
+    return rows
+
+
+def _latency_rows(r: Results) -> list[tuple[str, str, str]]:
+    rows = []
+    for lat in r.latency:
+        rows.append(_latency_row(lat))
+        base = [b for b in r.latency_base if b.share == lat.share]
+        if base:
+            name, value, _ = _latency_row(base[0])
+            rows.append(("… the base revision's worker, right before it: " + name, value, ""))
+    return rows
 
 
 def details(r: Results) -> str:
