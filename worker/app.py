@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,12 +18,12 @@ from worker.adapters.wire import Decoder, Encoder
 from worker.config import Settings, SettingsError
 from worker.domain.account import Policy
 from worker.domain.rating import RateTable
+from worker.entrypoints.expiry_timer import ExpiryTimer
 from worker.entrypoints.monitor import Monitor
 from worker.entrypoints.month_close import MonthCloser
 from worker.entrypoints.stream import StreamProcessor, retry
-from worker.errors import ShuttingDown, WorkerError, is_retriable
+from worker.errors import ShuttingDown, WorkerError
 from worker.metrics import Metrics
-from worker.service.billing import sweep_expiry
 
 log = logs.get("worker.app")
 
@@ -116,6 +115,7 @@ class Worker:
             on_applied=lambda _: relay.wake(),
         )
         self.monitor = Monitor(s, self.metrics, self.pool)
+        expiry = ExpiryTimer(s, store, policy, encoder, on_swept=relay.wake)
         relay_stop = asyncio.Event()
         from worker.entrypoints.web import serve  # aiohttp only when running
 
@@ -124,7 +124,7 @@ class Worker:
         tasks = [
             asyncio.create_task(self.stream.run(self.stop), name="stream"),
             asyncio.create_task(relay.run(relay_stop), name="relay"),
-            asyncio.create_task(self._sweeper(store, policy, encoder), name="expiry-sweep"),
+            asyncio.create_task(expiry.run(self.stop), name="expiry-sweep"),
             asyncio.create_task(self.monitor.run(self.stop), name="monitor"),
         ]
         if s.month_close_enabled:
@@ -214,21 +214,3 @@ class Worker:
             return
         log.info("shutdown_requested", signal=sig.name, timeout_s=self.settings.shutdown_timeout_s)
         self.stop.set()
-
-    async def _sweeper(self, store: PgStore, policy: Policy, encoder: Encoder) -> None:
-        """Forfeits due lots and announces expiring ones on a timer; safe on many workers."""
-        interval = self.settings.expiry_sweep_interval_s
-        while not self.stop.is_set():
-            try:
-                while await sweep_expiry(store, datetime.now(UTC), policy, encoder) >= 500:
-                    pass
-                if self.relay is not None:
-                    self.relay.wake()
-            except ShuttingDown:
-                return
-            except Exception as exc:  # noqa: BLE001 - the sweep's transaction rolled back
-                # A failing sweep must not take billing down with it: log, retry next round.
-                level = log.warning if is_retriable(exc) else log.error
-                level("expiry_sweep_failed", cause=type(exc).__name__, error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), timeout=interval)

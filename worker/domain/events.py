@@ -64,6 +64,8 @@ class ChargeUsage:
     account_id: str
     occurred_at: datetime
     rated: Rated
+    arrived_at: datetime | None = None
+    """When the record reached Kafka: lots pay only for what arrived within the lateness."""
 
 
 Command = (

@@ -152,11 +152,11 @@ class StreamProcessor:
                         self.aligner.add(decoded)
                         self.aligner.fetched(positions)
                     # else: read before a rebalance; whoever owns the partitions reads them again
+                    caught_up, behind = await self._other_sides(consumer)
                     ready = self.aligner.release(
-                        await self._caught_up(consumer),
-                        time.monotonic(),
-                        self.settings.batch_max_records,
+                        caught_up, time.monotonic(), self.settings.batch_max_records, behind
                     )
+                    self._throttle(consumer)
                     if ready:
                         # Read and decode the next records while this batch is in the database;
                         # they reach the aligner only once it is committed.
@@ -200,16 +200,41 @@ class StreamProcessor:
                     await asyncio.sleep(0)  # let the batch in the database take its next step
         return generation, decoded, positions
 
-    async def _caught_up(self, consumer: AIOKafkaConsumer) -> set[tuple[Source, int]]:
-        """Sides the aligner waits on that have nothing more to fetch right now."""
-        topics = {source: topic for topic, source in self.sources.items()}
-        done = set()
+    async def _other_sides(
+        self, consumer: AIOKafkaConsumer
+    ) -> tuple[set[tuple[Source, int]], frozenset[tuple[Source, int]]]:
+        """Of the sides the aligner waits on: those with nothing more to fetch right now, and
+        those known to have unread records. A side that is not assigned (both checks assert
+        it is) or whose high watermark is not known yet is in neither."""
+        assigned = consumer.assignment()
+        done: set[tuple[Source, int]] = set()
+        unread: set[tuple[Source, int]] = set()
         for source, partition in self.aligner.waiting_on():
-            tp = TopicPartition(topics[source], partition)
+            tp = TopicPartition(self.topics[source], partition)
+            if tp not in assigned:
+                continue
             highwater = consumer.highwater(tp)
-            if highwater is not None and await consumer.position(tp) >= highwater:
+            if highwater is None:
+                continue
+            if await consumer.position(tp) >= highwater:
                 done.add((source, partition))
-        return done
+            else:
+                unread.add((source, partition))
+        return done, frozenset(unread)
+
+    def _throttle(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause fetching a side while much of it waits for its counterpart: memory stays
+        bounded however far behind the other topic is."""
+        cap = 4 * self.settings.batch_max_records
+        assigned = consumer.assignment()
+        for (source, partition), buffer in self.aligner.buffers.items():
+            tp = TopicPartition(self.topics[source], partition)
+            if tp not in assigned:
+                continue
+            if len(buffer) > cap:
+                consumer.pause(tp)
+            elif tp in consumer.paused():
+                consumer.resume(tp)
 
     async def _handle(
         self, consumer: AIOKafkaConsumer, ready: list[Decoded | Dead], stop: asyncio.Event
