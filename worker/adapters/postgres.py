@@ -39,8 +39,8 @@ JOIN unnest($1::text[], $2::text[]) AS k(source, event_id)
 _DUE = """
 SELECT DISTINCT account_id FROM lots
 WHERE NOT forfeited AND remaining_jpy > 0
-  AND (expires_at <= $1 - $2::interval
-       OR (NOT expiring_notified AND expires_at - $3::interval <= $1))
+  AND (expires_at <= $1::timestamptz - $2::interval
+       OR (NOT expiring_notified AND expires_at - $3::interval <= $1::timestamptz))
 LIMIT $4
 """
 _SAVE_ACCOUNTS = """
