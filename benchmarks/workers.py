@@ -208,9 +208,8 @@ async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> Bac
         rss = [peak_rss_mb(pid) for pid in procs.pids]
         counts = await verify(conn, work, procs.topics)
         t = procs.topics
-        digest = await state_digest(
-            conn, {t.reminders: "reminders", t.invoices: "invoices", t.dlq: "dlq"}
-        )
+        roles = {t.usage: "usage", t.account: "account", t.reminders: "reminders"}
+        digest = await state_digest(conn, {**roles, t.invoices: "invoices", t.dlq: "dlq"})
     finally:
         await reader.close()
         await conn.close()

@@ -37,6 +37,7 @@ from chaos.kafka_io import (
 from chaos.procs import CLI, ROOT, Services, WorkerProc, clean_env, free_port
 from chaos.report import render_markdown, summary_lines
 from chaos.scenario import Item, Params, Scenario, build
+from worker.adapters.digest import state_digest
 from worker.adapters.kafka_admin import OffsetReader
 from worker.adapters.migrate import create_database, drop_database
 from worker.app import policy_from, rates_from
@@ -397,9 +398,17 @@ async def _verify(run: Run) -> dict[str, Any]:
         invoice_messages=check.index_outputs(logs[s.topic_invoices], "invoice_id"),
         dead_letters=check.index_dead_letters(logs[s.topic_dlq]),
     )
+    roles = {
+        s.topic_usage: "usage",
+        s.topic_account_events: "account",
+        s.topic_reminders: "reminders",
+        s.topic_invoices: "invoices",
+        s.topic_dlq: "dlq",
+    }
     conn = await asyncpg.connect(s.database_url)
     try:
         await check.read_database(conn, actual)
+        run.figures["digest"] = await state_digest(conn, roles)
     finally:
         await conn.close()
     report = check.compare(
@@ -488,6 +497,7 @@ def _results(
             "invoices": len(expected.invoices),
         },
         "mismatches": report.mismatches,
+        "digest": figures.get("digest"),
         "mismatches_by_category": dict(report.counts),
         "mismatch_lines": report.lines[:50],
         "account_diffs": [

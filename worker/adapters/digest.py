@@ -2,8 +2,9 @@
 
 Covered, each in a stable order: ledger entries (by account, then entry id; every entry's
 balance after and allocations pin the order it was applied in), lots, accounts, invoices and
-outbox messages (by message id; topics by their role, so runs with different output topic
-names compare). Left out, because they are wall-clock or delivery facts, not billing:
+outbox messages (by message id). Topic names, in a message's topic, a dead letter's id and its
+source topic, are replaced by their role, so runs over differently named topics compare.
+Left out, because they are wall-clock or delivery facts, not billing:
 `recorded_at`, `created_at`, `sent_at` and parking columns of rows, a dead letter's
 `failed_at` and an invoice's `issued_at`.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+
 import asyncpg
 import orjson
 
@@ -41,8 +43,8 @@ _QUERIES = (
 )
 
 
-def payload_digest_form(payload: bytes) -> bytes:
-    """The payload with wall-clock fields removed, keys sorted."""
+def payload_digest_form(payload: bytes, roles: Mapping[str, str]) -> bytes:
+    """The payload with wall-clock fields removed, topic names as roles, keys sorted."""
     try:
         body = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -50,7 +52,20 @@ def payload_digest_form(payload: bytes) -> bytes:
     if isinstance(body, dict):
         for name in WALL_CLOCK_FIELDS:
             body.pop(name, None)
+        source = body.get("source_topic")
+        if isinstance(source, str):
+            body["source_topic"] = roles.get(source, source)
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def _message_id(message_id: str, roles: Mapping[str, str]) -> str:
+    # Dead letters are named "dlq:<source topic>:<partition>:<offset>".
+    kind, sep, rest = message_id.partition(":")
+    if kind == "dlq" and sep:
+        topic, _, position = rest.rpartition(":")
+        topic, _, partition = topic.rpartition(":")
+        return f"dlq:{roles.get(topic, topic)}:{partition}:{position}"
+    return message_id
 
 
 def _row(row: asyncpg.Record) -> bytes:
@@ -58,8 +73,8 @@ def _row(row: asyncpg.Record) -> bytes:
 
 
 async def state_digest(conn: asyncpg.Connection, roles: Mapping[str, str]) -> str:
-    """Hex SHA-256 of the billing state; `roles` names each output topic's role
-    (e.g. {"bench-1-out.reminders": "reminders"})."""
+    """Hex SHA-256 of the billing state; `roles` names each topic's role
+    (e.g. {"bench-1-out.reminders": "reminders", "bench-1.usage": "usage"})."""
     sha = hashlib.sha256()
     for name, query in _QUERIES:
         sha.update(name.encode() + b"\n")
@@ -70,6 +85,7 @@ async def state_digest(conn: asyncpg.Connection, roles: Mapping[str, str]) -> st
         "SELECT message_id, topic, key, payload FROM outbox ORDER BY message_id"
     ):
         role = roles.get(row["topic"], row["topic"])
-        sha.update(orjson.dumps([row["message_id"], role, row["key"]]) + b"\n")
-        sha.update(payload_digest_form(bytes(row["payload"])) + b"\n")
+        message_id = _message_id(row["message_id"], roles)
+        sha.update(orjson.dumps([message_id, role, row["key"]]) + b"\n")
+        sha.update(payload_digest_form(bytes(row["payload"]), roles) + b"\n")
     return sha.hexdigest()
