@@ -64,8 +64,9 @@ class ChargeUsage:
     account_id: str
     occurred_at: datetime
     rated: Rated
-    arrived_at: datetime | None = None
-    """When the record reached Kafka: lots pay only for what arrived within the lateness."""
+    # When the record reached Kafka: lots pay only for what arrived within the lateness. A fact
+    # of delivery, not of the event, so it is no part of the command's identity.
+    arrived_at: datetime | None = field(default=None, compare=False)
 
 
 Command = (
