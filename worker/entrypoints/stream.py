@@ -130,6 +130,7 @@ class StreamProcessor:
         # For /ready: why the inputs cannot be consumed now (None: they can).
         self.input_problem: str | None = "input topics not checked yet"
         self.inputs_checked_at = 0.0
+        self.throttled: set[TopicPartition] = set()  # paused by `_throttle`, resumed by it only
 
     def build_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
@@ -302,8 +303,10 @@ class StreamProcessor:
                 continue
             if len(buffer) > cap:
                 consumer.pause(tp)
-            elif tp in consumer.paused():
+                self.throttled.add(tp)
+            elif tp in self.throttled:
                 consumer.resume(tp)
+                self.throttled.discard(tp)
 
     async def _handle(
         self, consumer: AIOKafkaConsumer, ready: list[Decoded | Dead], stop: asyncio.Event
