@@ -5,60 +5,29 @@ from __future__ import annotations
 import asyncio
 import signal
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import asyncpg
-from pydantic import ValidationError
 
 from worker import logs
 from worker.adapters.postgres import PgStore
-from worker.adapters.rates import load_rate_table
 from worker.adapters.relay import OutboxRelay, drain
-from worker.adapters.wire import Decoder, Encoder
-from worker.config import Settings, SettingsError
-from worker.domain.account import Policy
-from worker.domain.rating import RateTable
-from worker.entrypoints.expiry_timer import ExpiryTimer
+from worker.adapters.wire import Decoder
+from worker.builders import create_pool, encoder_from, policy_from, rates_from
+from worker.config import Settings
+from worker.entrypoints.expiry_sweep import ExpirySweep
 from worker.entrypoints.monitor import Monitor
 from worker.entrypoints.month_close import MonthCloser
-from worker.entrypoints.stream import StreamProcessor, retry
+from worker.entrypoints.stream import StreamProcessor
 from worker.errors import ShuttingDown, WorkerError
 from worker.metrics import Metrics
+from worker.retry import retry
 
 log = logs.get("worker.app")
 
 
 class UncleanShutdown(WorkerError):
     """Shutdown ran out of time or failed; what was not committed is redelivered on restart."""
-
-
-def policy_from(settings: Settings) -> Policy:
-    return Policy(
-        test_credits_jpy=settings.test_credits_jpy,
-        lot_validity=timedelta(days=settings.lot_validity_days),
-        lateness=timedelta(seconds=settings.lateness_allowance_s),
-        expiring_notice=timedelta(days=settings.expiring_notice_days),
-        zone=settings.zone,
-    )
-
-
-def rates_from(settings: Settings) -> RateTable:
-    try:
-        return load_rate_table(settings.rate_table_path)
-    except (ValidationError, ValueError, OSError) as exc:
-        raise SettingsError(f"BILLING_RATE_TABLE_PATH: unusable rate table: {exc}") from exc
-
-
-def encoder_from(settings: Settings) -> Encoder:
-    return Encoder(settings.topic_reminders, settings.topic_invoices, settings.topic_dlq)
-
-
-async def create_pool(settings: Settings, size: int = 4) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
-        settings.database_url, min_size=1, max_size=size, command_timeout=60
-    )
-    assert pool is not None
-    return pool
 
 
 @dataclass
@@ -115,7 +84,7 @@ class Worker:
             on_applied=lambda _: relay.wake(),
         )
         self.monitor = Monitor(s, self.metrics, self.pool)
-        expiry = ExpiryTimer(s, store, policy, encoder, on_swept=relay.wake)
+        sweep = ExpirySweep(s, store, policy, encoder, on_swept=relay.wake)
         relay_stop = asyncio.Event()
         from worker.entrypoints.web import serve  # aiohttp only when running
 
@@ -124,7 +93,7 @@ class Worker:
         tasks = [
             asyncio.create_task(self.stream.run(self.stop), name="stream"),
             asyncio.create_task(relay.run(relay_stop), name="relay"),
-            asyncio.create_task(expiry.run(self.stop), name="expiry-sweep"),
+            asyncio.create_task(sweep.run(self.stop), name="expiry-sweep"),
             asyncio.create_task(self.monitor.run(self.stop), name="monitor"),
         ]
         if s.month_close_enabled:

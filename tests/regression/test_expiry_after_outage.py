@@ -3,7 +3,7 @@ before the backlog usage that reached Kafka in time has been applied."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -19,10 +19,10 @@ from tests.integration.kit import (
     wait_until,
 )
 from worker.adapters.postgres import PgStore
-from worker.app import create_pool, encoder_from, policy_from
+from worker.builders import create_pool, encoder_from, policy_from
 from worker.config import Settings
 from worker.domain.events import OpenAccount
-from worker.entrypoints.expiry_timer import ExpiryTimer
+from worker.entrypoints.expiry_sweep import ExpirySweep
 from worker.service.ports import Changes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -62,10 +62,12 @@ async def test_the_timer_waits_for_the_backlog_before_forfeiting(
             await producer.stop()
 
         # The worker restarts: its timer runs before the stream has applied anything.
-        timer = ExpiryTimer(settings, store, policy, encoder)
+        timer = ExpirySweep(settings, store, policy, encoder)
         try:
-            assert await timer.tick() == 0  # notes the cutoff and the end offsets
-            assert await timer.tick() == 0  # the group has not consumed them: no sweep
+            now = datetime.now(UTC)
+            assert await timer.tick(now) == 0  # notes the cutoff and the end offsets
+            assert timer.mark is not None
+            assert await timer.tick(now) == 0  # the group has not consumed them: no sweep
         finally:
             await timer.reader.close()
         async with database(settings) as conn:

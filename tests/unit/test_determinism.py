@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from tests.unit.builders import POLICY, T0, at
 from tests.unit.fake_store import FakeStore
 from worker.adapters.wire import Encoder
-from worker.domain.events import ChargeUsage, Command, ConfigureReminder, OpenAccount
+from worker.domain.commands import ChargeUsage, Command, ConfigureReminder, OpenAccount
 from worker.domain.rating import Rated
 from worker.service.alignment import Aligner
 from worker.service.billing import apply_batch, sweep_expiry
@@ -55,7 +55,7 @@ async def run(batches: list[list[Decoded]], sweeps: dict[int, datetime] | None =
 
 
 def outcome(store: FakeStore) -> tuple[list[object], list[tuple[str, bytes]]]:
-    return list(store.ledger), [(m.message_id, m.payload) for m in store.outbox]
+    return list(store.db.ledger), [(m.message_id, m.payload) for m in store.db.outbox]
 
 
 async def test_batch_boundaries_do_not_change_which_charge_crosses_the_threshold() -> None:
@@ -69,7 +69,7 @@ async def test_batch_boundaries_do_not_change_which_charge_crosses_the_threshold
     apart = await run([setup(), [u1], [u2]])
 
     assert outcome(together) == outcome(apart)
-    [low] = [m for m in apart.outbox if b'"low_balance"' in m.payload]
+    [low] = [m for m in apart.db.outbox if b'"low_balance"' in m.payload]
     assert low.message_id == "acc-1:low_balance:charge:u1"  # the second in offset order
 
 
@@ -112,12 +112,12 @@ async def test_a_lot_pays_only_for_usage_that_reached_kafka_within_the_lateness(
 
     store = await run([setup(0), [in_time, too_late]])
 
-    charges = {e.ref: e for e in store.ledger if e.kind == "charge"}
+    charges = {e.ref: e for e in store.db.ledger if e.kind == "charge"}
     assert charges["u0"].allocations == (("lot:a0", 100),)
     assert charges["u1"].allocations == ()
-    forfeit = next(e for e in store.ledger if e.kind == "forfeit")
+    forfeit = next(e for e in store.db.ledger if e.kind == "forfeit")
     # Forfeited right before the first record that arrived after expiry plus lateness.
-    kinds = [e.kind for e in store.ledger]
+    kinds = [e.kind for e in store.db.ledger]
     assert kinds == ["grant", "charge", "forfeit", "charge"]
     assert (forfeit.amount_jpy, forfeit.balance_after_jpy) == (-900, 0)
 
@@ -142,7 +142,7 @@ async def test_a_worker_down_for_a_day_bills_what_one_that_never_stopped_bills()
     await sweep_expiry(live, EXPIRY + timedelta(days=1), POLICY, ENCODER)
 
     assert outcome(down) == outcome(live)
-    kinds = [(e.kind, e.amount_jpy) for e in down.ledger]
+    kinds = [(e.kind, e.amount_jpy) for e in down.db.ledger]
     assert kinds == [
         ("grant", 1_000),
         ("charge", -200),
@@ -150,5 +150,5 @@ async def test_a_worker_down_for_a_day_bills_what_one_that_never_stopped_bills()
         ("forfeit", -500),
         ("charge", -100),
     ]
-    expiring = [m for m in down.outbox if m.message_id.endswith("credits_expiring:lot:a0")]
+    expiring = [m for m in down.db.outbox if m.message_id.endswith("credits_expiring:lot:a0")]
     assert b'"created_at":"' in expiring[0].payload

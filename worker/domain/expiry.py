@@ -77,7 +77,9 @@ def _forfeit(account: Account, lot: Lot, effects: Effects) -> None:
     )
     effects.reminders.append(_lot_reminder(account, "credits_expired", lot, lost, lot.expires_at))
     effects.reminders.extend(
-        reminders.on_balance_change(account, before, after, f"forfeit:{lot.lot_id}", lot.expires_at)
+        reminders.on_balance_change(
+            account.reminder_settings, before, after, f"forfeit:{lot.lot_id}", lot.expires_at
+        )
     )
 
 
