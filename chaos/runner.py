@@ -38,6 +38,7 @@ from chaos.procs import CLI, ROOT, Services, WorkerProc, clean_env, free_port
 from chaos.report import render_markdown, summary_lines
 from chaos.scenario import Item, Params, Scenario, build
 from worker.adapters.digest import state_digest
+from worker.entrypoints.expiry_sweep import CLOCK_MARGIN
 from worker.adapters.kafka_admin import OffsetReader
 from worker.adapters.migrate import create_database, drop_database
 from worker.builders import policy_from, rates_from
@@ -350,7 +351,8 @@ async def _execute(run: Run) -> dict[str, Any]:
         run.figures["produce_s"] = round(time.monotonic() - t, 1)
         run.note("produced", resent_waves=run.producer.resent_waves)
         await chaos
-        due = max(scenario.expiries) + policy.lateness + timedelta(seconds=4)
+        # The sweep forfeits only up to a cutoff that trails the clock by CLOCK_MARGIN.
+        due = max(scenario.expiries) + policy.lateness + CLOCK_MARGIN + timedelta(seconds=4)
         await run.settle(due)
         run.figures["process_s"] = round(time.monotonic() - t, 1)
     finally:

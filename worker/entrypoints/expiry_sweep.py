@@ -32,7 +32,7 @@ log = logs.get("worker.expiry_sweep")
 _ROUND = 500
 # The cutoff trails this worker's clock, so a broker clock a little behind it cannot stamp a
 # record appended after the noted end offsets with a time at or before the cutoff.
-CLOCK_MARGIN = timedelta(seconds=30)
+CLOCK_MARGIN = timedelta(seconds=10)
 
 
 @dataclass(frozen=True)
