@@ -38,12 +38,12 @@ from chaos.procs import CLI, ROOT, Services, WorkerProc, clean_env, free_port
 from chaos.report import render_markdown, summary_lines
 from chaos.scenario import Item, Params, Scenario, build
 from worker.adapters.digest import state_digest
-from worker.entrypoints.expiry_sweep import CLOCK_MARGIN
 from worker.adapters.kafka_admin import OffsetReader
 from worker.adapters.migrate import create_database, drop_database
 from worker.builders import policy_from, rates_from
 from worker.config import Settings
 from worker.domain.invoicing import period_of
+from worker.entrypoints.expiry_sweep import CLOCK_MARGIN
 
 APPLIED_LABELS = {"usage", "purchase", "reminder", "open", "switch", "payment", "late_usage"}
 
