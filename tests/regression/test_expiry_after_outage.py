@@ -21,7 +21,7 @@ from tests.integration.kit import (
 from worker.adapters.postgres import PgStore
 from worker.builders import create_pool, encoder_from, policy_from
 from worker.config import Settings
-from worker.domain.events import OpenAccount
+from worker.domain.commands import OpenAccount
 from worker.entrypoints.expiry_sweep import ExpirySweep
 from worker.service.ports import Changes
 
