@@ -12,6 +12,7 @@ import asyncpg
 from pydantic import ValidationError
 
 from worker import logs
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.postgres import PgStore
 from worker.adapters.rates import load_rate_table
 from worker.adapters.relay import OutboxRelay, drain
@@ -99,7 +100,7 @@ class Worker:
         store = PgStore(self.pool)
         relay = OutboxRelay(
             s.database_url,
-            s.kafka_bootstrap_servers,
+            kafka_client_args(s),
             s.client_id,
             self.metrics,
             s.outbox_batch_size,

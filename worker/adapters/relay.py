@@ -36,10 +36,10 @@ SELECT count(*) AS n, min(created_at) AS oldest FROM outbox WHERE sent_at IS NUL
 """
 
 
-def build_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
+def build_producer(connection: dict[str, Any], client_id: str) -> AIOKafkaProducer:
     """Idempotent, acks from all in-sync replicas: a retry never reorders or doubles a send."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
+        **connection,
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -54,14 +54,14 @@ class OutboxRelay:
     def __init__(
         self,
         database_url: str,
-        bootstrap_servers: str,
+        connection: dict[str, Any],
         client_id: str,
         metrics: Metrics,
         batch_size: int = 1000,
         poll_interval_s: float = 0.2,
     ) -> None:
         self.database_url = database_url
-        self.bootstrap_servers = bootstrap_servers
+        self.connection = connection  # kafka_client_args(settings)
         self.client_id = client_id
         self.metrics = metrics
         self.batch_size = batch_size
@@ -89,7 +89,7 @@ class OutboxRelay:
 
     async def _lead(self, stop: asyncio.Event) -> None:
         conn = await asyncpg.connect(self.database_url)
-        producer = build_producer(self.bootstrap_servers, self.client_id + "-relay")
+        producer = build_producer(self.connection, self.client_id + "-relay")
         try:
             await producer.start()
             while not stop.is_set():
@@ -112,7 +112,7 @@ class OutboxRelay:
         try:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
                 return False
-            producer = build_producer(self.bootstrap_servers, self.client_id + "-relay")
+            producer = build_producer(self.connection, self.client_id + "-relay")
             await producer.start()
             try:
                 while await self.relay_once(conn, producer) == self.batch_size:

@@ -13,7 +13,7 @@ import orjson
 import typer
 from aiokafka.errors import KafkaError
 
-from worker import logs
+from worker import logs, redact
 from worker.config import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -31,7 +31,7 @@ def _settings() -> Settings:
     try:
         settings = load_settings()
     except SettingsError as exc:
-        typer.echo(str(exc), err=True)
+        typer.echo(redact.scrub(str(exc)), err=True)
         raise typer.Exit(78) from exc
     logs.configure(settings.log_level, settings.log_json)
     return settings
@@ -59,10 +59,10 @@ def run() -> None:
     try:
         _run(Worker(settings).run())
     except SettingsError as exc:
-        typer.echo(str(exc), err=True)
+        typer.echo(redact.scrub(str(exc)), err=True)
         raise typer.Exit(78) from exc
     except UncleanShutdown as exc:
-        typer.echo(str(exc), err=True)
+        typer.echo(redact.scrub(str(exc)), err=True)
         raise typer.Exit(1) from exc
 
 

@@ -12,6 +12,7 @@ import orjson
 
 from worker import logs
 from worker.adapters.kafka_admin import committed_and_end
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.postgres import PgStore
 from worker.adapters.relay import OutboxRelay
 from worker.adapters.wire import Encoder
@@ -71,7 +72,7 @@ class MonthCloser:
         first became closable?"""
         s = self.settings
         offsets = await committed_and_end(
-            s.kafka_bootstrap_servers, s.consumer_group, [s.topic_usage, s.topic_account_events]
+            kafka_client_args(s), s.consumer_group, [s.topic_usage, s.topic_account_events]
         )
         snapshot = {f"{tp.topic}:{tp.partition}": end for tp, (_, end) in offsets.items()}
         async with self.store.pool.acquire() as conn:
@@ -169,7 +170,7 @@ async def close_by_hand(settings: Settings, period: str, wait_s: float) -> tuple
     if invoices is None:
         return 0, f"{period} was already closed; nothing published"
     relay = OutboxRelay(
-        settings.database_url, settings.kafka_bootstrap_servers, settings.client_id, Metrics()
+        settings.database_url, kafka_client_args(settings), settings.client_id, Metrics()
     )
     published = await relay.publish_pending()
     how = "published" if published else "queued; the running worker's relay publishes them"
