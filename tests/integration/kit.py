@@ -16,6 +16,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pydantic import SecretStr
 
 from worker.adapters.kafka_connection import kafka_client_args
 from worker.app import Worker
@@ -315,6 +316,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The process environment that makes `billing-worker` use exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
     for name, value in settings.model_dump().items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
         if value is not None:
             env[f"BILLING_{name.upper()}"] = (
                 str(value).lower() if isinstance(value, bool) else str(value)
