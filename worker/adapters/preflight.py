@@ -53,7 +53,8 @@ async def check_kafka(settings: Settings, timeout_s: float = 10.0) -> None:
     except _SASL_REFUSED as exc:
         raise AccessRefused(
             f"{where} refused the {settings.kafka_sasl_mechanism} login of "
-            f"{settings.kafka_sasl_username!r} (check BILLING_KAFKA_SASL_USERNAME and the password): "
+            f"{settings.kafka_sasl_username!r} "
+            "(check BILLING_KAFKA_SASL_USERNAME and the password): "
             f"{type(exc).__name__}"
         ) from None
     except ssl.SSLError as exc:
