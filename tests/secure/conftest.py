@@ -29,7 +29,9 @@ def _secure_env() -> dict[str, str]:
         [str(SERVICES), "--secure", "env"], capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
-        pytest.fail(f"start the secured services with `scripts/services --secure up`: {done.stderr}")
+        pytest.fail(
+            f"start the secured services with `scripts/services --secure up`: {done.stderr}"
+        )
     env = {}
     for line in done.stdout.splitlines():
         key, _, value = shlex.split(line)[1].partition("=")
