@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
@@ -164,8 +165,8 @@ def check_dsn_tls(dsn: str) -> None:
             if not Path(path).is_file():
                 raise ValueError(f"{key}: no such file: {path}")
     verifies = modes and modes[-1] in ("verify-ca", "verify-full")
-    # asyncpg would fall back to ~/.postgresql/root.crt; say what is missing instead.
-    default_ca = Path.home() / ".postgresql" / "root.crt"
+    # asyncpg would fall back to PGSSLROOTCERT or ~/.postgresql/root.crt; say what is missing.
+    default_ca = Path(os.environ.get("PGSSLROOTCERT", Path.home() / ".postgresql" / "root.crt"))
     if verifies and not query.get("sslrootcert") and not default_ca.is_file():
         raise ValueError(f"sslmode={modes[-1]} needs sslrootcert=<CA file>")
 
