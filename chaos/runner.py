@@ -40,7 +40,7 @@ from chaos.scenario import Item, Params, Scenario, build
 from worker.adapters.kafka_admin import OffsetReader
 from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.migrate import create_database, drop_database
-from worker.app import policy_from, rates_from
+from worker.builders import policy_from, rates_from
 from worker.config import Settings
 from worker.domain.invoicing import period_of
 

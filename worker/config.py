@@ -12,9 +12,10 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker import redact
+from worker.domain.errors import BillingError
 
 
-class SettingsError(Exception):
+class SettingsError(BillingError):
     """A setting has a value the worker cannot start with."""
 
 
