@@ -50,6 +50,7 @@ from chaos.procs import CLI, ROOT, Services, WorkerProc, clean_env, free_port
 from chaos.report import render_markdown, summary_lines
 from chaos.scenario import Item, Params, Scenario, build
 from worker.adapters.kafka_admin import OffsetReader
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.migrate import create_database, drop_database
 from worker.builders import policy_from, rates_from
 from worker.config import Settings
@@ -316,7 +317,7 @@ class Run:
         """Until the group has no lag, the outbox is empty and every due lot was swept."""
         s = self.settings
         quiet = 0
-        async with OffsetReader(s.kafka_bootstrap_servers) as reader:
+        async with OffsetReader(kafka_client_args(s)) as reader:
             while quiet < 3:
                 self.check_deadline("the workers to settle")
                 await asyncio.sleep(1.0)
