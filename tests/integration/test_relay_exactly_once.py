@@ -13,8 +13,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import ProducerFenced
 
 from tests.integration.kit import create_topics
-from worker.adapters.migrate import create_database, drop_database
 from worker.adapters.kafka_connection import kafka_client_args
+from worker.adapters.migrate import create_database, drop_database
 from worker.adapters.relay import OutboxRelay, build_transactional_producer, transactional_id
 from worker.config import Settings
 from worker.metrics import Metrics
