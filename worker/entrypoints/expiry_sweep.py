@@ -19,6 +19,7 @@ from aiokafka import TopicPartition
 
 from worker import logs
 from worker.adapters.kafka_admin import OffsetReader
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.wire import Encoder
 from worker.config import Settings
 from worker.domain.account import Policy
@@ -67,7 +68,7 @@ class ExpirySweep:
         self.on_swept = on_swept
         self.topics = [settings.topic_usage, settings.topic_account_events]
         self.reader = OffsetReader(
-            settings.kafka_bootstrap_servers, client_id=settings.client_id + "-expiry"
+            kafka_client_args(settings), client_id=settings.client_id + "-expiry"
         )
         self.mark: Mark | None = None
 

@@ -21,6 +21,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from worker import logs
 from worker.adapters.kafka_admin import OffsetReader
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.config import Settings
 from worker.domain.account import Policy
 from worker.errors import ShuttingDown, is_retriable
@@ -99,7 +100,7 @@ class StreamProcessor:
         self.last_commit: dict[TopicPartition, float] = {}
         self.committed: dict[TopicPartition, int] = {}
         self.topics: dict[Source, str] = {source: topic for topic, source in self.sources.items()}
-        self.inputs = OffsetReader(settings.kafka_bootstrap_servers, settings.client_id + "-inputs")
+        self.inputs = OffsetReader(kafka_client_args(settings), settings.client_id + "-inputs")
         # For /ready: why the inputs cannot be consumed now (None: they can).
         self.input_problem: str | None = "input topics not checked yet"
         self.inputs_checked_at = 0.0
@@ -108,7 +109,7 @@ class StreamProcessor:
     def build_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
         return AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
+            **kafka_client_args(s),
             group_id=s.consumer_group,
             client_id=s.client_id,
             group_instance_id=s.group_instance_id,
