@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import ProducerFenced
 
 from tests.integration.kit import create_topics
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.migrate import create_database, drop_database
 from worker.adapters.relay import OutboxRelay, build_transactional_producer, transactional_id
 from worker.config import Settings
@@ -38,9 +39,7 @@ async def own_db(service_env: dict[str, str]) -> AsyncIterator[str]:
 
 
 def _relay(settings: Settings, url: str, batch_size: int = 1000) -> OutboxRelay:
-    return OutboxRelay(
-        url, settings.kafka_bootstrap_servers, settings.client_id, Metrics(), batch_size
-    )
+    return OutboxRelay(url, kafka_client_args(settings), settings.client_id, Metrics(), batch_size)
 
 
 async def _insert(conn: asyncpg.Connection, topic: str, ids: list[str]) -> None:
@@ -171,7 +170,7 @@ async def test_a_second_relay_fences_the_first_which_publishes_nothing_more(
         tid = await transactional_id(conn)
         assert tid == await transactional_id(conn)  # stable for the database
         await _insert(conn, topic, ["d0", "d1"])
-        zombie = build_transactional_producer(settings.kafka_bootstrap_servers, "zombie", tid)
+        zombie = build_transactional_producer(kafka_client_args(settings), "zombie", tid)
         await zombie.start()
         try:
             await zombie.begin_transaction()
@@ -207,7 +206,7 @@ async def test_a_fenced_relay_steps_down_and_leads_again_later(
         producer = await relay._start(conn)
         try:
             other = build_transactional_producer(
-                settings.kafka_bootstrap_servers, "other", await transactional_id(conn)
+                kafka_client_args(settings), "other", await transactional_id(conn)
             )
             await other.start()
             await other.stop()

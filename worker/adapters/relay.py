@@ -69,10 +69,10 @@ FROM pg_database WHERE datname = current_database()
 """
 
 
-def build_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
+def build_producer(connection: dict[str, Any], client_id: str) -> AIOKafkaProducer:
     """Idempotent, acks from all in-sync replicas: a retry never reorders or doubles a send."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
+        **connection,
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -82,11 +82,11 @@ def build_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
 
 
 def build_transactional_producer(
-    bootstrap_servers: str, client_id: str, transactional_id: str
+    connection: dict[str, Any], client_id: str, transactional_id: str
 ) -> AIOKafkaProducer:
     """Idempotent and transactional; starting it fences every earlier one with the same id."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
+        **connection,
         client_id=client_id,
         acks="all",
         transactional_id=transactional_id,
@@ -118,14 +118,14 @@ class OutboxRelay:
     def __init__(
         self,
         database_url: str,
-        bootstrap_servers: str,
+        connection: dict[str, Any],
         client_id: str,
         metrics: Metrics,
         batch_size: int = 1000,
         poll_interval_s: float = 0.2,
     ) -> None:
         self.database_url = database_url
-        self.bootstrap_servers = bootstrap_servers
+        self.connection = connection  # kafka_client_args(settings)
         self.client_id = client_id
         self.metrics = metrics
         self.batch_size = batch_size
@@ -189,7 +189,7 @@ class OutboxRelay:
     async def _start(self, conn: asyncpg.Connection) -> AIOKafkaProducer:
         """A producer that fenced every earlier relay, after the log's account is taken."""
         producer = build_transactional_producer(
-            self.bootstrap_servers, self.client_id + "-relay", await transactional_id(conn)
+            self.connection, self.client_id + "-relay", await transactional_id(conn)
         )
         try:
             await producer.start()
@@ -212,7 +212,7 @@ class OutboxRelay:
             for p in sorted(await producer.partitions_for(topic))
         ]
         highest = await highest_committed_seq(
-            self.bootstrap_servers, self.client_id + "-relay-recovery", tps
+            self.connection, self.client_id + "-relay-recovery", tps
         )
         marked = int((await conn.execute(_MARK_UP_TO, highest)).split()[-1])
         log.info("relay_recovered", highest_seq=highest, marked_sent=marked, topics=topics)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -23,9 +24,9 @@ def seq_of(headers: Iterable[tuple[str, bytes]]) -> int | None:
     return None
 
 
-async def _consumer(bootstrap_servers: str, client_id: str) -> AIOKafkaConsumer:
+async def _consumer(connection: dict[str, Any], client_id: str) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+        **connection,
         client_id=client_id,
         enable_auto_commit=False,
         isolation_level="read_committed",
@@ -38,7 +39,10 @@ async def _consumer(bootstrap_servers: str, client_id: str) -> AIOKafkaConsumer:
 
 
 async def highest_committed_seq(
-    bootstrap_servers: str, client_id: str, tps: list[TopicPartition], timeout_s: float = 60.0
+    connection: dict[str, Any],
+    client_id: str,
+    tps: list[TopicPartition],
+    timeout_s: float = 60.0,
 ) -> int:
     """The largest sequence among the last committed messages of the partitions `tps`.
 
@@ -52,7 +56,7 @@ async def highest_committed_seq(
         return 0
     # A separate consumer for the offsets: on aiokafka 0.14 end_offsets() on the reading
     # consumer can leave it fetching nothing after a seek.
-    probe = await _consumer(bootstrap_servers, client_id)
+    probe = await _consumer(connection, client_id)
     try:
         stable = await probe.end_offsets(tps)  # read_committed: the last stable offsets
         starts = await probe.beginning_offsets(tps)
@@ -61,7 +65,7 @@ async def highest_committed_seq(
     todo = [tp for tp in tps if stable[tp] > starts[tp]]
     if not todo:
         return 0
-    reader = await _consumer(bootstrap_servers, client_id)
+    reader = await _consumer(connection, client_id)
     try:
         highest = 0
         window = _FIRST_WINDOW
