@@ -163,6 +163,18 @@ def _ab_rows(r: Results) -> list[tuple[str, str, str]]:
         else ""
     )
     not_lower = bool(base and this) and statistics.median(this) >= statistics.median(base)
+    # CPU per event is steadier than a rate on a shared machine: others' load stretches the
+    # wall clock, not the work one event costs.
+    cost = {
+        side: statistics.median(run.cpu.worker / run.events * 1e6 for s, run in r.ab if s == side)
+        for side in by_side
+    }
+    broker_db = {
+        side: statistics.median(
+            (run.cpu.kafka + run.cpu.postgres) / run.events * 1e6 for s, run in r.ab if s == side
+        )
+        for side in by_side
+    }
     rows.append(
         (
             "A/B on the same backlog, 1 process, alternating (base = the older revision)",
@@ -172,6 +184,15 @@ def _ab_rows(r: Results) -> list[tuple[str, str, str]]:
             + ", ".join(f"{x:,.0f}" for x in this)
             + f" ev/s{ratio} (medians)",
             f"no lower than base: {_verdict(not_lower)}",
+        )
+    )
+    rows.append(
+        (
+            "A/B CPU per event (medians): worker; Kafka + PostgreSQL",
+            "; ".join(
+                f"{side} {cost[side]:,.0f} µs; {broker_db[side]:,.0f} µs" for side in by_side
+            ),
+            "",
         )
     )
     return rows

@@ -87,7 +87,11 @@ class _Conn:
 
 async def test_a_wake_up_during_a_round_starts_the_next_round_at_once() -> None:
     relay = OutboxRelay(
-        "postgresql://unused", {"bootstrap_servers": "unused:9092"}, "c", Metrics(), poll_interval_s=60
+        "postgresql://unused",
+        {"bootstrap_servers": "unused:9092"},
+        "c",
+        Metrics(),
+        poll_interval_s=60,
     )
     await relay.relay_once(_Conn(relay), producer=None)  # type: ignore[arg-type]
     # Without the wake-up the relay would sleep its 60 s poll interval.

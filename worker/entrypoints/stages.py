@@ -28,9 +28,9 @@ class StageTrace:
         """Records of one fetch reached the aligner now."""
         now = time.monotonic()
         last: dict[Side, int] = {}
-        for item in items:
-            side = (item.record.source, item.record.partition)
-            last[side] = max(last.get(side, -1), item.record.offset)
+        for item in items:  # each partition's records come in offset order
+            record = item.record
+            last[(record.source, record.partition)] = record.offset
         for side, offset in last.items():
             stamps = self.fetches.setdefault(side, deque(maxlen=_KEEP))
             stamps.append((offset, fetched_wall, fetched_mono, now))
