@@ -42,9 +42,9 @@ def draw_latency(
                 curve.plot([run.achieved_rate], [value], marker, color="red", markersize=14)
         curve.annotate(
             f"{run.share:.0%}",
-            (run.achieved_rate, 1),
+            (run.achieved_rate, run.percentile(0.5)),
             textcoords="offset points",
-            xytext=(0, 4),
+            xytext=(0, -14),
             ha="center",
             fontsize=8,
         )
