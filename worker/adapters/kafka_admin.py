@@ -271,15 +271,18 @@ async def retrying(
             delay_s = min(delay_s * 2, 2.0)
 
 
-async def group_lag(settings: Settings, retry_s: float = LAG_RETRY_S) -> dict[str, Any]:
+async def group_lag(settings: Settings, retry_s: float | None = None) -> dict[str, Any]:
     """Offset and time lag per input partition and in total, for `billing-worker lag`.
 
     A fresh broker answers the first group request with COORDINATOR_NOT_AVAILABLE while it
-    creates its offsets topic: retriable errors are retried for `retry_s`.
+    creates its offsets topic: retriable errors are retried for `retry_s` (LAG_RETRY_S).
     """
     topics = [settings.topic_usage, settings.topic_account_events]
     async with OffsetReader(settings.kafka_bootstrap_servers) as reader:
-        rows = await retrying(lambda: reader.lag(settings.consumer_group, topics), retry_s)
+        rows = await retrying(
+            lambda: reader.lag(settings.consumer_group, topics),
+            LAG_RETRY_S if retry_s is None else retry_s,
+        )
     return {
         "group": settings.consumer_group,
         "partitions": rows,
