@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import time
 from datetime import timedelta
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 from rich.console import Console
 
 from tests.integration.kit import (
@@ -73,6 +76,11 @@ async def test_metrics_show_lag_rising_during_a_burst_and_falling_to_zero_after(
         await produce(settings, settings.topic_usage, burst(unique, account, 200))
         await wait_until(lambda: lag_is(200), what="/metrics to show the burst as lag")
 
+        async def late() -> bool:
+            return total(await scrape(worker), LAG + "_seconds", consumergroup=group) > 0.5
+
+        await wait_until(late, what="/metrics to show the held-back burst as time lag")
+
         consumer.resume(*owned)
         await wait_until(lambda: lag_is(0), what="/metrics to show the lag drained")
         samples = await scrape(worker)
@@ -82,6 +90,9 @@ async def test_metrics_show_lag_rising_during_a_burst_and_falling_to_zero_after(
     )
     per_partition = {dict(labels)["partition"] for (name, labels) in samples if name == LAG}
     assert per_partition == {"0", "1", "2"}  # both topics, three partitions each
+    lagged = {labels for (name, labels) in samples if name == LAG}
+    assert {labels for (name, labels) in samples if name == LAG + "_seconds"} == lagged
+    assert total(samples, LAG + "_seconds", consumergroup=group) == 0  # drained: no time lag
     assert total(samples, "billing_batch_size_count") >= 2
     assert total(samples, "billing_batch_duration_seconds_count") >= 2
     assert total(samples, "billing_assigned_partitions") == 6
@@ -134,6 +145,72 @@ async def test_lag_command_reports_the_group_with_and_without_a_running_worker(
     code, text, _ = await run_cli(settings, "lag")
     assert code == 0
     assert "total lag: 0" in text
+
+
+async def test_lag_reports_how_long_ago_the_oldest_uncommitted_record_reached_kafka(
+    settings: Settings, unique: str
+) -> None:
+    await create_topics(settings)
+    usage_topic = settings.topic_usage
+    now_ms = int(time.time() * 1000)
+    # (partition, seconds ago) in offset order; the broker keeps the producer's timestamps
+    records = [(0, 300), (0, 200), (0, 100), (1, 50), (1, 40)]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for partition, ago_s in records:
+            await producer.send_and_wait(
+                usage_topic,
+                b"{}",
+                key=b"k",
+                partition=partition,
+                timestamp_ms=now_ms - ago_s * 1000,
+            )
+    finally:
+        await producer.stop()
+    # The group has applied offset 0 of partition 0 (commits 1) and nothing of partition 1.
+    committer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+    )
+    await committer.start()
+    try:
+        committer.assign([TopicPartition(usage_topic, 0)])
+        await committer.commit({TopicPartition(usage_topic, 0): OffsetAndMetadata(1, "")})
+    finally:
+        await committer.stop()
+
+    code, out, err = await run_cli(settings, "lag", "--json")
+    assert code == 0, err
+    measured_at_ms = int(time.time() * 1000)
+    rows = {(r["topic"], r["partition"]): r for r in orjson.loads(out)["partitions"]}
+    elapsed_s = (measured_at_ms - now_ms) / 1000
+    p0, p1 = rows[(usage_topic, 0)], rows[(usage_topic, 1)]
+    assert (p0["committed"], p0["end"], p0["lag"]) == (1, 3, 2)
+    assert 200 <= p0["lag_seconds"] <= 200 + elapsed_s + 1  # offset 1, sent 200 s ago
+    assert (p1["committed"], p1["end"], p1["lag"]) == (None, 2, 2)
+    assert 50 <= p1["lag_seconds"] <= 50 + elapsed_s + 1  # offset 0, sent 50 s ago
+    others = [r for key, r in rows.items() if key not in {(usage_topic, 0), (usage_topic, 1)}]
+    assert len(others) == 4
+    assert all((r["lag"], r["lag_seconds"]) == (0, 0.0) for r in others)
+
+    code, text, err = await run_cli(settings, "lag")
+    assert code == 0, err
+    header, *table = text.splitlines()
+    assert header.split() == [
+        "GROUP",
+        "TOPIC",
+        "PARTITION",
+        "CURRENT-OFFSET",
+        "LOG-END-OFFSET",
+        "LAG",
+        "LAG-SECONDS",
+    ]
+    cells = {tuple(line.split()[1:3]): line.split() for line in table[:-1]}
+    assert cells[(usage_topic, "1")][3:6] == ["-", "2", "2"]
+    assert float(cells[(usage_topic, "0")][6]) >= 200
+    assert table[-1] == "total lag: 4"
 
 
 async def test_ready_turns_false_when_postgres_stops_and_true_after_it_restarts(
