@@ -213,6 +213,41 @@ async def test_lag_reports_how_long_ago_the_oldest_uncommitted_record_reached_ka
     assert table[-1] == "total lag: 4"
 
 
+async def test_a_transaction_marker_after_the_committed_offset_is_no_time_lag(
+    settings: Settings, unique: str
+) -> None:
+    await create_topics(settings)
+    topic = settings.topic_usage
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, transactional_id=f"tx-{unique}"
+    )
+    await producer.start()
+    try:
+        async with producer.transaction():
+            await producer.send_and_wait(topic, b"{}", key=b"k", partition=0)
+    finally:
+        await producer.stop()
+    # The worker commits last record + 1; the commit marker behind it stays as offset lag.
+    committer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+    )
+    await committer.start()
+    try:
+        committer.assign([TopicPartition(topic, 0)])
+        await committer.commit({TopicPartition(topic, 0): OffsetAndMetadata(1, "")})
+    finally:
+        await committer.stop()
+
+    code, out, err = await run_cli(settings, "lag", "--json")
+    assert code == 0, err
+    row = next(
+        r for r in orjson.loads(out)["partitions"] if (r["topic"], r["partition"]) == (topic, 0)
+    )
+    assert (row["committed"], row["end"], row["lag"], row["lag_seconds"]) == (1, 2, 1, 0.0)
+
+
 async def test_ready_turns_false_when_postgres_stops_and_true_after_it_restarts(
     settings: Settings,
 ) -> None:

@@ -4,6 +4,7 @@ the oldest record the group has not committed yet is (time lag)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
@@ -63,9 +64,13 @@ class OffsetReader:
     async def close(self) -> None:
         admin, consumer, heads = self._admin, self._consumer, self._heads
         self._admin = self._consumer = self._heads = None
-        for each in (heads, consumer):
-            if each is not None:
-                await each.stop()
+        if heads is not None:
+            # Bounded: see _read_heads on aiokafka's fetch task; a stop that hangs must not
+            # hold up the worker's shutdown.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(heads.stop(), self.timeout_s)
+        if consumer is not None:
+            await consumer.stop()
         if admin is not None:
             await admin.close()
 
@@ -171,23 +176,27 @@ class OffsetReader:
             for tp, end in ends.items()
         }
 
-    async def head_timestamps(self, heads: Heads) -> dict[TopicPartition, int]:
+    async def head_timestamps(
+        self, heads: Heads, ends: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, int | None]:
         """Kafka timestamp (ms) of the first readable record at or after each start offset.
 
-        One small fetch per partition, all in parallel; a partition with nothing to read
-        within `timeout_s` is left out.
+        One small fetch per partition, all in parallel. None: nothing readable before the end
+        (e.g. only a transaction marker lies there), so no time lag; a partition still
+        unanswered after `timeout_s` is left out.
         """
         if not heads:
             return {}
         try:
-            return await self._read_heads(await self._bounded(self._head_consumer()), heads)
+            consumer = await self._bounded(self._head_consumer())
+            return await self._read_heads(consumer, heads, ends)
         except (KafkaError, OSError, TimeoutError):
             await self.close()
             raise
 
     async def _read_heads(
-        self, consumer: AIOKafkaConsumer, heads: Heads
-    ) -> dict[TopicPartition, int]:
+        self, consumer: AIOKafkaConsumer, heads: Heads, ends: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, int | None]:
         consumer.assign(list(heads))
         try:
             for tp, offset in heads.items():
@@ -195,23 +204,32 @@ class OffsetReader:
                     await consumer.seek_to_beginning(tp)
                 else:
                     consumer.seek(tp, offset)
-            found: dict[TopicPartition, int] = {}
+            found: dict[TopicPartition, int | None] = {}
             deadline = time.monotonic() + self.timeout_s
-            while len(found) < len(heads) and (left := deadline - time.monotonic()) > 0:
-                batches = await consumer.getmany(timeout_ms=int(left * 1000))
-                for tp, records in batches.items():
-                    if records and tp not in found:
+            while (left := deadline - time.monotonic()) > 0:
+                pending = [tp for tp in heads if tp not in found]
+                if not pending:
+                    break
+                batches = await consumer.getmany(*pending, timeout_ms=int(min(left, 0.2) * 1000))
+                for tp in pending:
+                    if records := batches.get(tp):
                         found[tp] = records[0].timestamp
                         consumer.pause(tp)  # one record is all it needs
+                    elif await consumer.position(tp) >= ends[tp]:
+                        found[tp] = None  # read past the end without a record: markers only
+                        consumer.pause(tp)
             return found
         finally:
-            consumer.unsubscribe()  # nothing stays assigned: no prefetch between refreshes
+            # Paused, not unassigned: no prefetch between refreshes, and aiokafka 0.14's fetch
+            # task cannot be stopped while it is still dropping an assignment (stop() hangs).
+            consumer.pause(*consumer.assignment())
 
     async def lag(self, group: str, topics: list[str], now_s: float | None = None) -> list[Row]:
         """Offset and time lag of every partition of `topics` for the whole group."""
         offsets = await self.committed_and_end(group, topics)
         lagging = {tp: c for tp, (c, end) in offsets.items() if end > (c or 0)}
-        stamps = await self.head_timestamps(lagging)
+        ends = {tp: end for tp, (_, end) in offsets.items()}
+        stamps = await self.head_timestamps(lagging, ends)
         return lag_rows(offsets, stamps, time.time() if now_s is None else now_s)
 
 
@@ -221,17 +239,23 @@ async def committed_and_end(bootstrap: str, group: str, topics: list[str]) -> Of
         return await reader.committed_and_end(group, topics)
 
 
-def lag_rows(offsets: Offsets, stamps_ms: Mapping[TopicPartition, int], now_s: float) -> list[Row]:
+def lag_rows(
+    offsets: Offsets, stamps_ms: Mapping[TopicPartition, int | None], now_s: float
+) -> list[Row]:
     """One row per partition; a partition never committed lags by its whole end offset.
 
-    `lag_seconds` is how long ago the oldest uncommitted record reached Kafka: 0 without lag,
-    None when its timestamp could not be read.
+    `lag_seconds` is how long ago the oldest uncommitted record reached Kafka: 0 without lag
+    or when only transaction markers lie before the end (stamp None), None when the record
+    could not be read (no stamp).
     """
     rows = []
     for tp, (committed, end) in sorted(offsets.items()):
         lag = max(end - (committed or 0), 0)
-        stamp = stamps_ms.get(tp)
-        seconds = None if stamp is None else round(max(now_s - stamp / 1000, 0.0), 3)
+        seconds: float | None = None
+        if lag == 0 or (tp in stamps_ms and stamps_ms[tp] is None):
+            seconds = 0.0
+        elif (stamp := stamps_ms.get(tp)) is not None:
+            seconds = round(max(now_s - stamp / 1000, 0.0), 3)
         rows.append(
             {
                 "topic": tp.topic,
@@ -239,7 +263,7 @@ def lag_rows(offsets: Offsets, stamps_ms: Mapping[TopicPartition, int], now_s: f
                 "committed": committed,
                 "end": end,
                 "lag": lag,
-                "lag_seconds": 0.0 if lag == 0 else seconds,
+                "lag_seconds": seconds,
             }
         )
     return rows
