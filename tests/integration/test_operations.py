@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import math
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -253,7 +255,13 @@ async def test_ready_turns_false_when_postgres_stops_and_true_after_it_restarts(
 ) -> None:
     await create_topics(settings)
     async with private_postgres() as pg:
-        own = settings.model_copy(update={"database_url": pg.url, "lag_refresh_interval_s": 0.5})
+        own = settings.model_copy(
+            update={
+                "database_url": pg.url,
+                "lag_refresh_interval_s": 0.5,
+                "month_close_enabled": True,  # a private database: no other test's months
+            }
+        )
         async with running_worker(own) as worker:
 
             async def readiness(expected: bool) -> bool:
@@ -263,15 +271,34 @@ async def test_ready_turns_false_when_postgres_stops_and_true_after_it_restarts(
             await wait_until(lambda: readiness(True), what="/ready to say ready")
             _, body = await ready(worker)
             assert set(body["checks"]) == {"running", "postgres", "kafka", "assignment", "progress"}
+            assert total(await scrape(worker), "billing_ready") == 1
+
+            # A fresh database has nothing to invoice: every ended month closes at once and the
+            # running month is next, due at its end in Tokyo plus the grace.
+            async def due_known() -> bool:
+                due = total(await scrape(worker), "billing_month_close_due_timestamp_seconds")
+                return not math.isnan(due)
+
+            await wait_until(due_known, what="the month closer's first tick")
+            tokyo = ZoneInfo("Asia/Tokyo")
+            grace = timedelta(seconds=own.month_close_grace_s)
+            local = (datetime.now(UTC) - grace).astimezone(tokyo)
+            next_start = datetime(
+                local.year + local.month // 12, local.month % 12 + 1, 1, tzinfo=tokyo
+            )
+            due = total(await scrape(worker), "billing_month_close_due_timestamp_seconds")
+            assert due == (next_start + grace).timestamp()
 
             await pg.stop()
             await wait_until(lambda: readiness(False), what="/ready to notice PostgreSQL is gone")
             _, body = await ready(worker)
             assert body["checks"]["postgres"]["ok"] is False
             assert body["checks"]["kafka"]["ok"] is True
+            assert total(await scrape(worker), "billing_ready") == 0
 
             await pg.start()
             await wait_until(lambda: readiness(True), what="/ready to recover with PostgreSQL")
+            assert total(await scrape(worker), "billing_ready") == 1
 
 
 async def test_demo_traffic_is_billed_and_only_its_malformed_events_are_dead_lettered(
