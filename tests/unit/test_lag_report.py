@@ -14,7 +14,8 @@ from aiokafka.errors import (
     LeaderNotAvailableError,
 )
 
-from worker.adapters.kafka_admin import Offsets, lag_rows, lag_table, retrying
+from worker.adapters.kafka_admin import Offsets, lag_rows, retrying
+from worker.entrypoints.views import lag_table
 from worker.metrics import Metrics
 
 USAGE, EVENTS = "sms.usage.v1", "billing.account-events.v1"

@@ -116,7 +116,8 @@ def lag(
     Offset lag and time lag (how long ago the oldest uncommitted record reached Kafka) per
     input partition. Retriable broker errors are retried for 15 s; then it exits 3.
     """
-    from worker.adapters.kafka_admin import group_lag, lag_table
+    from worker.adapters.kafka_admin import group_lag
+    from worker.entrypoints.views import lag_table
 
     settings = _settings()
     try:
