@@ -10,11 +10,19 @@ from aiokafka import TopicPartition
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 from typer.testing import CliRunner
 
+from worker import logs
 from worker.adapters import kafka_admin
 from worker.adapters.kafka_admin import OffsetReader, Offsets
 from worker.entrypoints.cli import app
 
 USAGE, EVENTS = "sms.usage.v1", "billing.account-events.v1"
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI points logging at the runner's stdout, which is closed after `invoke`: later
+    tests in the session would log into a closed file."""
+    monkeypatch.setattr(logs, "configure", lambda *args, **kwargs: None)
 
 
 def test_first_lag_on_a_fresh_broker_retries_the_coordinator_error_and_prints_the_table(
