@@ -32,6 +32,7 @@ help:
 	@echo "make test      install, start services, check the alert rules (promtool), run the"
 	@echo "               test suite (PYTEST_ARGS=...)"
 	@echo "make alerts    promtool check rules and promtool test rules on $(ALERTS)"
+	@echo "make tools     install promtool and the AsyncAPI parser when missing"
 	@echo "make bench     start services, measure ceilings, throughput, latency, memory, scaling;"
 	@echo "               append to benchmarks/RESULTS.md (BENCH_ARGS='--events 20000 --accounts 500')"
 	@echo "make lint      ruff, mypy, import-linter"

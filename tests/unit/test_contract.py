@@ -145,6 +145,13 @@ def test_promtool_checks_and_unit_tests_the_alert_rules() -> None:
     assert promtool is not None, f"promtool is not installed: {INSTALL_HINT}"
     check = _run(promtool, "check", "rules", str(ALERTS / "alerts.yml"))
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 7 rules found" in check.stdout
+    rules = yaml.safe_load((ALERTS / "alerts.yml").read_text(encoding="utf-8"))["groups"][0]
+    assert f"SUCCESS: {len(rules['rules'])} rules found" in check.stdout
+    tests = (ALERTS / "alerts_test.yml").read_text(encoding="utf-8")
+    for rule in rules["rules"]:  # every rule is tested, firing and not firing
+        assert tests.count(f"alertname: {rule['alert']}") >= 2, rule["alert"]
+        assert rule["labels"]["severity"] in {"warning", "critical"}
+        assert {"summary", "description"} <= set(rule["annotations"])
+        assert "Runbook:" in rule["annotations"]["description"]
     tested = _run(promtool, "test", "rules", str(ALERTS / "alerts_test.yml"))
     assert tested.returncode == 0, tested.stdout + tested.stderr
