@@ -19,18 +19,20 @@ CHAOS_ARGS ?=
 ASYNCAPI_TOOLS := tools/asyncapi
 ALERTS := deploy/prometheus
 
-.PHONY: help install services migrate run worker demo test tools alerts bench lint format down status env chaos
+.PHONY: help install services secure-services migrate run worker demo test tools alerts bench lint format down status env chaos
 
 help:
 	@echo "make install   create $(VENV) and install the worker with its dev tools"
 	@echo "make services  start the local Kafka and PostgreSQL (scripts/services up)"
+	@echo "make secure-services  the secured pair: SASL_SSL, mutual TLS, ACLs, PostgreSQL TLS"
+	@echo "               (scripts/services --secure up; own ports and .local-secure/)"
 	@echo "make migrate   apply the database migrations"
 	@echo "make run       install, start services, migrate, run the worker with demo traffic"
 	@echo "               and a live view; Ctrl-C stops both (DEMO_ARGS='--rate 100')"
 	@echo "make worker    install, start services, migrate, run only the worker"
 	@echo "make demo      only the demo traffic, for a worker already running"
-	@echo "make test      install, start services, check the alert rules (promtool), run the"
-	@echo "               test suite (PYTEST_ARGS=...)"
+	@echo "make test      install, start both pairs of services, check the alert rules (promtool),"
+	@echo "               run the test suite (PYTEST_ARGS=...)"
 	@echo "make alerts    promtool check rules and promtool test rules on $(ALERTS)"
 	@echo "make tools     install promtool and the AsyncAPI parser when missing"
 	@echo "make bench     start services, measure ceilings, throughput, latency, memory, scaling;"
@@ -52,6 +54,10 @@ $(VENV)/.installed: pyproject.toml
 services:
 	$(SERVICES) up
 
+# tests/secure runs the whole worker over SASL_SSL and mutual TLS against this pair.
+secure-services:
+	$(SERVICES) --secure up
+
 migrate: install services
 	$(WITH_ENV) $(BIN)/billing-worker migrate
 
@@ -66,7 +72,7 @@ worker: install services migrate
 demo: install services migrate
 	$(WITH_ENV) exec $(BIN)/billing-worker demo $(DEMO_ARGS)
 
-test: install services alerts
+test: install services secure-services alerts
 	$(WITH_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
 # Test tools that are not Python packages: promtool (Debian's prometheus package, installed
@@ -98,6 +104,7 @@ format: install
 
 down:
 	$(SERVICES) down
+	$(SERVICES) --secure down
 
 status:
 	$(SERVICES) status

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, KafkaTimeoutError, for_code
 
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.config import Settings
 from worker.errors import is_retriable
 
@@ -38,9 +39,12 @@ class OffsetReader:
     """
 
     def __init__(
-        self, bootstrap: str, client_id: str = "sms-billing-worker-offsets", timeout_s: float = 5.0
+        self,
+        connection: dict[str, Any],
+        client_id: str = "sms-billing-worker-offsets",
+        timeout_s: float = 5.0,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.connection = connection  # kafka_client_args(settings)
         self.client_id = client_id
         self.timeout_s = timeout_s
         self._admin: AIOKafkaAdminClient | None = None
@@ -75,9 +79,10 @@ class OffsetReader:
             await admin.close()
 
     def _connection(self) -> dict[str, Any]:
-        """Connection arguments shared by every client this reader builds."""
+        """Connection arguments shared by every client this reader builds: the one builder's
+        (kafka_client_args), plus this reader's id and bound."""
         return {
-            "bootstrap_servers": self.bootstrap,
+            **self.connection,
             "client_id": self.client_id,
             "request_timeout_ms": int(self.timeout_s * 1000),
         }
@@ -233,9 +238,9 @@ class OffsetReader:
         return lag_rows(offsets, stamps, time.time() if now_s is None else now_s)
 
 
-async def committed_and_end(bootstrap: str, group: str, topics: list[str]) -> Offsets:
+async def committed_and_end(connection: dict[str, Any], group: str, topics: list[str]) -> Offsets:
     """(committed, end) per partition of `topics`, read from the broker alone (one-shot)."""
-    async with OffsetReader(bootstrap) as reader:
+    async with OffsetReader(connection) as reader:
         return await reader.committed_and_end(group, topics)
 
 
@@ -302,7 +307,7 @@ async def group_lag(settings: Settings, retry_s: float | None = None) -> dict[st
     creates its offsets topic: retriable errors are retried for `retry_s` (LAG_RETRY_S).
     """
     topics = [settings.topic_usage, settings.topic_account_events]
-    async with OffsetReader(settings.kafka_bootstrap_servers) as reader:
+    async with OffsetReader(kafka_client_args(settings)) as reader:
         rows = await retrying(
             lambda: reader.lag(settings.consumer_group, topics),
             LAG_RETRY_S if retry_s is None else retry_s,
