@@ -270,7 +270,14 @@ async def test_ready_turns_false_when_postgres_stops_and_true_after_it_restarts(
 
             await wait_until(lambda: readiness(True), what="/ready to say ready")
             _, body = await ready(worker)
-            assert set(body["checks"]) == {"running", "postgres", "kafka", "assignment", "progress"}
+            assert set(body["checks"]) == {
+                "running",
+                "postgres",
+                "kafka",
+                "inputs",
+                "assignment",
+                "progress",
+            }
             assert total(await scrape(worker), "billing_ready") == 1
 
             # A fresh database has nothing to invoice: every ended month closes at once and the
