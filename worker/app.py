@@ -12,25 +12,28 @@ import asyncpg
 from pydantic import ValidationError
 
 from worker import logs
+from worker.adapters.migrate import prepare_schema
 from worker.adapters.postgres import PgStore
 from worker.adapters.rates import load_rate_table
 from worker.adapters.relay import OutboxRelay, drain
 from worker.adapters.wire import Decoder, Encoder
-from worker.config import Settings, SettingsError
+from worker.config import Settings, SettingsError, mask_dsn
 from worker.domain.account import Policy
 from worker.domain.rating import RateTable
 from worker.entrypoints.monitor import Monitor
 from worker.entrypoints.month_close import MonthCloser
 from worker.entrypoints.stream import StreamProcessor, retry
-from worker.errors import ShuttingDown, WorkerError, is_retriable
+from worker.errors import Failure, ShuttingDown, WorkerError, is_retriable
 from worker.metrics import Metrics
 from worker.service.billing import sweep_expiry
 
 log = logs.get("worker.app")
 
 
-class UncleanShutdown(WorkerError):
+class UncleanShutdown(Failure):
     """Shutdown ran out of time or failed; what was not committed is redelivered on restart."""
+
+    error_code = "unclean_shutdown"
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -92,10 +95,16 @@ class Worker:
                 self.stop,
                 self.metrics,
                 s.retry_max_backoff_s,
+                target=mask_dsn(s.database_url),
             )
         except ShuttingDown:
             log.info("worker_stopped", note="stopped before the database answered")
             return
+        try:
+            await prepare_schema(self.pool, migrate_first=s.migrate_on_start)
+        except BaseException:
+            await self.pool.close()
+            raise
         store = PgStore(self.pool)
         relay = OutboxRelay(
             s.database_url,
@@ -153,7 +162,10 @@ class Worker:
         if failure is not None:
             raise failure
         if not clean:
-            raise UncleanShutdown(f"not stopped cleanly within {s.shutdown_timeout_s:g} s")
+            raise UncleanShutdown(
+                f"not stopped cleanly within {s.shutdown_timeout_s:g} s: what was not committed"
+                " is read again on restart (BILLING_SHUTDOWN_TIMEOUT_S bounds the shutdown)"
+            )
 
     async def _until_stopped(self, tasks: list[asyncio.Task[None]]) -> BaseException | None:
         """Wait for a stop request; a task that ends before one (it failed) stops the worker."""

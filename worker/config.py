@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -65,6 +66,12 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     log_json: bool = True
 
+    # How long a one-shot command (account, lag, close-month, dlq replay, migrate) keeps trying
+    # to reach PostgreSQL or Kafka before it gives up; `run` keeps trying until stopped.
+    connect_timeout_s: float = Field(15.0, gt=0)
+    # Single-process deployments may migrate at start; an advisory lock serialises migrators.
+    migrate_on_start: bool = False
+
     @field_validator("business_timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -97,6 +104,28 @@ class Settings(BaseSettings):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.business_timezone)
+
+
+def mask_dsn(dsn: str) -> str:
+    """`dsn` with its password (in the user part or a `password=` parameter) replaced by ***."""
+    try:
+        parts = urlsplit(dsn)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, hostinfo = netloc.rpartition("@")
+            user = userinfo.partition(":")[0]
+            netloc = f"{user}:***@{hostinfo}"
+        query = urlencode(
+            [
+                (k, "***" if k.lower() == "password" else v)
+                for k, v in parse_qsl(parts.query, keep_blank_values=True)
+            ],
+            safe="*",
+        )
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        # Unparseable (e.g. a bad port): say nothing of it rather than risk showing a secret.
+        return "<unparseable DSN>"
 
 
 def load_settings() -> Settings:

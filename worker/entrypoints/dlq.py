@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from schemas import DeadLetter
 from worker import logs
+from worker.adapters.reach import reach_kafka
 from worker.adapters.relay import build_producer
 from worker.config import Settings
 
@@ -32,8 +33,12 @@ async def replay(
     )
     producer = build_producer(settings.kafka_bootstrap_servers, settings.client_id + "-replay")
     counts: Counter[str] = Counter()
-    await consumer.start()
-    await producer.start()
+    await reach_kafka(settings, consumer.start)
+    try:
+        await reach_kafka(settings, producer.start)
+    except BaseException:
+        await consumer.stop()
+        raise
     try:
         while True:
             batch = await consumer.getmany(timeout_ms=idle_ms, max_records=500)

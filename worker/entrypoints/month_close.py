@@ -9,10 +9,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import orjson
+from aiokafka.errors import KafkaError
 
 from worker import logs
 from worker.adapters.kafka_admin import committed_and_end
+from worker.adapters.migrate import check_schema
 from worker.adapters.postgres import PgStore
+from worker.adapters.reach import cause_of, reach_database
 from worker.adapters.relay import OutboxRelay
 from worker.adapters.wire import Encoder
 from worker.config import Settings
@@ -23,7 +26,7 @@ from worker.domain.invoicing import (
     period_of,
     previous_period,
 )
-from worker.errors import is_retriable
+from worker.errors import ExitCode, is_retriable
 from worker.metrics import Metrics
 from worker.service.invoicing import close_month
 
@@ -148,8 +151,10 @@ async def close_by_hand(settings: Settings, period: str, wait_s: float) -> tuple
     """(exit code, message) for `billing-worker close-month`."""
     from worker.app import create_pool, encoder_from
 
-    pool = await create_pool(settings, size=2)
+    pool = await reach_database(settings, lambda: create_pool(settings, size=2))
     try:
+        async with pool.acquire() as conn:
+            await check_schema(conn)
         closer = MonthCloser(settings, PgStore(pool), encoder_from(settings), Metrics())
         now = datetime.now(UTC)
         _, end = period_bounds(period, settings.zone)
@@ -171,6 +176,14 @@ async def close_by_hand(settings: Settings, period: str, wait_s: float) -> tuple
     relay = OutboxRelay(
         settings.database_url, settings.kafka_bootstrap_servers, settings.client_id, Metrics()
     )
-    published = await relay.publish_pending()
+    try:
+        published = await relay.publish_pending()
+    except (KafkaError, OSError, TimeoutError) as exc:
+        # The close is committed and its invoices wait in the outbox: say so, and why not sent.
+        return int(ExitCode.BROKER_UNREACHABLE), (
+            f"closed {period}: {len(invoices)} invoice(s) in the outbox, not yet published"
+            f" (Kafka at {settings.kafka_bootstrap_servers}: {cause_of(exc)}):"
+            " a running worker's relay publishes them once the broker answers"
+        )
     how = "published" if published else "queued; the running worker's relay publishes them"
     return 0, f"closed {period}: {len(invoices)} invoice(s) {how}"
