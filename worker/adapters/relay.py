@@ -68,9 +68,16 @@ class OutboxRelay:
         self.poll_interval_s = poll_interval_s
         self._wakeup = asyncio.Event()
         self.leader = False
+        self._failing_since: float | None = None
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def _recovered(self) -> None:
+        if self._failing_since is not None:
+            outage_s = round(time.monotonic() - self._failing_since, 1)
+            log.info("relay_recovered", outage_s=outage_s)
+            self._failing_since = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop`, leading when no other process does."""
@@ -81,8 +88,10 @@ class OutboxRelay:
                 return
             except Exception as exc:  # noqa: BLE001 - the relay must outlive any one failure
                 # Nothing of the failed page was marked sent: it is sent again, in order.
-                level = log.warning if is_retriable(exc) else log.error
-                level("relay_retrying", cause=type(exc).__name__, error=str(exc))
+                if self._failing_since is None:  # one line per outage, not per attempt
+                    self._failing_since = time.monotonic()
+                    level = log.warning if is_retriable(exc) else log.error
+                    level("relay_retrying", cause=type(exc).__name__, error=str(exc))
                 self.leader = False
                 await _sleep_or_stop(stop, delay)
                 delay = min(delay * 2, 10.0)
@@ -99,6 +108,7 @@ class OutboxRelay:
                 await _sleep_or_stop(stop, self.poll_interval_s * 5)
             while not stop.is_set():
                 sent = await self.relay_once(conn, producer)
+                self._recovered()
                 if sent < self.batch_size:
                     await self._idle(stop)
         finally:

@@ -153,14 +153,20 @@ class StreamProcessor:
         consumer = self.build_consumer()
         self.consumer = consumer
         consumer.subscribe(list(self.sources), listener=self.listener)
-        await retry(
-            "kafka_connect",
-            consumer.start,
-            stop,
-            self.metrics,
-            self.settings.retry_max_backoff_s,
-            target=self.settings.kafka_bootstrap_servers,
-        )
+        try:
+            await retry(
+                "kafka_connect",
+                consumer.start,
+                stop,
+                self.metrics,
+                self.settings.retry_max_backoff_s,
+                target=self.settings.kafka_bootstrap_servers,
+            )
+        except ShuttingDown:
+            # Stopped before the broker answered: nothing was read, so nothing to commit.
+            await consumer.stop()
+            log.info("stream_stopped", note="stopped before the broker answered")
+            return
         ahead: asyncio.Task[_Fetched] | None = None
         try:
             while not stop.is_set():
