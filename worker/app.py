@@ -15,6 +15,7 @@ from worker import logs
 from worker.adapters.migrate import prepare_schema
 from worker.adapters.postgres import PgStore
 from worker.adapters.rates import load_rate_table
+from worker.adapters.reach import database_unreachable
 from worker.adapters.relay import OutboxRelay, drain
 from worker.adapters.wire import Decoder, Encoder
 from worker.config import Settings, SettingsError, mask_dsn
@@ -100,6 +101,9 @@ class Worker:
         except ShuttingDown:
             log.info("worker_stopped", note="stopped before the database answered")
             return
+        except (asyncpg.PostgresError, OSError) as exc:
+            # Not worth retrying (a wrong password, no such database): say where, and stop.
+            raise database_unreachable(s, exc, 0) from exc
         try:
             await prepare_schema(self.pool, migrate_first=s.migrate_on_start)
         except BaseException:

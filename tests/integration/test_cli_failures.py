@@ -144,6 +144,19 @@ async def test_database_unreachable_is_one_line_naming_the_masked_dsn_within_a_b
     assert took_s < 2 + 20  # the bound plus the interpreter's start on a busy machine
 
 
+@pytest.mark.parametrize("args", [("run",), ("account", "acc-1"), ("migrate",)])
+async def test_a_database_that_does_not_exist_is_reported_at_once(
+    settings: Settings, args: tuple[str, ...]
+) -> None:
+    url = settings.database_url.rsplit("/", 1)[0] + "/no_such_billing_db"
+    s = settings.model_copy(update={"database_url": url})
+    code, _, err, _ = await cli(s, *args, connect_timeout_s="600")
+    assert code == DATABASE, err
+    line = failure_among(err, DATABASE, "database_unreachable")
+    assert "no_such_billing_db" in str(line["message"])
+    assert "InvalidCatalogNameError" in str(line["message"])
+
+
 @pytest.mark.parametrize("args", [("lag",), ("lag", "--json"), ("dlq", "replay")])
 async def test_broker_unreachable_is_one_line_naming_the_bootstrap_servers_within_a_bound(
     settings: Settings, args: tuple[str, ...]

@@ -28,11 +28,15 @@ def cause_of(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
+def _gave_up(waited_s: float) -> str:
+    return f"; gave up after {waited_s:.0f} s" if waited_s >= 0.5 else ""
+
+
 def database_unreachable(settings: Settings, exc: BaseException, waited_s: float) -> Failure:
     """The failure for PostgreSQL at `settings.database_url` (password masked)."""
     return DatabaseUnreachable(
         f"cannot reach PostgreSQL at {mask_dsn(settings.database_url)}"
-        f" (gave up after {waited_s:.0f} s; {cause_of(exc)}):"
+        f" ({cause_of(exc)}{_gave_up(waited_s)}):"
         " check BILLING_DATABASE_URL and that PostgreSQL is running"
     )
 
@@ -41,7 +45,7 @@ def broker_unreachable(settings: Settings, exc: BaseException, waited_s: float) 
     """The failure for Kafka at `settings.kafka_bootstrap_servers`."""
     return BrokerUnreachable(
         f"cannot reach Kafka at {settings.kafka_bootstrap_servers}"
-        f" (gave up after {waited_s:.0f} s; {cause_of(exc)}):"
+        f" ({cause_of(exc)}{_gave_up(waited_s)}):"
         " check BILLING_KAFKA_BOOTSTRAP_SERVERS and that the broker is running"
     )
 
