@@ -89,26 +89,10 @@ class Worker:
         encoder = encoder_from(s)
         if self.handle_signals:
             self._install_signals()
-        try:
-            self.pool = await retry(
-                "database_connect",
-                lambda: create_pool(s),
-                self.stop,
-                self.metrics,
-                s.retry_max_backoff_s,
-                target=mask_dsn(s.database_url),
-            )
-        except ShuttingDown:
+        self.pool = await self._open_database()
+        if self.pool is None:
             log.info("worker_stopped", note="stopped before the database answered")
             return
-        except (asyncpg.PostgresError, OSError) as exc:
-            # Not worth retrying (a wrong password, no such database): say where, and stop.
-            raise database_unreachable(s, exc, 0) from exc
-        try:
-            await prepare_schema(self.pool, migrate_first=s.migrate_on_start)
-        except BaseException:
-            await self.pool.close()
-            raise
         store = PgStore(self.pool)
         relay = OutboxRelay(
             s.database_url,
@@ -170,6 +154,43 @@ class Worker:
                 f"not stopped cleanly within {s.shutdown_timeout_s:g} s: what was not committed"
                 " is read again on restart (BILLING_SHUTDOWN_TIMEOUT_S bounds the shutdown)"
             )
+
+    async def _open_database(self) -> asyncpg.Pool | None:
+        """The pool, once PostgreSQL answers and holds the schema this worker needs (migrated
+        first with BILLING_MIGRATE_ON_START); None when stopped before that."""
+        s = self.settings
+        target = mask_dsn(s.database_url)
+        try:
+            pool = await retry(
+                "database_connect",
+                lambda: create_pool(s),
+                self.stop,
+                self.metrics,
+                s.retry_max_backoff_s,
+                target=target,
+            )
+        except ShuttingDown:
+            return None
+        except (asyncpg.PostgresError, OSError) as exc:
+            # Not worth retrying (a wrong password, no such database): say where, and stop.
+            raise database_unreachable(s, exc, 0) from exc
+        try:
+            # Retried like the connection (PostgreSQL may flap at start); a mismatch is not.
+            await retry(
+                "schema_check",
+                lambda: prepare_schema(pool, migrate_first=s.migrate_on_start),
+                self.stop,
+                self.metrics,
+                s.retry_max_backoff_s,
+                target=target,
+            )
+        except ShuttingDown:
+            await pool.close()
+            return None
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
 
     async def _until_stopped(self, tasks: list[asyncio.Task[None]]) -> BaseException | None:
         """Wait for a stop request; a task that ends before one (it failed) stops the worker."""
