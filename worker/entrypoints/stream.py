@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -16,8 +16,9 @@ from aiokafka.structs import OffsetAndMetadata
 from worker import logs
 from worker.config import Settings
 from worker.domain.account import Policy
-from worker.errors import ShuttingDown, is_retriable
+from worker.errors import ShuttingDown
 from worker.metrics import Metrics
+from worker.retry import retry
 from worker.service.alignment import Aligner
 from worker.service.billing import BatchReport, apply_batch
 from worker.service.ports import Dead, Decoded, Encoder, InputRecord, Source, Store
@@ -25,50 +26,8 @@ from worker.service.ports import Dead, Decoded, Encoder, InputRecord, Source, St
 log = logs.get("worker.stream")
 # (assignment generation, records decoded, fetch position per side just after they came)
 _Fetched = tuple[int, list[Decoded | Dead], dict[tuple[Source, int], int]]
-T = TypeVar("T")
 # Records decoded between two yields to the event loop while a batch is in the database.
 _DECODE_SLICE = 100
-
-
-async def retry(
-    operation: str,
-    action: Callable[[], Awaitable[T]],
-    stop: asyncio.Event,
-    metrics: Metrics,
-    max_backoff_s: float,
-    *,
-    target: str | None = None,
-) -> T:
-    """Run `action` until it succeeds; retriable failures wait with bounded backoff.
-
-    One line when an outage starts (naming `target`, e.g. a masked DSN) and one when it ends,
-    however many attempts it takes in between.
-    """
-    delay = 0.1
-    failed_since: float | None = None
-    attempts = 0
-    while True:
-        try:
-            result = await action()
-        except Exception as exc:
-            if not is_retriable(exc):
-                raise
-            cause = type(exc).__name__
-            metrics.retries.labels(operation, cause).inc()
-            attempts += 1
-            if failed_since is None:
-                failed_since = time.monotonic()
-                extra = {} if target is None else {"target": target}
-                log.warning("retrying", operation=operation, cause=cause, error=str(exc), **extra)
-            if stop.is_set():
-                raise ShuttingDown(operation) from exc
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_backoff_s)
-            continue
-        if failed_since is not None:
-            outage_s = round(time.monotonic() - failed_since, 1)
-            log.info("recovered", operation=operation, failed_attempts=attempts, outage_s=outage_s)
-        return result
 
 
 class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
