@@ -10,19 +10,21 @@ from datetime import UTC, datetime
 import asyncpg
 
 from worker import logs
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.migrate import prepare_schema
 from worker.adapters.postgres import PgStore
 from worker.adapters.reach import database_unreachable
 from worker.adapters.relay import OutboxRelay, drain
 from worker.adapters.wire import Decoder
 from worker.builders import create_pool, encoder_from, policy_from, rates_from
-from worker.config import Settings, mask_dsn
+from worker.config import Settings
 from worker.entrypoints.expiry_sweep import ExpirySweep
 from worker.entrypoints.monitor import Monitor
 from worker.entrypoints.month_close import MonthCloser
 from worker.entrypoints.stream import StreamProcessor
 from worker.errors import Failure, ShuttingDown, WorkerError
 from worker.metrics import Metrics
+from worker.redact import mask_dsn
 from worker.retry import retry
 
 log = logs.get("worker.app")
@@ -64,7 +66,7 @@ class Worker:
         store = PgStore(self.pool)
         relay = OutboxRelay(
             s.database_url,
-            s.kafka_bootstrap_servers,
+            kafka_client_args(s),
             s.client_id,
             self.metrics,
             s.outbox_batch_size,

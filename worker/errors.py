@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     BROKER_UNREACHABLE = 3
     DATABASE_UNREACHABLE = 4
     SCHEMA_MISMATCH = 5
+    ACCESS_REFUSED = 77  # EX_NOPERM: credentials or certificates refused
     BAD_SETTING = 78  # EX_CONFIG of sysexits.h
     INTERRUPTED = 130
 

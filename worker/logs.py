@@ -10,6 +10,8 @@ from typing import Any
 
 import structlog
 
+from worker import redact
+
 # A URL's user part (`postgresql://user:password@host`) is kept, its password masked, so that a
 # log line can name the database it could not reach; anything else around an @ is an address.
 _URL_USER_OR_EMAIL = re.compile(
@@ -28,6 +30,7 @@ def _url_user_or_email(match: re.Match[str]) -> str:
 
 def _redact(value: Any) -> Any:
     if isinstance(value, str):
+        value = redact.scrub(value)
         return _URL_USER_OR_EMAIL.sub(_url_user_or_email, value) if "@" in value else value
     if isinstance(value, dict):
         return {k: _redact(v) for k, v in value.items()}
@@ -37,7 +40,7 @@ def _redact(value: Any) -> Any:
 
 
 def _redact_emails(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """E-mail addresses never reach a log line, however deep in the event they sit."""
+    """E-mail addresses and secrets never reach a log line, however deep in the event."""
     for key, value in event.items():
         event[key] = _redact(value)
     return event

@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 ROOT = Path(__file__).resolve().parents[2]
 # The README's table, written out by hand.
 OK, FAILED, BAD_ARGUMENT, BROKER, DATABASE, SCHEMA, BAD_SETTING = 0, 1, 2, 3, 4, 5, 78
+ACCESS_REFUSED = 77
 
 
 def needed_schema() -> int:
@@ -365,5 +366,5 @@ async def test_migrate_on_start_migrates_an_empty_database_then_runs(
 def test_the_readme_documents_every_exit_code() -> None:
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("### Exit codes") :]
-    for code in (OK, FAILED, BAD_ARGUMENT, BROKER, DATABASE, SCHEMA, BAD_SETTING):
+    for code in (OK, FAILED, BAD_ARGUMENT, BROKER, DATABASE, SCHEMA, ACCESS_REFUSED, BAD_SETTING):
         assert f"\n| {code} |" in table

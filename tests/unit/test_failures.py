@@ -9,10 +9,12 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 
 from worker.adapters.migrate import schema_problem, version_number
-from worker.config import SettingsError, mask_dsn
+from worker.adapters.preflight import AccessRefused
+from worker.config import SettingsError
 from worker.entrypoints.failures import classify
 from worker.errors import DatabaseUnreachable, UnknownAccount
 from worker.logs import _OncePerWindow, _redact, preferences_from_env
+from worker.redact import mask_dsn
 
 
 @pytest.mark.parametrize(
@@ -62,6 +64,7 @@ def test_version_numbers_come_from_the_file_name() -> None:
     ("exc", "exit_code", "error_code"),
     [
         (DatabaseUnreachable("x"), 4, "database_unreachable"),
+        (AccessRefused("x"), 77, "access_refused"),
         (UnknownAccount("x"), 2, "unknown_account"),
         (SettingsError("invalid settings: BILLING_HTTP_PORT: bad"), 78, "bad_setting"),
         (asyncpg.UndefinedTableError('relation "x" does not exist'), 5, "schema_mismatch"),

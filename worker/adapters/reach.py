@@ -10,8 +10,9 @@ import asyncpg
 from aiokafka.errors import KafkaError
 
 from worker.adapters.migrate import check_schema
-from worker.config import Settings, mask_dsn
+from worker.config import Settings
 from worker.errors import BrokerUnreachable, DatabaseUnreachable, Failure, is_retriable
+from worker.redact import mask_dsn
 
 T = TypeVar("T")
 

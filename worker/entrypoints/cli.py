@@ -54,6 +54,20 @@ def _settings(*, one_shot: bool = True) -> Settings:
     return settings
 
 
+def _preflight(settings: Settings, *, kafka: bool = True, postgres: bool = True) -> None:
+    """Stop at once (AccessRefused, exit 77) when the broker or database refuses the
+    credentials or certificates; an unreachable one is left to the command's own handling."""
+    from worker.adapters import preflight
+
+    async def check() -> None:
+        if postgres:
+            await preflight.check_postgres(settings)
+        if kafka:
+            await preflight.check_kafka(settings)
+
+    _run(check())
+
+
 def _guarded(command: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
     """Every command ends in one clear line and a documented exit code, never a traceback
     (except at BILLING_LOG_LEVEL=DEBUG)."""
@@ -125,6 +139,7 @@ def run() -> None:
     from worker.app import Worker
 
     settings = _settings(one_shot=False)
+    _preflight(settings)
     _tune_gc()
     _run(Worker(settings).run())
 
@@ -137,6 +152,7 @@ def migrate() -> None:
     from worker.adapters.reach import connect_database
 
     settings = _settings()
+    _preflight(settings, kafka=False)
 
     async def go() -> list[str]:
         conn = await connect_database(settings, schema=False)
@@ -160,6 +176,7 @@ def account(
     from worker.entrypoints.views import account_view, render_account
 
     settings = _settings()
+    _preflight(settings, kafka=False)
     view = _run(account_view(settings, account_id, entries))
     if view is None:
         raise UnknownAccount(
@@ -183,6 +200,7 @@ def lag(
     from worker.adapters.reach import reach_kafka
 
     settings = _settings()
+    _preflight(settings, postgres=False)
     report = _run(reach_kafka(settings, lambda: group_lag(settings)))
     if as_json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -211,6 +229,7 @@ def demo(
     from worker.entrypoints.demo import main as run_demo
 
     settings = _settings(one_shot=False)
+    _preflight(settings)
     raise typer.Exit(run_demo(settings, Options(rate, duration, accounts, malformed, seed)))
 
 
@@ -226,6 +245,7 @@ def close_month(
     from worker.entrypoints.month_close import close_by_hand
 
     settings = _settings()
+    _preflight(settings)
     if not re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", period):
         raise BadArgument(f"not a month: {period!r}: give it as YYYY-MM, e.g. 2026-04")
     code, message = _run(close_by_hand(settings, period, wait_s))
@@ -249,6 +269,7 @@ def dlq_replay(
     from worker.entrypoints.dlq import replay
 
     settings = _settings()
+    _preflight(settings, postgres=False)
     counts = _run(replay(settings, set(error_code or []), dry_run))
     for what, n in sorted(counts.items()):
         typer.echo(f"{what}: {n}")

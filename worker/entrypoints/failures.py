@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 from aiokafka.errors import KafkaError
 
-from worker import logs
+from worker import logs, redact
 from worker.adapters.reach import cause_of
 from worker.config import SettingsError
 from worker.errors import ExitCode, Failure
@@ -75,6 +75,7 @@ def report(exc: BaseException, command: str, level: str, json: bool) -> int:
     The traceback is shown only at DEBUG: in JSON mode inside the one JSON line.
     """
     what = classify(exc)
+    what = Report(what.exit_code, what.error_code, redact.scrub(what.message))
     debug = level == "DEBUG"
     if json:
         logs.get("worker.cli").error(

@@ -11,6 +11,7 @@ from aiokafka.errors import KafkaError
 
 from worker import logs
 from worker.adapters.kafka_admin import committed_and_end
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.migrate import check_schema
 from worker.adapters.postgres import PgStore
 from worker.adapters.reach import cause_of, reach_database
@@ -57,7 +58,7 @@ class MonthCloser:
         first became closable?"""
         s = self.settings
         offsets = await committed_and_end(
-            s.kafka_bootstrap_servers, s.consumer_group, [s.topic_usage, s.topic_account_events]
+            kafka_client_args(s), s.consumer_group, [s.topic_usage, s.topic_account_events]
         )
         by_key = {f"{tp.topic}:{tp.partition}": (c or 0, end) for tp, (c, end) in offsets.items()}
         behind = await lagging_behind(self.store, period, by_key)
@@ -121,7 +122,7 @@ async def close_by_hand(settings: Settings, period: str, wait_s: float) -> tuple
     if invoices is None:
         return 0, f"{period} was already closed; nothing published"
     relay = OutboxRelay(
-        settings.database_url, settings.kafka_bootstrap_servers, settings.client_id, Metrics()
+        settings.database_url, kafka_client_args(settings), settings.client_id, Metrics()
     )
     try:
         published = await relay.publish_pending()
