@@ -109,7 +109,7 @@ class Worker:
         self.stream = StreamProcessor(
             s,
             store,
-            Decoder(rates),
+            Decoder(rates, timedelta(seconds=s.max_clock_skew_s)),
             encoder,
             policy,
             self.metrics,

@@ -39,8 +39,8 @@ JOIN unnest($1::text[], $2::text[]) AS k(source, event_id)
 _DUE = """
 SELECT DISTINCT account_id FROM lots
 WHERE NOT forfeited AND remaining_jpy > 0
-  AND (expires_at + $2::interval <= $1
-       OR (NOT expiring_notified AND expires_at - $3::interval <= $1 AND $1 < expires_at))
+  AND (expires_at <= $1 - $2::interval
+       OR (NOT expiring_notified AND $1 < expires_at AND expires_at <= $1 + $3::interval))
 LIMIT $4
 """
 _SAVE_ACCOUNTS = """
@@ -80,7 +80,7 @@ WHERE i.invoice_id = u.invoice_id
 """
 _SAVE_OUTBOX = """
 INSERT INTO outbox (message_id, topic, key, payload)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[])
 ON CONFLICT (message_id) DO NOTHING
 """
 

@@ -46,7 +46,10 @@ class Lot:
 def new_lot(
     lot_id: str, amount_jpy: int, granted_at: datetime, validity: timedelta, source: str
 ) -> Lot:
-    """A fresh lot that expires `validity` after it was granted."""
+    """A fresh lot that expires `validity` after it was granted.
+
+    Raises OverflowError when that instant is past the representable range.
+    """
     return Lot(
         lot_id=lot_id,
         amount_jpy=amount_jpy,
@@ -87,8 +90,10 @@ def forfeit(lot: Lot) -> int:
     return lost
 
 
+# Both compare `now` moved by an allowance with the lot's date, never the lot's date moved:
+# `now` is the present, while a lot may expire near the end of the representable range.
 def due_for_forfeit(lot: Lot, now: datetime, lateness: timedelta) -> bool:
-    return not lot.forfeited and lot.expires_at + lateness <= now
+    return not lot.forfeited and now - lateness >= lot.expires_at
 
 
 def due_for_expiring_notice(lot: Lot, now: datetime, notice: timedelta) -> bool:
@@ -96,5 +101,5 @@ def due_for_expiring_notice(lot: Lot, now: datetime, notice: timedelta) -> bool:
         not lot.forfeited
         and not lot.expiring_notified
         and lot.remaining_jpy > 0
-        and lot.expires_at - notice <= now < lot.expires_at
+        and now < lot.expires_at <= now + notice
     )

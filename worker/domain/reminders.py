@@ -46,7 +46,8 @@ def on_balance_change(
 
 
 def on_configured(account: Account, cause: str, at: datetime) -> list[ReminderDue]:
-    """Enabling or changing the setting at or below the threshold sends one at once."""
+    """Enabling or changing the setting at or below the threshold sends one at once
+    (the caller calls this only when the setting changed)."""
     threshold = account.reminder_threshold_jpy
     balance = account.balance_jpy
     if account.plan != "prepay" or not account.reminder_enabled or threshold is None:
