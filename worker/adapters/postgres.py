@@ -39,7 +39,7 @@ JOIN unnest($1::text[], $2::text[]) AS k(source, event_id)
 _DUE = """
 SELECT DISTINCT account_id FROM lots
 WHERE NOT forfeited AND remaining_jpy > 0
-  AND (expires_at <= $1 - $2::interval
+  AND (expires_at <= $1::timestamptz - $2::interval
        OR (NOT expiring_notified AND $1 < expires_at AND expires_at <= $1 + $3::interval))
 LIMIT $4
 """

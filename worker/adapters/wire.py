@@ -36,9 +36,13 @@ from worker.domain.invoicing import Invoice, period_bounds
 from worker.domain.rating import RateTable, rate_usage
 from worker.service.ports import Dead, Decoded, InputRecord, OutboxMessage
 
-
 _Model = (
-    UsageEvent | AccountOpened | CreditsPurchased | ReminderConfigured | SwitchedToPostpay | InvoicePaid
+    UsageEvent
+    | AccountOpened
+    | CreditsPurchased
+    | ReminderConfigured
+    | SwitchedToPostpay
+    | InvoicePaid
 )
 
 
@@ -68,6 +72,7 @@ LATEST_OCCURRED_AT = datetime(9000, 1, 1, tzinfo=UTC)
 billing periods, due dates) stays representable."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
+
 
 def _misplaced(record: InputRecord, model: _Model, max_clock_skew: timedelta) -> Dead | None:
     """Key and time checks every input passes before it reaches an account."""
