@@ -27,13 +27,12 @@ class KeyRefusingStore:
     def __init__(self) -> None:
         self.saved: list[OutboxMessage] = []
         self.attempts = 0
+        self.created: set[str] = set()
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[KeyRefusingStore]:
         self.attempts += 1
         yield self
-
-    created: set[str] = set()
 
     async def lock_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
         return {a: Account(a) for a in account_ids}
