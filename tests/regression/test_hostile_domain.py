@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -12,6 +13,7 @@ from worker.adapters.rates import load_rate_table
 from worker.adapters.wire import Decoder
 from worker.domain.errors import Rejected
 from worker.domain.events import PurchaseCredits
+from worker.domain.forecast import forecast
 from worker.domain.lots import Lot, due_for_expiring_notice, due_for_forfeit
 from worker.service.ports import Dead, Decoded, InputRecord
 
@@ -163,3 +165,28 @@ def test_a_changed_email_is_a_changed_setting() -> None:
     assert [(r.kind, r.email) for r in book.take_reminders()] == [
         ("low_balance", "new@example.com")
     ]
+
+
+def test_the_forecast_of_a_lot_expiring_at_the_end_of_time_does_not_overflow() -> None:
+    end = datetime(9999, 12, 31, 23, 30, tzinfo=UTC)
+    lot = Lot("lot:far", 5000, end - timedelta(days=90), end, "purchase")
+    tokyo = ZoneInfo("Asia/Tokyo")
+
+    got = forecast({NOW.astimezone(tokyo).date(): 70}, [lot], 5000, NOW, tokyo)
+
+    # 70 JPY in the 7-day window is JPY 10 a day: 500 days to spend 5000, long before the end.
+    assert (got.usage_jpy_per_day, got.expiring_unused_jpy) == (10, 0)
+    assert got.runs_out_on == (NOW + timedelta(days=500)).astimezone(tokyo).date()
+
+
+def test_the_forecast_of_a_lot_left_unspent_at_the_end_of_time_does_not_overflow() -> None:
+    end = datetime(9999, 12, 31, 23, 30, tzinfo=UTC)
+    lot = Lot("lot:far", 10_000_000, end - timedelta(days=90), end, "purchase")
+    tokyo = ZoneInfo("Asia/Tokyo")
+
+    # JPY 1 a day cannot spend 10 million before the lot expires: it runs out at the expiry,
+    # whose Tokyo date would be in year 10000; the UTC date stands in for it.
+    got = forecast({NOW.astimezone(tokyo).date(): 7}, [lot], 10_000_000, NOW, tokyo)
+
+    assert got.usage_jpy_per_day == 1
+    assert got.runs_out_on == end.date()
