@@ -170,6 +170,18 @@ async def store(database_url: str) -> AsyncIterator[PgStore]:
     try:
         yield PgStore(pool)
     finally:
+        # Defuse what the examples left in the session's database: later tests' relays would
+        # try to publish these rows to topics that do not exist, and their expiry sweeps would
+        # forfeit these lots into their own reminder topics.
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE outbox SET sent_at = now() WHERE topic LIKE $1", f"hyp-{RUN}.%"
+            )
+            await conn.execute(
+                "UPDATE lots SET forfeited = true, expiring_notified = true"
+                " WHERE account_id LIKE $1",
+                f"hyp-{RUN}-%",
+            )
         await pool.close()
 
 
@@ -181,7 +193,7 @@ async def test_any_record_is_applied_or_dead_lettered_with_its_key_and_value_int
     store: PgStore, message: ConsumerRecord[bytes, bytes]
 ) -> None:
     decoder = Decoder(load_rate_table(None))
-    encoder = Encoder("hyp.reminders", "hyp.invoices", DLQ)
+    encoder = Encoder(f"hyp-{RUN}.reminders", f"hyp-{RUN}.invoices", DLQ)
     record = to_input("usage" if message.partition % 2 else "account", message)
 
     outcome = decoder(record)
