@@ -324,12 +324,10 @@ class StreamProcessor:
 
 
 def _dead_letter_of(item: Decoded | Dead, exc: Exception) -> Dead:
-    """What a record that failed alone becomes: never a dead letter of a dead letter.
-
-    A record that failed is dead-lettered with its key and value; if even that failed, it is
-    dead-lettered once more without them (it stays readable at its source position). That
-    bare letter holds nothing taken from the record, so this ends after two steps.
-    """
+    """What a record that failed alone becomes: never a dead letter of a dead letter."""
+    # A failed record is dead-lettered with its key and value; if even that failed, once more
+    # without them (the record stays readable at its source position). The bare letter holds
+    # nothing taken from the record, so this ends after two steps.
     record = item.record
     if isinstance(item, Decoded):
         return Dead(record, "processing_error", f"could not be applied: {exc!r}")
