@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 
 from schemas import DeadLetter
 from worker.adapters.wire import Encoder
-from worker.app import policy_from
+from worker.builders import policy_from
 from worker.config import Settings
 from worker.domain.account import Account
-from worker.domain.events import OpenAccount
+from worker.domain.commands import OpenAccount
 from worker.entrypoints.stream import StreamProcessor
 from worker.metrics import Metrics
 from worker.service.ports import Changes, Dead, Decoded, EventKey, InputRecord, OutboxMessage

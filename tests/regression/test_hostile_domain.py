@@ -11,8 +11,8 @@ import pytest
 from tests.unit.builders import T0, Book, at
 from worker.adapters.rates import load_rate_table
 from worker.adapters.wire import Decoder
+from worker.domain.commands import PurchaseCredits
 from worker.domain.errors import Rejected
-from worker.domain.events import PurchaseCredits
 from worker.domain.forecast import forecast
 from worker.domain.lots import Lot, due_for_expiring_notice, due_for_forfeit
 from worker.service.ports import Dead, Decoded, InputRecord

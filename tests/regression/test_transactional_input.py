@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.integration.kit import ago, create_topics, database, running_worker, usage, wait_applied
 from worker.adapters.postgres import PgStore
-from worker.app import create_pool, encoder_from
+from worker.builders import create_pool, encoder_from
 from worker.config import Settings
 from worker.entrypoints.month_close import MonthCloser
 from worker.metrics import Metrics

@@ -15,17 +15,15 @@ from hypothesis import strategies as st
 
 from tests.unit.builders import POLICY, T0
 from worker.domain.account import Account
-from worker.domain.errors import Rejected
-from worker.domain.events import (
+from worker.domain.commands import (
     ChargeUsage,
     Command,
     ConfigureReminder,
-    Effects,
-    LedgerEntry,
     OpenAccount,
     PurchaseCredits,
-    ReminderDue,
 )
+from worker.domain.errors import Rejected
+from worker.domain.events import Effects, LedgerEntry, ReminderDue
 from worker.domain.expiry import sweep
 from worker.domain.rating import Rated
 
