@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from schemas import DeadLetter
 from worker import logs
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.relay import build_producer
 from worker.config import Settings
 
@@ -50,7 +51,7 @@ async def replay(
     de-duplicated by `event_id` like any other delivery, so a replay never charges twice.
     """
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka_client_args(settings),
         group_id=f"{settings.consumer_group}-dlq-replay",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -58,7 +59,7 @@ async def replay(
         max_partition_fetch_bytes=_FETCH_BYTES,
         fetch_max_bytes=_FETCH_BYTES,
     )
-    producer = build_producer(settings.kafka_bootstrap_servers, settings.client_id + "-replay")
+    producer = build_producer(kafka_client_args(settings), settings.client_id + "-replay")
     report = ReplayReport()
     await consumer.start()
     await producer.start()
@@ -139,7 +140,7 @@ async def _one(
 async def _refetch(settings: Settings, letter: DeadLetter, timeout_s: float = 10.0) -> bytes | None:
     """The source record's whole value, if it is still there and matches the letter."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka_client_args(settings),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
