@@ -162,9 +162,7 @@ async def test_dlq_replay_ends_while_the_worker_dead_letters_the_replayed_record
 
         first = await asyncio.wait_for(replay(settings, set(), dry_run=False), 60)
         # The worker dead-letters the replayed record again; the next replay takes that one.
-        await wait_until(
-            lambda: _dlq_rows(conn, settings.topic_dlq, 2), 30, "the second dead letter"
-        )
+        await read_topic(settings, settings.topic_dlq, at_least=2)  # published, not just stored
         second = await asyncio.wait_for(replay(settings, set(), dry_run=False), 60)
         charged = await conn.fetchval(
             "SELECT count(*) FROM ledger_entries WHERE account_id = $1", account
@@ -232,7 +230,7 @@ async def test_dlq_replay_sends_a_truncated_letters_whole_value_from_its_source(
     await create_topics(settings)
     await send(settings, settings.topic_usage, [(account.encode(), value)])
     async with running_worker(settings), database(settings) as conn:
-        await wait_until(lambda: _dlq_rows(conn, settings.topic_dlq, 1), 30, "the dead letter")
+        await read_topic(settings, settings.topic_dlq, at_least=1)  # published, not just stored
         report = await replay(settings, set(), dry_run=False)
         await wait_until(lambda: _dlq_rows(conn, settings.topic_dlq, 2), 30, "its replay")
         letters = await dead_letters(conn, settings.topic_dlq)
