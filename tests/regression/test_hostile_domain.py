@@ -14,7 +14,7 @@ from worker.adapters.wire import Decoder
 from worker.domain.commands import PurchaseCredits
 from worker.domain.errors import Rejected
 from worker.domain.forecast import forecast
-from worker.domain.lots import Lot, due_for_expiring_notice, due_for_forfeit
+from worker.domain.lots import Lot, forfeit_passed, notice_passed
 from worker.service.ports import Dead, Decoded, InputRecord
 
 NOW = datetime(2026, 11, 2, 3, 0, tzinfo=UTC)
@@ -121,10 +121,11 @@ def test_a_lot_that_would_expire_past_the_representable_range_is_refused() -> No
 def test_expiry_checks_of_a_lot_at_the_end_of_time_do_not_overflow() -> None:
     end = datetime(9999, 12, 31, 23, 30, tzinfo=UTC)
     lot = Lot("lot:x", 1000, end - timedelta(days=90), end, "purchase")
+    last = datetime(9999, 12, 31, 23, 59, tzinfo=UTC)
 
-    assert not due_for_forfeit(lot, NOW, timedelta(hours=1))
-    assert not due_for_expiring_notice(lot, NOW, timedelta(days=7))
-    assert not due_for_forfeit(lot, datetime(9999, 12, 31, 23, 59, tzinfo=UTC), timedelta(hours=1))
+    assert not forfeit_passed(lot, NOW, timedelta(hours=1), inclusive=True)
+    assert not notice_passed(lot, NOW, timedelta(days=7), inclusive=True)
+    assert not forfeit_passed(lot, last, timedelta(hours=1), inclusive=True)
 
 
 def test_the_sweep_forfeits_a_due_lot_beside_a_lot_expiring_at_the_end_of_time() -> None:
