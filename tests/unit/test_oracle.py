@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
+import orjson
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,8 @@ from hypothesis import strategies as st
 from chaos import oracle
 from chaos.oracle import Close, Event, Step, Tick
 from tests.unit.builders import POLICY, T0
+from worker.adapters.rates import load_rate_table
+from worker.adapters.wire import Decoder
 from worker.domain.account import Account, OpenInvoice
 from worker.domain.errors import Rejected
 from worker.domain.events import (
@@ -35,6 +38,7 @@ from worker.domain.events import (
 from worker.domain.expiry import sweep
 from worker.domain.invoicing import build_invoice, closing_window
 from worker.domain.rating import Rated
+from worker.service.ports import Dead, InputRecord
 
 ACCOUNTS = ("acc-a", "acc-b")
 RULES = oracle.Rules()
@@ -423,3 +427,64 @@ def test_the_model_itself_on_a_hand_worked_history() -> None:
         "acc-a:credits_expired:lot:x2",
         "acc-a:balance_depleted:forfeit:lot:x2",
     ]
+
+
+# -- rules the wire decoder applies --------------------------------------------------------------
+
+WIRE_CASES = [
+    # key, occurred_at, arrived_at
+    (b"acc-a", "2026-01-05T03:00:00+00:00", T0),
+    (None, "2026-01-05T03:00:00+00:00", T0),
+    (b"acc-b", "2026-01-05T03:00:00+00:00", T0),
+    (b"acc-a\x00", "2026-01-05T03:00:00+00:00", T0),
+    (b"acc-a", "1999-12-31T23:59:59+00:00", T0),
+    (b"acc-a", "2026-01-06T03:00:01+00:00", T0),
+    (b"acc-a", "2026-01-06T03:00:00+00:00", T0),
+    (b"acc-a", "9999-10-02T23:30:00+00:00", T0),
+]
+
+
+def oracle_code(key: bytes | None, occurred: str, arrived: datetime) -> str | None:
+    try:
+        text_key = None if key is None else key.decode()
+    except UnicodeDecodeError:
+        return "key_mismatch"
+    event = Event(
+        "usage",
+        "usage",
+        "u1",
+        "acc-a",
+        datetime.fromisoformat(occurred),
+        arrived,
+        key="" if key is None else text_key,
+    )
+    if not oracle.key_matches(event):
+        return "key_mismatch"
+    if not oracle.plausible_time(event, RULES):
+        return "implausible_time"
+    return None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="SPEC §3 key_mismatch and implausible_time are not checked yet (branch hostile)",
+)
+def test_the_decoder_refuses_keys_and_times_the_reference_model_refuses() -> None:
+    decoder = Decoder(load_rate_table(None))
+    got, want = [], []
+    for offset, (key, occurred, arrived) in enumerate(WIRE_CASES):
+        value = orjson.dumps(
+            {
+                "event_id": f"u{offset}",
+                "account_id": "acc-a",
+                "occurred_at": occurred,
+                "destination": "+819012345678",
+            }
+        )
+        ms = int(arrived.timestamp() * 1000)
+        decoded = decoder(InputRecord("usage", "t", 0, offset, key, value, ms))
+        got.append(decoded.code if isinstance(decoded, Dead) else None)
+        want.append(oracle_code(key, occurred, arrived))
+    mismatch, implausible = "key_mismatch", "implausible_time"
+    assert want == [None, mismatch, mismatch, mismatch, implausible, implausible, None, implausible]
+    assert got == want
