@@ -15,12 +15,10 @@ from hypothesis import strategies as st
 
 from tests.unit.builders import POLICY, T0
 from worker.domain.account import Account
-from worker.domain.errors import Rejected
 from worker.domain.events import (
     ChargeUsage,
     Command,
     ConfigureReminder,
-    Effects,
     LedgerEntry,
     OpenAccount,
     PurchaseCredits,
@@ -28,6 +26,8 @@ from worker.domain.events import (
 )
 from worker.domain.expiry import sweep
 from worker.domain.rating import Rated
+from worker.service.billing import BatchReport, _apply_one
+from worker.service.ports import Changes, Decoded, EventKey, InputRecord, Source
 
 ACCOUNT_IDS = ("acc-a", "acc-b")
 
@@ -47,40 +47,43 @@ class World:
     """Accounts plus what the service persists around them: seen event ids, ledger, outbox."""
 
     accounts: dict[str, Account] = field(default_factory=dict)
-    seen: set[str] = field(default_factory=set)
+    seen: dict[EventKey, bytes] = field(default_factory=dict)
     ledger: list[LedgerEntry] = field(default_factory=list)
     reminders: list[ReminderDue] = field(default_factory=list)
 
     def account(self, account_id: str) -> Account:
         return self.accounts.setdefault(account_id, Account(account_id))
 
-    def apply(self, item: Item, effects: Effects) -> None:
-        """Apply one item the way the service does: skip seen ids, keep rejected ones unseen."""
+    def apply(self, item: Item, changes: Changes) -> None:
+        """Apply one item through the service's own de-duplication (`seen` by event key)."""
         if isinstance(item, Sweep):
             for account_id in sorted(self.accounts):
-                sweep(self.accounts[account_id], item.now, POLICY, effects)
-            return
-        if item.event_id in self.seen:
+                sweep(self.accounts[account_id], item.now, POLICY, changes.effects)
             return
         account = self.account(item.account_id)
         before = copy.deepcopy(account)
+        effects = changes.effects
         produced = (len(effects.ledger), len(effects.reminders), len(effects.postpay))
-        try:
-            account.apply(item, POLICY, effects)
-        except Rejected:
+        report = BatchReport()
+        source: Source = "usage" if isinstance(item, ChargeUsage) else "account"
+        record = InputRecord(source, "t", 0, 0, item.account_id.encode(), b"", 0)
+        decoded = Decoded(record, item, repr(item).encode())
+        applied = _apply_one(decoded, account, self.seen, POLICY, changes, report)
+        if report.dead:
+            assert [d.code for d in report.dead] != ["conflicting_duplicate"]
             assert account == before, "a rejected command must leave the account unchanged"
             assert (len(effects.ledger), len(effects.reminders), len(effects.postpay)) == produced
-            return
-        self.seen.add(item.event_id)
+        if not applied:
+            assert account == before
 
     def run(self, items: Sequence[Item]) -> None:
         """Apply `items` as one batch with its own Effects, like one unit of work."""
-        effects = Effects()
+        changes = Changes()
         for item in items:
-            self.apply(item, effects)
-        assert effects.postpay == []
-        self.ledger += effects.ledger
-        self.reminders += effects.reminders
+            self.apply(item, changes)
+        assert changes.effects.postpay == []
+        self.ledger += changes.effects.ledger
+        self.reminders += changes.effects.reminders
 
 
 # -- generating sequences -------------------------------------------------------------------
