@@ -13,7 +13,7 @@ import pytest
 
 from chaos import check, model
 from chaos.kafka_io import waves
-from chaos.scenario import Params, Scenario, build
+from chaos.scenario import Params, Scenario, ScenarioError, build
 from worker.adapters.rates import load_rate_table
 from worker.adapters.wire import Decoder
 from worker.domain.account import Policy
@@ -346,5 +346,5 @@ def test_a_conflict_without_its_original_is_a_scenario_error(sc: Scenario) -> No
     conflict = next(i for i in sc.items() if i.label == "conflict")
     alone = [model.Record(replace(conflict, seq=0), conflict.source, 0, 0)]
 
-    with pytest.raises(Exception, match="would be applied"):
+    with pytest.raises(ScenarioError, match="would be applied"):
         model.replay(alone, POLICY, sc.layout.period, 10**9, None)
