@@ -180,7 +180,7 @@ async def produce_paced(settings: Settings, items: list[Sent], chunk: int = 100)
                     s.topic, orjson.dumps(s.event), key=s.event["account_id"].encode()
                 )
             await producer.flush()
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # pacing the producer so the kill lands mid-stream
     finally:
         await producer.stop()
 
