@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.builders import T0, Book, at
-from worker.domain.lots import Lot, debit, debit_order, new_lot
+from worker.domain.lots import Lot, debit, debit_order, due_for_expiring_notice, forfeit, new_lot
 
 
 def lot(lot_id: str, amount: int, granted_at: datetime, expires_at: datetime) -> Lot:
@@ -18,6 +18,8 @@ def lot(lot_id: str, amount: int, granted_at: datetime, expires_at: datetime) ->
 def test_new_lot_expires_after_its_validity_with_all_credit_remaining() -> None:
     fresh = new_lot("lot:a", 1_000, T0, timedelta(days=90), "purchase")
     assert fresh.expires_at == T0 + timedelta(days=90)
+    assert (fresh.lot_id, fresh.amount_jpy, fresh.granted_at) == ("lot:a", 1_000, T0)
+    assert fresh.source == "purchase"
     assert (fresh.remaining_jpy, fresh.consumed_jpy, fresh.forfeited_jpy) == (1_000, 0, 0)
 
 
@@ -154,3 +156,28 @@ def test_debit_takes_exactly_the_amount_in_soonest_expiry_order(
     for x in lots:
         taken = sum(t for lot_id, t in allocations if lot_id == x.lot_id)
         assert x.remaining_jpy == before[x.lot_id] - taken
+
+
+def test_forfeiting_marks_the_lot_changed_so_the_store_writes_it() -> None:
+    spent = lot("a", 300, at(0), at(1))
+    spent.dirty = False
+
+    assert forfeit(spent) == 300
+
+    assert spent.dirty is True
+    assert (spent.remaining_jpy, spent.forfeited_jpy, spent.forfeited) == (0, 300, True)
+
+
+NOTICE = timedelta(days=7)
+
+
+def test_the_expiring_notice_window_starts_exactly_seven_days_before_expiry() -> None:
+    x = lot("a", 1, at(0), at(90))  # even JPY 1 left is worth a notice
+    assert due_for_expiring_notice(x, at(83), NOTICE)
+    assert not due_for_expiring_notice(x, at(83) - timedelta(microseconds=1), NOTICE)
+
+
+def test_no_expiring_notice_once_the_lot_has_expired() -> None:
+    x = lot("a", 500, at(0), at(90))
+    assert due_for_expiring_notice(x, at(90) - timedelta(microseconds=1), NOTICE)
+    assert not due_for_expiring_notice(x, at(90), NOTICE)

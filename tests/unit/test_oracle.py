@@ -488,3 +488,47 @@ def test_the_decoder_refuses_keys_and_times_the_reference_model_refuses() -> Non
     mismatch, implausible = "key_mismatch", "implausible_time"
     assert want == [None, mismatch, mismatch, mismatch, implausible, implausible, None, implausible]
     assert got == want
+
+
+# -- invariants of what the domain produced, stated on their own --------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.builds(build, st.lists(raw_step(), min_size=5, max_size=60), st.just(True), st.just(True))
+)
+def test_postpay_invoices_add_up_and_every_lot_ends_empty(steps: list[Step]) -> None:
+    d = Domain().run(steps)
+    charges = {c.event_id: c for c in d.effects.postpay}
+    on_invoice: dict[str, list[str]] = {}
+    for invoice in d.invoices.values():
+        period = invoice.period
+        # which charges this invoice covers: its usage lines' periods up to its own
+        mine = [
+            c
+            for c in charges.values()
+            if c.account_id == invoice.account_id
+            and c.period <= period
+            and not any(c.event_id in v for k, v in on_invoice.items() if k != invoice.invoice_id)
+        ]
+        lines = [x for x in invoice.lines if x.country is not None]
+        assert sum(x.amount_jpy for x in lines) == sum(c.amount_jpy for c in mine)
+        assert invoice.total_jpy == sum(c.amount_jpy - c.from_lots_jpy for c in mine)
+        assert {x.period for x in lines} == {c.period for c in mine}
+        for x in lines:
+            late = x.period < period
+            assert ("late usage from" in x.description) == late
+        on_invoice[invoice.invoice_id] = [c.event_id for c in mine]
+    # after the last close every postpay charge is on exactly one invoice
+    counted = sorted(e for ids in on_invoice.values() for e in ids)
+    assert counted == sorted(charges)
+    # after the last sweep every lot is empty, and what it lost was announced once
+    expired = [r for r in d.effects.reminders if r.kind == "credits_expired"]
+    assert len({r.lot_id for r in expired}) == len(expired)
+    announced = {r.lot_id: r.amount_jpy for r in expired}
+    for account in d.accounts.values():
+        for lot in account.lots:
+            assert lot.remaining_jpy == 0
+            assert lot.forfeited
+            if lot.forfeited_jpy:
+                assert announced[lot.lot_id] == lot.forfeited_jpy
