@@ -39,7 +39,7 @@ from chaos.report import render_markdown, summary_lines
 from chaos.scenario import Item, Params, Scenario, build
 from worker.adapters.kafka_admin import OffsetReader
 from worker.adapters.migrate import create_database, drop_database
-from worker.app import policy_from, rates_from
+from worker.builders import policy_from, rates_from
 from worker.config import Settings
 from worker.domain.invoicing import period_of
 

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from worker.domain.account import Policy
-from worker.domain.events import (
+from worker.domain.commands import (
     ChargeUsage,
     Command,
     ConfigureReminder,

@@ -3,63 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import asyncpg
-from pydantic import ValidationError
 
 from worker import logs
 from worker.adapters.postgres import PgStore
-from worker.adapters.rates import load_rate_table
 from worker.adapters.relay import OutboxRelay, drain
-from worker.adapters.wire import Decoder, Encoder
-from worker.config import Settings, SettingsError
-from worker.domain.account import Policy
-from worker.domain.rating import RateTable
+from worker.adapters.wire import Decoder
+from worker.builders import create_pool, encoder_from, policy_from, rates_from
+from worker.config import Settings
+from worker.entrypoints.expiry_sweep import ExpirySweep
 from worker.entrypoints.monitor import Monitor
 from worker.entrypoints.month_close import MonthCloser
-from worker.entrypoints.stream import StreamProcessor, retry
-from worker.errors import ShuttingDown, WorkerError, is_retriable
+from worker.entrypoints.stream import StreamProcessor
+from worker.errors import ShuttingDown, WorkerError
 from worker.metrics import Metrics
-from worker.service.billing import sweep_expiry
+from worker.retry import retry
 
 log = logs.get("worker.app")
 
 
 class UncleanShutdown(WorkerError):
     """Shutdown ran out of time or failed; what was not committed is redelivered on restart."""
-
-
-def policy_from(settings: Settings) -> Policy:
-    return Policy(
-        test_credits_jpy=settings.test_credits_jpy,
-        lot_validity=timedelta(days=settings.lot_validity_days),
-        lateness=timedelta(seconds=settings.lateness_allowance_s),
-        expiring_notice=timedelta(days=settings.expiring_notice_days),
-        zone=settings.zone,
-    )
-
-
-def rates_from(settings: Settings) -> RateTable:
-    try:
-        return load_rate_table(settings.rate_table_path)
-    except (ValidationError, ValueError, OSError) as exc:
-        raise SettingsError(f"BILLING_RATE_TABLE_PATH: unusable rate table: {exc}") from exc
-
-
-def encoder_from(settings: Settings) -> Encoder:
-    return Encoder(settings.topic_reminders, settings.topic_invoices, settings.topic_dlq)
-
-
-async def create_pool(settings: Settings, size: int = 4) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
-        settings.database_url, min_size=1, max_size=size, command_timeout=60
-    )
-    assert pool is not None
-    return pool
 
 
 @dataclass
@@ -116,6 +84,7 @@ class Worker:
             on_applied=lambda _: relay.wake(),
         )
         self.monitor = Monitor(s, self.metrics, self.pool)
+        sweep = ExpirySweep(s, store, policy, encoder, on_swept=relay.wake)
         relay_stop = asyncio.Event()
         from worker.entrypoints.web import serve  # aiohttp only when running
 
@@ -124,7 +93,7 @@ class Worker:
         tasks = [
             asyncio.create_task(self.stream.run(self.stop), name="stream"),
             asyncio.create_task(relay.run(relay_stop), name="relay"),
-            asyncio.create_task(self._sweeper(store, policy, encoder), name="expiry-sweep"),
+            asyncio.create_task(sweep.run(self.stop), name="expiry-sweep"),
             asyncio.create_task(self.monitor.run(self.stop), name="monitor"),
         ]
         if s.month_close_enabled:
@@ -214,21 +183,3 @@ class Worker:
             return
         log.info("shutdown_requested", signal=sig.name, timeout_s=self.settings.shutdown_timeout_s)
         self.stop.set()
-
-    async def _sweeper(self, store: PgStore, policy: Policy, encoder: Encoder) -> None:
-        """Forfeits due lots and announces expiring ones on a timer; safe on many workers."""
-        interval = self.settings.expiry_sweep_interval_s
-        while not self.stop.is_set():
-            try:
-                while await sweep_expiry(store, datetime.now(UTC), policy, encoder) >= 500:
-                    pass
-                if self.relay is not None:
-                    self.relay.wake()
-            except ShuttingDown:
-                return
-            except Exception as exc:  # noqa: BLE001 - the sweep's transaction rolled back
-                # A failing sweep must not take billing down with it: log, retry next round.
-                level = log.warning if is_retriable(exc) else log.error
-                level("expiry_sweep_failed", cause=type(exc).__name__, error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), timeout=interval)

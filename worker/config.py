@@ -8,8 +8,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.domain.errors import BillingError
 
-class SettingsError(Exception):
+
+class SettingsError(BillingError):
     """A setting has a value the worker cannot start with."""
 
 

@@ -7,11 +7,11 @@ import asyncio
 import asyncpg
 from aiokafka.errors import KafkaError
 
+from worker.domain.errors import BillingError
 
-class WorkerError(Exception):
-    """Base of the worker's own errors."""
 
-    retriable = False
+class WorkerError(BillingError):
+    """An infrastructure-side failure of the worker itself."""
 
 
 class ShuttingDown(WorkerError):
@@ -33,6 +33,9 @@ _RETRIABLE_PG = (
 
 def is_retriable(exc: BaseException) -> bool:
     """Infrastructure that may come back: the database, the broker, the network."""
+    if isinstance(exc, BillingError):
+        return exc.retriable
     if isinstance(exc, KafkaError):
-        return bool(getattr(exc, "retriable", False)) or "Connection" in type(exc).__name__
+        # aiokafka marks each error class, as this root does (KafkaConnectionError among them).
+        return bool(exc.retriable)
     return isinstance(exc, (*_RETRIABLE_PG, OSError, asyncio.TimeoutError))

@@ -33,10 +33,11 @@ from tests.integration.kit import (
     usage,
     wait_until,
 )
-from worker.app import policy_from, rates_from
+from worker.builders import policy_from, rates_from
 from worker.config import Settings
 from worker.domain.account import Account
-from worker.domain.events import ChargeUsage, Command, Effects, OpenAccount, PurchaseCredits
+from worker.domain.commands import ChargeUsage, Command, OpenAccount, PurchaseCredits
+from worker.domain.events import Effects
 from worker.domain.rating import rate_usage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]

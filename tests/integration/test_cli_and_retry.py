@@ -22,9 +22,9 @@ from tests.integration.kit import (
     wait_applied,
 )
 from worker.config import Settings
-from worker.entrypoints.stream import retry
 from worker.errors import ShuttingDown
 from worker.metrics import Metrics
+from worker.retry import retry
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

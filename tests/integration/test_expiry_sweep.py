@@ -24,9 +24,9 @@ from tests.integration.kit import (
     wait_until,
 )
 from worker.adapters.postgres import PgStore
-from worker.app import create_pool, encoder_from, policy_from
+from worker.builders import create_pool, encoder_from, policy_from
 from worker.config import Settings
-from worker.domain.events import OpenAccount, PurchaseCredits
+from worker.domain.commands import OpenAccount, PurchaseCredits
 from worker.service.billing import sweep_expiry
 from worker.service.ports import Changes
 

@@ -16,7 +16,7 @@ from tests.integration.kit import (
     wait_until,
 )
 from worker.adapters.postgres import PgStore
-from worker.app import create_pool, encoder_from
+from worker.builders import create_pool, encoder_from
 from worker.config import Settings
 from worker.entrypoints.month_close import MonthCloser
 from worker.metrics import Metrics

@@ -7,17 +7,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from worker.domain.account import Account, Policy
-from worker.domain.events import (
+from worker.domain.commands import (
     ChargeUsage,
     Command,
     ConfigureReminder,
-    Effects,
-    LedgerEntry,
     OpenAccount,
     PurchaseCredits,
-    ReminderDue,
     SwitchToPostpay,
 )
+from worker.domain.events import Effects, LedgerEntry, ReminderDue
 from worker.domain.expiry import sweep
 from worker.domain.rating import Rated
 

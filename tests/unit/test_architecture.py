@@ -123,3 +123,20 @@ def test_domain_never_reads_the_clock(path: Path) -> None:
 
     assert calls == []
     assert imported_clocks == []
+
+
+def test_every_entrypoint_module_sits_in_the_layers_contract() -> None:
+    """The layers contract names entrypoint modules one by one; a new one must be listed."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    contracts = config["tool"]["importlinter"]["contracts"]
+    layers = next(c["layers"] for c in contracts if c["type"] == "layers")
+    listed = {name.strip() for layer in layers for name in layer.replace("|", ":").split(":")}
+    modules = {
+        f"worker.entrypoints.{path.stem}"
+        for path in (root / "worker" / "entrypoints").glob("*.py")
+        if path.stem != "__init__"
+    }
+    assert modules - listed == set()

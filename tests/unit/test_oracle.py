@@ -24,17 +24,17 @@ from tests.unit.builders import POLICY, T0
 from worker.adapters.rates import load_rate_table
 from worker.adapters.wire import Decoder
 from worker.domain.account import Account, OpenInvoice
-from worker.domain.errors import Rejected
-from worker.domain.events import (
+from worker.domain.commands import (
     ChargeUsage,
     Command,
     ConfigureReminder,
-    Effects,
     OpenAccount,
     PayInvoice,
     PurchaseCredits,
     SwitchToPostpay,
 )
+from worker.domain.errors import Rejected
+from worker.domain.events import Effects
 from worker.domain.expiry import sweep
 from worker.domain.invoicing import build_invoice, closing_window
 from worker.domain.rating import Rated

@@ -15,15 +15,14 @@ from hypothesis import strategies as st
 
 from tests.unit.builders import POLICY, T0
 from worker.domain.account import Account
-from worker.domain.events import (
+from worker.domain.commands import (
     ChargeUsage,
     Command,
     ConfigureReminder,
-    LedgerEntry,
     OpenAccount,
     PurchaseCredits,
-    ReminderDue,
 )
+from worker.domain.events import LedgerEntry, ReminderDue
 from worker.domain.expiry import sweep
 from worker.domain.rating import Rated
 from worker.service.billing import BatchReport, _apply_one

@@ -461,3 +461,40 @@ class PgStore:
     async def close_unit_of_work(self) -> AsyncIterator[PgCloseUnitOfWork]:
         async with self.pool.acquire() as conn, conn.transaction():
             yield PgCloseUnitOfWork(conn)
+
+    async def is_closed(self, period: str) -> bool:
+        async with self.pool.acquire() as conn:
+            return bool(
+                await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM month_closes WHERE period = $1)", period
+                )
+            )
+
+    async def mark_end_offsets(self, period: str, end_offsets: dict[str, int]) -> dict[str, int]:
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO month_close_marks (period, end_offsets) VALUES ($1, $2)"
+                " ON CONFLICT (period) DO NOTHING",
+                period,
+                orjson.dumps(end_offsets).decode(),
+            )
+            mark: dict[str, int] = orjson.loads(
+                await conn.fetchval(
+                    "SELECT end_offsets FROM month_close_marks WHERE period = $1", period
+                )
+            )
+        return mark
+
+    async def oldest_uninvoiced_period(self) -> str | None:
+        async with self.pool.acquire() as conn:
+            oldest: str | None = await conn.fetchval(
+                "SELECT min(period) FROM postpay_usage WHERE invoice_id IS NULL"
+            )
+        return oldest
+
+    async def closed_periods(self, periods: Sequence[str]) -> set[str]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT period FROM month_closes WHERE period = ANY($1::text[])", list(periods)
+            )
+        return {row["period"] for row in rows}

@@ -21,17 +21,17 @@ from schemas import (
 )
 from schemas import Invoice as WireInvoice
 from schemas import InvoiceLine as WireInvoiceLine
-from worker.domain.errors import Rejected
-from worker.domain.events import (
+from worker.domain.commands import (
     ChargeUsage,
     Command,
     ConfigureReminder,
     OpenAccount,
     PayInvoice,
     PurchaseCredits,
-    ReminderDue,
     SwitchToPostpay,
 )
+from worker.domain.errors import Rejected
+from worker.domain.events import ReminderDue
 from worker.domain.invoicing import Invoice, period_bounds
 from worker.domain.rating import RateTable, rate_usage
 from worker.service.ports import Dead, Decoded, InputRecord, OutboxMessage

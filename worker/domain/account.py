@@ -8,20 +8,17 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from worker.domain import reminders
-from worker.domain.errors import Rejected
-from worker.domain.events import (
+from worker.domain.commands import (
     ChargeUsage,
     Command,
     ConfigureReminder,
-    Effects,
-    LedgerEntry,
-    LedgerKind,
     OpenAccount,
     PayInvoice,
-    PostpayCharge,
     PurchaseCredits,
     SwitchToPostpay,
 )
+from worker.domain.errors import Rejected
+from worker.domain.events import Effects, LedgerEntry, LedgerKind, PostpayCharge
 from worker.domain.invoicing import period_of
 from worker.domain.lots import Allocation, Lot, debit, new_lot
 
@@ -79,6 +76,16 @@ class Account:
         # A list comprehension: computed twice per charge, and faster than a generator here.
         credit = sum([lot.remaining_jpy for lot in self.lots if not lot.forfeited])
         return credit - self.overdraft_jpy - self.postpay_due_jpy
+
+    @property
+    def reminder_settings(self) -> reminders.ReminderSettings:
+        return reminders.ReminderSettings(
+            self.account_id,
+            self.plan == "prepay",
+            self.reminder_enabled,
+            self.reminder_threshold_jpy,
+            self.reminder_email,
+        )
 
     def apply(self, command: Command, policy: Policy, effects: Effects) -> None:
         """Apply one command; raises Rejected (leaving the account unchanged) on a broken rule."""
@@ -140,7 +147,9 @@ class Account:
         )
         # The cause is the ledger entry id: unique across both input topics.
         effects.reminders.extend(
-            reminders.on_balance_change(self, before_jpy, after, f"{kind}:{ref}", at)
+            reminders.on_balance_change(
+                self.reminder_settings, before_jpy, after, f"{kind}:{ref}", at
+            )
         )
 
     def _grant(
@@ -186,7 +195,12 @@ class Account:
         self.reminder_threshold_jpy = command.threshold_jpy
         self.reminder_email = command.email
         effects.reminders.extend(
-            reminders.on_configured(self, f"configure:{command.event_id}", command.occurred_at)
+            reminders.on_configured(
+                self.reminder_settings,
+                self.balance_jpy,
+                f"configure:{command.event_id}",
+                command.occurred_at,
+            )
         )
 
     def _pay(self, command: PayInvoice, effects: Effects) -> None:

@@ -1,4 +1,4 @@
-"""Commands the account side and the telephony platform send, and what applying them yields."""
+"""What applying commands yields: ledger entries, reminders, postpay usage."""
 
 from __future__ import annotations
 
@@ -7,68 +7,9 @@ from datetime import datetime
 from typing import Literal
 
 from worker.domain.lots import Allocation
-from worker.domain.rating import Rated
 
 ReminderKind = Literal["low_balance", "balance_depleted", "credits_expiring", "credits_expired"]
 LedgerKind = Literal["grant", "charge", "forfeit", "payment"]
-
-
-@dataclass(frozen=True)
-class OpenAccount:
-    event_id: str
-    account_id: str
-    occurred_at: datetime
-    test_credits_jpy: int | None
-
-
-@dataclass(frozen=True)
-class PurchaseCredits:
-    event_id: str
-    account_id: str
-    occurred_at: datetime
-    purchase_id: str
-    amount_jpy: int
-    payment_method: str
-
-
-@dataclass(frozen=True)
-class ConfigureReminder:
-    event_id: str
-    account_id: str
-    occurred_at: datetime
-    enabled: bool
-    threshold_jpy: int
-    email: str | None
-
-
-@dataclass(frozen=True)
-class SwitchToPostpay:
-    event_id: str
-    account_id: str
-    occurred_at: datetime
-    contract_id: str
-
-
-@dataclass(frozen=True)
-class PayInvoice:
-    event_id: str
-    account_id: str
-    occurred_at: datetime
-    invoice_id: str
-    amount_jpy: int
-
-
-@dataclass(frozen=True)
-class ChargeUsage:
-    event_id: str
-    account_id: str
-    occurred_at: datetime
-    rated: Rated
-
-
-Command = (
-    OpenAccount | PurchaseCredits | ConfigureReminder | SwitchToPostpay | PayInvoice | ChargeUsage
-)
 
 
 @dataclass(frozen=True)

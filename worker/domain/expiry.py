@@ -43,7 +43,9 @@ def sweep(account: Account, now: datetime, policy: Policy, effects: Effects) -> 
             _lot_reminder(account, "credits_expired", lot.lot_id, lost, lot.expires_at, now)
         )
         effects.reminders.extend(
-            reminders.on_balance_change(account, before, after, f"forfeit:{lot.lot_id}", now)
+            reminders.on_balance_change(
+                account.reminder_settings, before, after, f"forfeit:{lot.lot_id}", now
+            )
         )
 
 

@@ -7,8 +7,8 @@ offsets), so it is right even while this process owns no partition or is still s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
+from datetime import datetime
 
 import asyncpg
 from aiokafka import TopicPartition
@@ -18,6 +18,7 @@ from worker import logs
 from worker.adapters.kafka_admin import OffsetReader, lag_rows
 from worker.adapters.observe import outbox_backlog
 from worker.config import Settings
+from worker.entrypoints.timer import every
 from worker.errors import is_retriable
 from worker.metrics import Metrics
 
@@ -39,14 +40,12 @@ class Monitor:
         self.lag_at: float | None = None  # monotonic time of the last good lag reading
         self._failing: dict[str, str] = {}
 
+    async def tick(self, _: datetime) -> None:
+        await self.refresh()
+
     async def run(self, stop: asyncio.Event) -> None:
         try:
-            while not stop.is_set():
-                await self.refresh()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        stop.wait(), timeout=self.settings.lag_refresh_interval_s
-                    )
+            await every(self.settings.lag_refresh_interval_s, stop, self.tick)
         finally:
             await self.reader.close()
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -16,8 +16,9 @@ from aiokafka.structs import OffsetAndMetadata
 from worker import logs
 from worker.config import Settings
 from worker.domain.account import Policy
-from worker.errors import ShuttingDown, is_retriable
+from worker.errors import ShuttingDown
 from worker.metrics import Metrics
+from worker.retry import retry
 from worker.service.alignment import Aligner
 from worker.service.billing import BatchReport, apply_batch
 from worker.service.ports import Dead, Decoded, Encoder, InputRecord, Source, Store
@@ -25,36 +26,8 @@ from worker.service.ports import Dead, Decoded, Encoder, InputRecord, Source, St
 log = logs.get("worker.stream")
 # (assignment generation, records decoded, fetch position per side just after they came)
 _Fetched = tuple[int, list[Decoded | Dead], dict[tuple[Source, int], int]]
-T = TypeVar("T")
 # Records decoded between two yields to the event loop while a batch is in the database.
 _DECODE_SLICE = 100
-
-
-async def retry(
-    operation: str,
-    action: Callable[[], Awaitable[T]],
-    stop: asyncio.Event,
-    metrics: Metrics,
-    max_backoff_s: float,
-) -> T:
-    """Run `action` until it succeeds; retriable failures wait with bounded backoff."""
-    delay = 0.1
-    last_cause = ""
-    while True:
-        try:
-            return await action()
-        except Exception as exc:
-            if not is_retriable(exc):
-                raise
-            cause = type(exc).__name__
-            metrics.retries.labels(operation, cause).inc()
-            if cause != last_cause:
-                log.warning("retrying", operation=operation, cause=cause, error=str(exc))
-                last_cause = cause
-            if stop.is_set():
-                raise ShuttingDown(operation) from exc
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_backoff_s)
 
 
 class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import asyncpg
 from aiohttp import web
@@ -12,13 +12,36 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker.adapters import observe
-
-if TYPE_CHECKING:
-    from worker.app import Worker
+from worker.config import Settings
+from worker.entrypoints.monitor import Monitor
+from worker.entrypoints.stream import StreamProcessor
+from worker.metrics import Metrics
 
 PROBE_TIMEOUT_S = 2.0
 
 Check = dict[str, Any]
+
+
+class Worker(Protocol):
+    """What the views read of the running worker (`worker.app.Worker` has it)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def stop(self) -> asyncio.Event: ...
+
+    @property
+    def pool(self) -> asyncpg.Pool | None: ...
+
+    @property
+    def stream(self) -> StreamProcessor | None: ...
+
+    @property
+    def monitor(self) -> Monitor | None: ...
 
 
 def build(worker: Worker) -> web.Application:

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from worker.domain.account import Account, Policy
+from worker.domain.commands import ChargeUsage
 from worker.domain.errors import Rejected
-from worker.domain.events import ChargeUsage
 from worker.domain.expiry import sweep
 from worker.service.ports import (
     Changes,

@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime, tzinfo
-from typing import Protocol
 
+from worker.domain.errors import MonthNotEnded
 from worker.domain.events import PostpayCharge
-from worker.domain.invoicing import Invoice, build_invoice
-from worker.service.ports import OutboxMessage
-
-
-class CloseUnitOfWork(Protocol):
-    async def claim_month(self, period: str) -> bool:
-        """Record the close of `period`; False when it was closed before."""
-
-    async def uninvoiced_usage(self, period: str) -> Sequence[PostpayCharge]:
-        """Postpay usage of `period` and earlier that is on no invoice yet."""
-
-    async def save_invoices(
-        self,
-        period: str,
-        invoices: Sequence[Invoice],
-        issued_at: datetime,
-        outbox: Sequence[OutboxMessage],
-    ) -> None:
-        """Store the invoices, link their usage, queue them for publication."""
-
+from worker.domain.invoicing import Invoice, build_invoice, closing_window, period_bounds
+from worker.service.ports import CloseUnitOfWork, OutboxMessage, Store
 
 InvoiceEncoder = Callable[[Invoice, datetime, tzinfo], OutboxMessage]
 
@@ -53,3 +35,32 @@ async def close_month(
     outbox = [encode(invoice, now, zone) for invoice in invoices]
     await uow.save_invoices(period, invoices, now, outbox)
     return invoices
+
+
+async def close_period(
+    store: Store, period: str, now: datetime, zone: tzinfo, encode: InvoiceEncoder
+) -> list[Invoice] | None:
+    """Close `period` in its own unit of work; refused before the month has ended."""
+    _, end = period_bounds(period, zone)
+    if now < end:
+        raise MonthNotEnded(f"{period} has not ended yet (it ends {end.isoformat()})")
+    async with store.close_unit_of_work() as uow:
+        return await close_month(uow, period, now, zone, encode)
+
+
+async def unclosed_periods(store: Store, due: str) -> list[str]:
+    """Ended months without a close, oldest first: a month missed during an outage still
+    gets its own invoice (within `closing_window`; older usage lands on the oldest)."""
+    periods = closing_window(due)
+    oldest = await store.oldest_uninvoiced_period()
+    closed = await store.closed_periods(periods)
+    first = max(oldest or due, periods[0])
+    return [p for p in periods if p >= first and p not in closed]
+
+
+async def lagging_behind(store: Store, period: str, offsets: dict[str, tuple[int, int]]) -> int:
+    """Records the group still has to apply of those that were in the inputs when `period`
+    first became closable; `offsets` maps "topic:partition" to (committed, end)."""
+    mark = await store.mark_end_offsets(period, {k: end for k, (_, end) in offsets.items()})
+    committed = {k: c for k, (c, _) in offsets.items()}
+    return sum(end - committed.get(k, 0) for k, end in mark.items() if committed.get(k, 0) < end)

@@ -9,7 +9,9 @@ from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
 from worker.domain.account import Account
-from worker.domain.events import Command, Effects, ReminderDue
+from worker.domain.commands import Command
+from worker.domain.events import Effects, PostpayCharge, ReminderDue
+from worker.domain.invoicing import Invoice
 
 Source = Literal["usage", "account"]
 EventKey = tuple[Source, str]
@@ -88,9 +90,42 @@ class UnitOfWork(Protocol):
         """Write accounts, lots, ledger, processed events and outbox."""
 
 
+class CloseUnitOfWork(Protocol):
+    async def claim_month(self, period: str) -> bool:
+        """Record the close of `period`; False when it was closed before."""
+
+    async def uninvoiced_usage(self, period: str) -> Sequence[PostpayCharge]:
+        """Postpay usage of `period` and earlier that is on no invoice yet."""
+
+    async def save_invoices(
+        self,
+        period: str,
+        invoices: Sequence[Invoice],
+        issued_at: datetime,
+        outbox: Sequence[OutboxMessage],
+    ) -> None:
+        """Store the invoices, link their usage, queue them for publication."""
+
+
 class Store(Protocol):
     def unit_of_work(self) -> AbstractAsyncContextManager[UnitOfWork]:
         """One transaction: committed on a clean exit, rolled back on an exception."""
+
+    def close_unit_of_work(self) -> AbstractAsyncContextManager[CloseUnitOfWork]:
+        """One month-close transaction; closes run one at a time."""
+
+    async def is_closed(self, period: str) -> bool:
+        """Has `period` been closed?"""
+
+    async def mark_end_offsets(self, period: str, end_offsets: dict[str, int]) -> dict[str, int]:
+        """Keep the first end offsets seen for `period` ("topic:partition" -> end); return
+        the kept ones."""
+
+    async def oldest_uninvoiced_period(self) -> str | None:
+        """The oldest month with postpay usage on no invoice yet."""
+
+    async def closed_periods(self, periods: Sequence[str]) -> set[str]:
+        """Those of `periods` that are closed."""
 
 
 class Encoder(Protocol):
