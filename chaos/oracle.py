@@ -56,6 +56,7 @@ class Event:
     email: str | None = None
     invoice_id: str = ""
     contract_id: str = ""
+    payload_id: int = 0  # identity of the wire payload: a re-send carries the same one
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ class Outcome:
     reminders: list[Reminder] = field(default_factory=list)
     invoices: dict[str, Invoice] = field(default_factory=dict)
     dead: dict[str, str] = field(default_factory=dict)  # event_id -> error code
+    dead_log: list[str] = field(default_factory=list)  # every refused record's code, in order
     seen: dict[tuple[str, str], Event] = field(default_factory=dict)
 
 
@@ -287,22 +289,24 @@ class Oracle:
     # records
 
     def event(self, event: Event) -> None:
+        code = self.refusal(event)
+        if code is not None:
+            self.out.dead[event.event_id] = code
+            self.out.dead_log.append(code)
+
+    def refusal(self, event: Event) -> str | None:
+        """Apply the record unless it is refused (returns why) or a re-send (skipped)."""
         if not key_matches(event):
-            self.out.dead[event.event_id] = "key_mismatch"
-            return
+            return "key_mismatch"
         if not plausible_time(event, self.rules):
-            self.out.dead[event.event_id] = "implausible_time"
-            return
+            return "implausible_time"
         prior = self.out.seen.get((event.source, event.event_id))
         if prior is not None:
-            if prior != event:
-                self.out.dead[event.event_id] = "conflicting_duplicate"
-            return
+            return "conflicting_duplicate" if prior != event else None
         problem = self.apply(self.acct(event.account_id), event)
-        if problem is not None:
-            self.out.dead[event.event_id] = problem
-            return
-        self.out.seen[(event.source, event.event_id)] = event
+        if problem is None:
+            self.out.seen[(event.source, event.event_id)] = event
+        return problem
 
     def apply(self, acct: Acct, event: Event) -> str | None:
         """Apply one event; returns an error code instead when it breaks a rule."""

@@ -25,7 +25,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from chaos import check, model
+from chaos import check, model, oracle_feed
 from chaos.kafka_io import (
     Topics,
     WaveProducer,
@@ -392,6 +392,18 @@ async def _verify(run: Run) -> dict[str, Any]:
     expected = model.replay(
         records, policy_from(s), scenario.layout.period, scenario.close_seq, end
     )
+    # The expectation above is built by the domain; the reference model (chaos/oracle.py)
+    # shares no code with it and must agree, or the run fails whatever the worker did.
+    disagreements = oracle_feed.disagreements(
+        records,
+        expected,
+        oracle_feed.replay(
+            records, policy_from(s), scenario.layout.period, scenario.close_seq, end
+        ),
+    )
+    run.figures["oracle_disagreements"] = len(disagreements)
+    if disagreements:
+        run.note("oracle_disagreement", examples=disagreements[:5])
     actual = check.Actual(
         reminders=check.index_outputs(logs[s.topic_reminders], "reminder_id"),
         invoice_messages=check.index_outputs(logs[s.topic_invoices], "invoice_id"),
@@ -455,6 +467,7 @@ def _results(
     figures = run.figures
     passed = (
         report.mismatches == 0
+        and figures.get("oracle_disagreements", 0) == 0
         and not preconditions
         and figures["lag"] == 0
         and actual.outbox_unsent == 0
