@@ -184,7 +184,7 @@ async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> Bac
     """Start the workers on topics already filled with `work`; follow them to the end."""
     services = procs.services
     conn = await asyncpg.connect(procs.database_url)
-    reader = OffsetReader(services.bootstrap, timeout_s=10)
+    reader = OffsetReader({"bootstrap_servers": services.bootstrap}, timeout_s=10)
     await procs.start()
     try:
         first: float | None = None
@@ -285,7 +285,7 @@ async def run_latency(
     inputs, outputs = partitions
     await produce(services.bootstrap, topics.account, inputs, setup.account)
     conn = await asyncpg.connect(procs.database_url)
-    reader = OffsetReader(services.bootstrap, timeout_s=10)
+    reader = OffsetReader({"bootstrap_servers": services.bootstrap}, timeout_s=10)
     await procs.start()
     try:
         await _wait(lambda: drained(conn, reader, procs.group, topics), procs, timeout_s)

@@ -14,6 +14,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInPro
 from aiokafka.structs import OffsetAndMetadata
 
 from worker import logs
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.config import Settings
 from worker.domain.account import Policy
 from worker.errors import ShuttingDown
@@ -93,7 +94,7 @@ class StreamProcessor:
     def build_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
         return AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
+            **kafka_client_args(s),
             group_id=s.consumer_group,
             client_id=s.client_id,
             group_instance_id=s.group_instance_id,

@@ -11,6 +11,7 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from worker import redact
 from worker.adapters import observe
 from worker.config import Settings
 from worker.entrypoints.monitor import Monitor
@@ -90,7 +91,7 @@ async def readiness(worker: Worker) -> dict[str, Check]:
 
 
 def _check(ok: bool, good: str, bad: str) -> Check:
-    return {"ok": ok, "detail": good if ok else bad}
+    return {"ok": ok, "detail": redact.scrub(good if ok else bad)}
 
 
 async def _postgres(worker: Worker) -> Check:
