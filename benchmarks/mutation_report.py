@@ -38,6 +38,16 @@ def diff(name: str) -> str:
     return "\n".join(x for x in shown.splitlines() if x[:2] in ("- ", "+ "))
 
 
+def _row(module: str, counts: Counter[str]) -> str:
+    n = sum(counts.values())
+    unchecked = counts["not checked"]
+    other = n - counts["killed"] - counts["survived"] - unchecked
+    checked = n - unchecked
+    score = counts["killed"] / checked if checked else 1.0
+    cells = [module, n, counts["killed"], counts["survived"], unchecked, other, f"{score:.1%}"]
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def main(patterns: list[str]) -> int:
     found = statuses()
     if patterns:
@@ -46,20 +56,14 @@ def main(patterns: list[str]) -> int:
     for name, status in found.items():
         by_module[module_of(name)][status] += 1
     lines = [
-        "| module | mutants | killed | survived | other | score |",
-        "|---|---|---|---|---|---|",
+        "| module | mutants | killed | survived | not checked | other | score of checked |",
+        "|---|---|---|---|---|---|---|",
     ]
     total: Counter[str] = Counter()
     for module, counts in sorted(by_module.items()):
-        n = sum(counts.values())
-        other = n - counts["killed"] - counts["survived"]
+        lines.append(_row(module, counts))
         total.update(counts)
-        score = counts["killed"] / n if n else 1.0
-        row = f"| {module} | {n} | {counts['killed']} | {counts['survived']} | {other} |"
-        lines.append(f"{row} {score:.1%} |")
-    n = sum(total.values())
-    score = total["killed"] / n if n else 1.0
-    lines.append(f"| **all** | {n} | {total['killed']} | {total['survived']} | | {score:.1%} |")
+    lines.append(_row("**all**", total))
     survivors = sorted(name for name, status in found.items() if status == "survived")
     lines += ["", f"Surviving mutants: {len(survivors)}", ""]
     for name in survivors:
