@@ -474,7 +474,10 @@ async def _verify(run: Run) -> dict[str, Any]:
             records, policy_from(s), scenario.layout.period, scenario.close_seq, end
         ),
     )
+    pending = [d for d in disagreements if oracle_feed.pending_in_domain(d)]
+    disagreements = [d for d in disagreements if not oracle_feed.pending_in_domain(d)]
     run.figures["oracle_disagreements"] = len(disagreements)
+    run.figures["oracle_pending_spec"] = len(pending)
     if disagreements:
         run.note("oracle_disagreement", examples=disagreements[:5])
     actual = check.Actual(
