@@ -28,6 +28,7 @@ from benchmarks.kit import (
     topic_partitions,
 )
 from benchmarks.workload import Record, Workload
+from worker.adapters.digest import state_digest
 from worker.adapters.kafka_admin import OffsetReader
 
 WORKER = Path(sys.executable).parent / "billing-worker"
@@ -166,6 +167,8 @@ class BacklogRun:
     peak_rss_mb: list[float]
     cpu: CpuSnapshot
     counts: dict[str, int]
+    digest: str = ""
+    """SHA-256 of the billing state (worker.adapters.digest): equal for equal input."""
 
     @property
     def rate(self) -> float:
@@ -204,6 +207,9 @@ async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> Bac
             await asyncio.sleep(0.05)
         rss = [peak_rss_mb(pid) for pid in procs.pids]
         counts = await verify(conn, work, procs.topics)
+        t = procs.topics
+        roles = {t.usage: "usage", t.account: "account", t.reminders: "reminders"}
+        digest = await state_digest(conn, {**roles, t.invoices: "invoices", t.dlq: "dlq"})
     finally:
         await reader.close()
         await conn.close()
@@ -211,7 +217,9 @@ async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> Bac
     if any(code != 0 for code in codes):
         raise BenchError(f"workers exited with {codes}; see {procs.log_dir}")
     counts.update({f"log_{k}": v for k, v in procs.log_levels().items()})
-    return BacklogRun(procs.count, work.total, end - first, rss, cpu_end.minus(cpu_first), counts)
+    return BacklogRun(
+        procs.count, work.total, end - first, rss, cpu_end.minus(cpu_first), counts, digest
+    )
 
 
 async def verify(conn: asyncpg.Connection, work: Workload, topics: Topics) -> dict[str, int]:
