@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.builders import T0, Book, at
-from worker.domain.lots import Lot, debit, debit_order, due_for_expiring_notice, forfeit, new_lot
+from worker.domain.lots import Lot, debit, debit_order, forfeit, new_lot, notice_passed
 
 
 def lot(lot_id: str, amount: int, granted_at: datetime, expires_at: datetime) -> Lot:
@@ -171,13 +171,8 @@ def test_forfeiting_marks_the_lot_changed_so_the_store_writes_it() -> None:
 NOTICE = timedelta(days=7)
 
 
-def test_the_expiring_notice_window_starts_exactly_seven_days_before_expiry() -> None:
+def test_the_expiring_notice_is_due_exactly_seven_days_before_expiry() -> None:
     x = lot("a", 1, at(0), at(90))  # even JPY 1 left is worth a notice
-    assert due_for_expiring_notice(x, at(83), NOTICE)
-    assert not due_for_expiring_notice(x, at(83) - timedelta(microseconds=1), NOTICE)
-
-
-def test_no_expiring_notice_once_the_lot_has_expired() -> None:
-    x = lot("a", 500, at(0), at(90))
-    assert due_for_expiring_notice(x, at(90) - timedelta(microseconds=1), NOTICE)
-    assert not due_for_expiring_notice(x, at(90), NOTICE)
+    assert notice_passed(x, at(83), NOTICE, inclusive=True)
+    assert not notice_passed(x, at(83), NOTICE, inclusive=False)
+    assert not notice_passed(x, at(83) - timedelta(microseconds=1), NOTICE, inclusive=True)
