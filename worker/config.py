@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     business_timezone: str = "Asia/Tokyo"
     month_close_grace_s: int = Field(900, ge=0)
     lateness_allowance_s: int = Field(3600, ge=0)
+    # How far an event's occurred_at may be ahead of its record's Kafka timestamp.
+    max_clock_skew_s: int = Field(86_400, ge=0, le=10 * 365 * 86_400)
     test_credits_jpy: int = Field(100, ge=0)
     lot_validity_days: int = Field(90, ge=1)
     expiring_notice_days: int = Field(7, ge=0)
@@ -88,6 +90,12 @@ class Settings(BaseSettings):
     http_port: int = Field(8080, ge=0, le=65535)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     log_json: bool = True
+
+    # How long a one-shot command (account, lag, close-month, dlq replay, migrate) keeps trying
+    # to reach PostgreSQL or Kafka before it gives up; `run` keeps trying until stopped.
+    connect_timeout_s: float = Field(15.0, gt=0)
+    # Single-process deployments may migrate at start; an advisory lock serialises migrators.
+    migrate_on_start: bool = False
 
     @field_validator("business_timezone")
     @classmethod

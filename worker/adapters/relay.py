@@ -135,6 +135,7 @@ class OutboxRelay:
         self._woken_at: float | None = None
         self._backlog_read_at = -_BACKLOG_EVERY_S
         self.leader = False
+        self._failing_since: float | None = None
 
     def wake(self) -> None:
         if self._woken_at is None:
@@ -143,6 +144,12 @@ class OutboxRelay:
 
     def _notified(self, *_: object) -> None:
         self.wake()
+
+    def _recovered(self) -> None:
+        if self._failing_since is not None:
+            outage_s = round(time.monotonic() - self._failing_since, 1)
+            log.info("relay_resumed", outage_s=outage_s)
+            self._failing_since = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop`, leading when no other process does."""
@@ -155,8 +162,13 @@ class OutboxRelay:
                 # The open transaction, if any, is aborted by the next producer's start; what
                 # it may have committed is found in the log by the recovery that follows.
                 fenced = isinstance(exc, ProducerFenced)
-                level = log.warning if fenced or is_retriable(exc) else log.error
-                level("relay_retrying", cause=type(exc).__name__, error=str(exc), fenced=fenced)
+                retriable = is_retriable(exc)
+                # An outage (broker or database away) is one line, not one per attempt; a
+                # refusal no retry will cure by itself (an ACL, a bug) is said every time.
+                if not retriable or fenced or self._failing_since is None:
+                    level = log.warning if fenced or retriable else log.error
+                    level("relay_retrying", cause=type(exc).__name__, error=str(exc), fenced=fenced)
+                self._failing_since = self._failing_since or time.monotonic()
                 self.leader = False
                 await _sleep_or_stop(stop, delay)
                 delay = min(delay * 2, 10.0)
@@ -178,6 +190,7 @@ class OutboxRelay:
             self.leader = True
             while not stop.is_set():
                 sent = await self.relay_once(conn, producer)
+                self._recovered()
                 if sent < self.batch_size:
                     await self._idle(stop)
         finally:
@@ -252,7 +265,7 @@ class OutboxRelay:
             future: asyncio.Future[Any] = await producer.send(
                 row["topic"],
                 value=bytes(row["payload"]),
-                key=None if row["key"] is None else row["key"].encode(),
+                key=None if row["key"] is None else bytes(row["key"]),
                 headers=[
                     ("message_id", row["message_id"].encode()),
                     (SEQ_HEADER, str(seq).encode()),
