@@ -596,6 +596,8 @@ def _results(
         },
         "mismatches": report.mismatches,
         "digest": figures.get("digest"),
+        "oracle_disagreements": figures.get("oracle_disagreements"),
+        "oracle_pending_spec": figures.get("oracle_pending_spec"),
         "mismatches_by_category": dict(report.counts),
         "mismatch_lines": report.lines[:50],
         "account_diffs": [
