@@ -44,6 +44,7 @@ class Topics:
     reminders: str
     invoices: str
     dlq: str
+    balances: str
 
     @classmethod
     def named(cls, inputs: str, outputs: str) -> Topics:
@@ -53,6 +54,7 @@ class Topics:
             f"{outputs}.reminders",
             f"{outputs}.invoices",
             f"{outputs}.dlq",
+            f"{outputs}.balances",
         )
 
     @property
@@ -61,7 +63,7 @@ class Topics:
 
     @property
     def outputs(self) -> list[str]:
-        return [self.reminders, self.invoices, self.dlq]
+        return [self.reminders, self.invoices, self.dlq, self.balances]
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Processes:
                 "BILLING_TOPIC_REMINDERS": t.reminders,
                 "BILLING_TOPIC_INVOICES": t.invoices,
                 "BILLING_TOPIC_DLQ": t.dlq,
+                "BILLING_TOPIC_BALANCES": t.balances,
                 "BILLING_HTTP_PORT": "0",
                 "BILLING_LOG_JSON": "true",
                 **self.extra_env,

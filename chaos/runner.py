@@ -307,6 +307,7 @@ def _settings(services: Services, url: str, prefix: str) -> Settings:
         topic_reminders=f"{prefix}.billing.reminders.v1",
         topic_invoices=f"{prefix}.billing.invoices.v1",
         topic_dlq=f"{prefix}.billing.dlq.v1",
+        topic_balances=f"{prefix}.billing.balances.v1",
         input_partitions=6,
         output_partitions=3,
         lateness_allowance_s=5,
@@ -526,6 +527,7 @@ async def main_async(o: Options) -> dict[str, Any]:
             settings.topic_reminders,
             settings.topic_invoices,
             settings.topic_dlq,
+            settings.topic_balances,
         )
         await create_topics(services.bootstrap, topics)
         run = Run(o, services, run_dir, settings, topics, t0=t0)

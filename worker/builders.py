@@ -32,7 +32,12 @@ def rates_from(settings: Settings) -> RateTable:
 
 
 def encoder_from(settings: Settings) -> Encoder:
-    return Encoder(settings.topic_reminders, settings.topic_invoices, settings.topic_dlq)
+    return Encoder(
+        settings.topic_reminders,
+        settings.topic_invoices,
+        settings.topic_dlq,
+        settings.topic_balances,
+    )
 
 
 async def create_pool(settings: Settings, size: int = 4) -> asyncpg.Pool:

@@ -27,9 +27,15 @@ async def create_topics(settings: Settings) -> None:
     try:
         inputs = [settings.topic_usage, settings.topic_account_events]
         outputs = [settings.topic_reminders, settings.topic_invoices, settings.topic_dlq]
+        compacted = {"cleanup.policy": "compact"}
         await admin.create_topics(
             [NewTopic(t, settings.input_partitions, 1) for t in inputs]
             + [NewTopic(t, settings.output_partitions, 1) for t in outputs]
+            + [
+                NewTopic(
+                    settings.topic_balances, settings.output_partitions, 1, topic_configs=compacted
+                )
+            ]
         )
     finally:
         await admin.close()

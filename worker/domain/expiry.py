@@ -16,11 +16,10 @@ def sweep(account: Account, now: datetime, policy: Policy, effects: Effects) -> 
         if due_for_expiring_notice(lot, now, policy.expiring_notice):
             lot.expiring_notified = True
             lot.dirty = True
-            effects.reminders.append(
-                _lot_reminder(
-                    account, "credits_expiring", lot.lot_id, lot.remaining_jpy, lot.expires_at, now
-                )
+            notice = _lot_reminder(
+                account, "credits_expiring", lot.lot_id, lot.remaining_jpy, lot.expires_at, now
             )
+            effects.reminders.extend(account.with_forecast([notice], policy))
         if not due_for_forfeit(lot, now, policy.lateness):
             continue
         before = account.balance_jpy
@@ -28,6 +27,7 @@ def sweep(account: Account, now: datetime, policy: Policy, effects: Effects) -> 
         if lost == 0:
             continue
         after = account.balance_jpy
+        account.changed(lot.expires_at)
         effects.ledger.append(
             LedgerEntry(
                 entry_id=f"forfeit:{lot.lot_id}",
@@ -43,8 +43,11 @@ def sweep(account: Account, now: datetime, policy: Policy, effects: Effects) -> 
             _lot_reminder(account, "credits_expired", lot.lot_id, lost, lot.expires_at, now)
         )
         effects.reminders.extend(
-            reminders.on_balance_change(
-                account.reminder_settings, before, after, f"forfeit:{lot.lot_id}", now
+            account.with_forecast(
+                reminders.on_balance_change(
+                    account.reminder_settings, before, after, f"forfeit:{lot.lot_id}", now
+                ),
+                policy,
             )
         )
 

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 from worker.domain.account import Account, Policy
+from worker.domain.balance import balance_state
 from worker.domain.commands import ChargeUsage
 from worker.domain.errors import Rejected
 from worker.domain.expiry import sweep
+from worker.domain.forecast import window_days
 from worker.service.ports import (
     Changes,
     Dead,
     Decoded,
     Encoder,
     EventKey,
+    OutboxMessage,
     Store,
+    UnitOfWork,
 )
 
 _SOURCE_RANK = {"account": 0, "usage": 1}
@@ -57,6 +61,11 @@ async def apply_batch(
     async with store.unit_of_work() as uow:
         account_ids = sorted({d.command.account_id for d in valid})
         accounts = await uow.lock_accounts(account_ids)
+        earliest: dict[str, datetime] = {}
+        for d in valid:
+            at = d.command.occurred_at
+            earliest[d.command.account_id] = min(earliest.get(d.command.account_id, at), at)
+        versions = await _prepare(uow, accounts, earliest, policy)
         seen = await uow.seen(sorted({d.key for d in valid}))
         charged: set[str] = set()
         for item in valid:
@@ -70,10 +79,43 @@ async def apply_batch(
         )
         changes.accounts = list(accounts.values())
         changes.outbox = [encoder.reminder(r) for r in changes.effects.reminders]
+        changes.outbox += _balances(accounts, versions, encoder)
         changes.outbox += [encoder.dead_letter(d, now) for d in report.dead]
         report.reminders = len(changes.effects.reminders)
         await uow.save(changes)
     return report
+
+
+async def _prepare(
+    uow: UnitOfWork,
+    accounts: Mapping[str, Account],
+    earliest: Mapping[str, datetime],
+    policy: Policy,
+) -> dict[str, int]:
+    """Load the daily usage the forecasts may need; return each account's version as loaded."""
+    starts: dict[str, date] = {}
+    for account_id, account in accounts.items():
+        first = earliest.get(account_id)
+        for lot in account.lots:
+            # An expiry notice or a forfeit of this lot may be raised at an earlier moment.
+            notice = lot.expires_at - policy.expiring_notice
+            first = notice if first is None else min(first, notice)
+        if first is not None:
+            starts[account_id] = window_days(first, policy.zone)[-1]
+    for account_id, usage in (await uow.load_usage(starts)).items():
+        accounts[account_id].usage_by_day = usage
+    return {account_id: account.version for account_id, account in accounts.items()}
+
+
+def _balances(
+    accounts: Mapping[str, Account], versions: Mapping[str, int], encoder: Encoder
+) -> list[OutboxMessage]:
+    """One balance snapshot per account that changed: its state after the batch."""
+    return [
+        encoder.balance(balance_state(account))
+        for account_id, account in sorted(accounts.items())
+        if account.version != versions[account_id]
+    ]
 
 
 def _apply_one(
@@ -114,9 +156,11 @@ async def sweep_expiry(
         if not ids:
             return 0
         accounts = await uow.lock_accounts(ids)
+        versions = await _prepare(uow, accounts, dict.fromkeys(ids, now), policy)
         changes = Changes(accounts=list(accounts.values()))
         for account in changes.accounts:
             sweep(account, now, policy, changes.effects)
         changes.outbox = [encoder.reminder(r) for r in changes.effects.reminders]
+        changes.outbox += _balances(accounts, versions, encoder)
         await uow.save(changes)
     return len(ids)
