@@ -60,7 +60,7 @@ async def read_feed(settings: Settings) -> list[tuple[bytes | None, int, dict[st
         ends = await consumer.end_offsets(tps)
         out: list[tuple[bytes | None, int, dict[str, Any]]] = []
         deadline = time.monotonic() + 30
-        while any(await consumer.position(tp) < ends[tp] for tp in tps):
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
             assert time.monotonic() < deadline, "balance topic not read to its end in 30 s"
             for tp, msgs in (await consumer.getmany(timeout_ms=200)).items():
                 out.extend((m.key, tp.partition, orjson.loads(m.value)) for m in msgs)
@@ -103,6 +103,8 @@ async def test_the_feed_from_the_beginning_equals_every_account_shown_by_the_cli
                 opened(f"o-{old}", old, ago(days=91), test_credits=100),
             ],
         )
+        # Applied before the usage is sent: the switch must precede the postpay usage.
+        await wait_applied(conn, [f"s-{post}", f"r-{low}", f"p-{ok}"])
         await produce(
             settings,
             settings.topic_usage,
@@ -154,7 +156,7 @@ async def test_the_feed_from_the_beginning_equals_every_account_shown_by_the_cli
     assert (latest[low]["balance"], latest[low]["status"]) == (850, "low")
     assert (latest[broke]["balance"], latest[broke]["overdraft"]) == (-30, 30)
     assert (latest[broke]["status"], latest[broke]["credit"]) == ("depleted", 0)
-    assert (latest[post]["status"], latest[post]["postpay_due"]) == ("postpay", 100)
+    assert (latest[post]["status"], latest[post]["postpay_due"]) == ("postpay", 100), latest[post]
     assert (latest[old]["balance"], latest[old]["version"], latest[old]["next_expiry"]) == (
         0,
         2,
