@@ -377,6 +377,7 @@ async def _verify(run: Run) -> dict[str, Any]:
             s.topic_reminders: 3,
             s.topic_invoices: 3,
             s.topic_dlq: 3,
+            s.topic_balances: 3,
         },
     )
     lookup: dict[tuple[bytes | None, bytes | None], Item] = {}
@@ -397,6 +398,7 @@ async def _verify(run: Run) -> dict[str, Any]:
         reminders=check.index_outputs(logs[s.topic_reminders], "reminder_id"),
         invoice_messages=check.index_outputs(logs[s.topic_invoices], "invoice_id"),
         dead_letters=check.index_dead_letters(logs[s.topic_dlq]),
+        balances=check.newest_balances(logs[s.topic_balances]),
     )
     conn = await asyncpg.connect(s.database_url)
     try:

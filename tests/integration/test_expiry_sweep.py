@@ -148,7 +148,16 @@ async def test_two_sweeps_at_once_forfeit_each_lot_once(settings: Settings, uniq
             " FROM lots WHERE account_id = ANY($1::text[])",
             ids,
         )
-        outbox = await conn.fetch("SELECT payload FROM outbox WHERE key = ANY($1::text[])", ids)
+        outbox = await conn.fetch(
+            "SELECT payload FROM outbox WHERE key = ANY($1::text[]) AND topic = $2",
+            ids,
+            settings.topic_reminders,
+        )
+        snapshots = await conn.fetch(
+            "SELECT key, payload FROM outbox WHERE key = ANY($1::text[]) AND topic = $2",
+            ids,
+            settings.topic_balances,
+        )
         balances = await conn.fetch(
             "SELECT balance_jpy FROM accounts WHERE account_id = ANY($1::text[])", ids
         )
@@ -166,6 +175,9 @@ async def test_two_sweeps_at_once_forfeit_each_lot_once(settings: Settings, uniq
     assert {r["balance_jpy"] for r in balances} == {1000}
     kinds = sorted(orjson.loads(m["payload"])["kind"] for m in outbox)
     assert kinds == ["credits_expired"] * 20 + ["credits_expiring"] * 20
+    # One balance snapshot per account: the forfeit; the notice alone changes nothing.
+    assert sorted(r["key"] for r in snapshots) == ids
+    assert {orjson.loads(r["payload"])["balance"] for r in snapshots} == {1000}
 
     # Relay them: each reminder reaches the topic once.
     await create_topics(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from tests.integration.kit import (
@@ -54,7 +55,14 @@ async def test_low_balance_once_per_crossing_and_rearmed_by_a_purchase(
         await step(settings.topic_usage, usage(f"u6-{unique}", account, ago(hours=2), 10))  # 450
         await step(settings.topic_usage, usage(f"u7-{unique}", account, ago(hours=1), 10))  # 350
         assert (await account_row(conn, account))["balance_jpy"] == 350
-        sent = await wait_outbox_sent(conn, account, at_least=2)
+        sent = await wait_outbox_sent(conn, account, at_least=2, topic=settings.topic_reminders)
+        # Every step was a batch of its own: one balance snapshot each, versions 1 to 10.
+        snapshots = await conn.fetch(
+            "SELECT payload FROM outbox WHERE key = $1 AND topic = $2 ORDER BY id",
+            account,
+            settings.topic_balances,
+        )
+        assert [orjson.loads(r["payload"])["version"] for r in snapshots] == list(range(1, 11))
     reminders = await messages_for(settings, settings.topic_reminders, account, at_least=sent)
     assert sent == 2
     assert [(r["kind"], r["balance"], r["threshold"], r["email"]) for r in reminders] == [
