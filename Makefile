@@ -16,17 +16,19 @@ BENCH_ARGS ?=
 # e.g. CHAOS_ARGS="--events 200000 --accounts 2000 --seed 7"; python -m chaos.runner -h
 CHAOS_ARGS ?=
 
-.PHONY: help install services migrate run worker demo test bench lint format down status env chaos
+.PHONY: help install services secure-services migrate run worker demo test bench lint format down status env chaos
 
 help:
 	@echo "make install   create $(VENV) and install the worker with its dev tools"
 	@echo "make services  start the local Kafka and PostgreSQL (scripts/services up)"
+	@echo "make secure-services  the secured pair: SASL_SSL, mutual TLS, ACLs, PostgreSQL TLS"
+	@echo "               (scripts/services --secure up; own ports and .local-secure/)"
 	@echo "make migrate   apply the database migrations"
 	@echo "make run       install, start services, migrate, run the worker with demo traffic"
 	@echo "               and a live view; Ctrl-C stops both (DEMO_ARGS='--rate 100')"
 	@echo "make worker    install, start services, migrate, run only the worker"
 	@echo "make demo      only the demo traffic, for a worker already running"
-	@echo "make test      install, start services, run the test suite (PYTEST_ARGS=...)"
+	@echo "make test      install, start both pairs of services, run the test suite (PYTEST_ARGS=...)"
 	@echo "make bench     start services, measure ceilings, throughput, latency, memory, scaling;"
 	@echo "               append to benchmarks/RESULTS.md (BENCH_ARGS='--events 20000 --accounts 500')"
 	@echo "make lint      ruff, mypy, import-linter"
@@ -46,6 +48,10 @@ $(VENV)/.installed: pyproject.toml
 services:
 	$(SERVICES) up
 
+# tests/secure runs the whole worker over SASL_SSL and mutual TLS against this pair.
+secure-services:
+	$(SERVICES) --secure up
+
 migrate: install services
 	$(WITH_ENV) $(BIN)/billing-worker migrate
 
@@ -60,7 +66,7 @@ worker: install services migrate
 demo: install services migrate
 	$(WITH_ENV) exec $(BIN)/billing-worker demo $(DEMO_ARGS)
 
-test: install services
+test: install services secure-services
 	$(WITH_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
 # Uses the services of scripts/services (BILLING_SERVICES_* select another pair).
@@ -79,6 +85,7 @@ format: install
 
 down:
 	$(SERVICES) down
+	$(SERVICES) --secure down
 
 status:
 	$(SERVICES) status

@@ -28,6 +28,7 @@ from benchmarks.kit import (
     topic_partitions,
 )
 from benchmarks.workload import Record, Workload
+from worker.adapters.digest import state_digest
 from worker.adapters.kafka_admin import OffsetReader
 
 WORKER = Path(sys.executable).parent / "billing-worker"
@@ -169,6 +170,8 @@ class BacklogRun:
     peak_rss_mb: list[float]
     cpu: CpuSnapshot
     counts: dict[str, int]
+    digest: str = ""
+    """SHA-256 of the billing state (worker.adapters.digest): equal for equal input."""
 
     @property
     def rate(self) -> float:
@@ -187,7 +190,7 @@ async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> Bac
     """Start the workers on topics already filled with `work`; follow them to the end."""
     services = procs.services
     conn = await asyncpg.connect(procs.database_url)
-    reader = OffsetReader(services.bootstrap, timeout_s=10)
+    reader = OffsetReader({"bootstrap_servers": services.bootstrap}, timeout_s=10)
     await procs.start()
     try:
         first: float | None = None
@@ -207,6 +210,11 @@ async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> Bac
             await asyncio.sleep(0.05)
         rss = [peak_rss_mb(pid) for pid in procs.pids]
         counts = await verify(conn, work, procs.topics)
+        t = procs.topics
+        roles = {t.usage: "usage", t.account: "account", t.reminders: "reminders"}
+        digest = await state_digest(
+            conn, {**roles, t.invoices: "invoices", t.dlq: "dlq", t.balances: "balances"}
+        )
     finally:
         await reader.close()
         await conn.close()
@@ -214,7 +222,9 @@ async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> Bac
     if any(code != 0 for code in codes):
         raise BenchError(f"workers exited with {codes}; see {procs.log_dir}")
     counts.update({f"log_{k}": v for k, v in procs.log_levels().items()})
-    return BacklogRun(procs.count, work.total, end - first, rss, cpu_end.minus(cpu_first), counts)
+    return BacklogRun(
+        procs.count, work.total, end - first, rss, cpu_end.minus(cpu_first), counts, digest
+    )
 
 
 async def verify(conn: asyncpg.Connection, work: Workload, topics: Topics) -> dict[str, int]:
@@ -288,7 +298,7 @@ async def run_latency(
     inputs, outputs = partitions
     await produce(services.bootstrap, topics.account, inputs, setup.account)
     conn = await asyncpg.connect(procs.database_url)
-    reader = OffsetReader(services.bootstrap, timeout_s=10)
+    reader = OffsetReader({"bootstrap_servers": services.bootstrap}, timeout_s=10)
     await procs.start()
     try:
         await _wait(lambda: drained(conn, reader, procs.group, topics), procs, timeout_s)

@@ -135,9 +135,11 @@ class WaveProducer:
                 await asyncio.sleep(1.0)
 
 
-async def end_offsets(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+async def end_offsets(
+    bootstrap: str, tps: list[TopicPartition], isolation_level: str = "read_committed"
+) -> dict[TopicPartition, int]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level
     )
     await consumer.start()
     try:
@@ -148,15 +150,22 @@ async def end_offsets(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPa
 
 
 async def read_all(
-    bootstrap: str, topic_partitions: dict[str, int], timeout_s: float = 300.0
+    bootstrap: str,
+    topic_partitions: dict[str, int],
+    timeout_s: float = 300.0,
+    isolation_level: str = "read_committed",
 ) -> dict[str, list[tuple[int, int, bytes | None, bytes | None]]]:
-    """Every record of the topics, as (partition, offset, key, value), in offset order."""
+    """Every record of the topics, as (partition, offset, key, value), in offset order.
+
+    read_committed (what the output topics' consumers are told to use) skips the messages of
+    aborted transactions; read_uncommitted returns them too.
+    """
     tps = [TopicPartition(t, p) for t, n in topic_partitions.items() for p in range(n)]
     # A separate consumer: on aiokafka 0.14, end_offsets() on the reading consumer can leave
     # it fetching nothing after the seek.
-    ends = await end_offsets(bootstrap, tps)
+    ends = await end_offsets(bootstrap, tps, isolation_level)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level
     )
     await consumer.start()
     try:
@@ -174,8 +183,9 @@ async def read_all(
             batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
             for tp, messages in batch.items():
                 out[tp.topic] += [(m.partition, m.offset, m.key, m.value) for m in messages]
-                if messages and messages[-1].offset + 1 >= ends[tp]:
-                    waiting.discard(tp)
+            # By position, not by the last record: a transactional log ends with a commit
+            # marker, and aborted messages are skipped without being returned.
+            waiting = {tp for tp in waiting if await consumer.position(tp) < ends[tp]}
         for records in out.values():
             records.sort(key=lambda r: (r[0], r[1]))
         return out

@@ -86,6 +86,8 @@ class WorkerProc:
     kills: int = 0
     restarts: int = 0
     unexpected_exits: list[str] = field(default_factory=list)
+    command: list[str] = field(default_factory=lambda: [str(CLI)])
+    relay_kills: int = 0  # exits at the relay's fault point (chaos.faulty_worker)
 
     @property
     def running(self) -> bool:
@@ -94,7 +96,7 @@ class WorkerProc:
     async def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
-                str(CLI), "run", env=self.env, stdout=out, stderr=out, start_new_session=True
+                *self.command, "run", env=self.env, stdout=out, stderr=out, start_new_session=True
             )
         self.expected_exit = False
         # For whoever has to clean up after a runner that was itself killed.

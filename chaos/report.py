@@ -15,13 +15,18 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"  chaos: {r['kills']} SIGKILLs + {r['restarts']} restarts, "
         f"{r['killed_for_good']} worker killed for good, PostgreSQL down "
         f"{r['postgres_down_s']} s, {r['kafka_restarts']} broker restart(s), "
-        f"{len(r['unexpected_exits'])} unexpected exit(s)",
+        f"{len(r['unexpected_exits'])} unexpected exit(s), {r['relay_kills']} relay exit(s) "
+        f"after a commit, broker restart in an open transaction "
+        f"{r['kafka_restart_in_transaction']}",
         f"  DLQ {r['dlq']} ({r['poison_share']:.2%} of input), input re-sends skipped "
         f"{r['input_resends_skipped']}, duplicates on output topics "
-        f"{r['duplicates_on_output_topics']}",
+        f"{r['duplicates_on_output_topics']}, read_committed repeats "
+        f"{r['duplicates_read_committed']}, aborted records (read_uncommitted only) "
+        f"{r['aborted_records_read_uncommitted']}",
         f"  mismatches {r['mismatches']} {r['mismatches_by_category'] or ''}, lag {r['lag']}, "
         f"outbox unsent {r['outbox_unsent']}, exit codes at SIGTERM {r['sigterm_exit_codes']}",
         f"  phases (s): {r['phases_s']}",
+        f"  state digest: {r.get('digest')}",
     ]
     lines += [f"  precondition violated: {p}" for p in r["preconditions_violated"][:10]]
     lines += [f"  {line}" for line in r["mismatch_lines"][:20]]
@@ -46,14 +51,21 @@ def render_markdown(r: dict[str, Any]) -> str:
         ("accounts", f"{r['accounts']} {r['accounts_by_kind']}"),
         ("workers in one group", r["workers"]),
         ("SIGKILLs with restart", r["kills"]),
+        (
+            "relay exits between Kafka commit and outbox update (done / armed)",
+            f"{r['relay_kills']} / {r['relay_kills_armed']}",
+        ),
         ("restarts", r["restarts"]),
         ("workers killed for good", r["killed_for_good"]),
         ("unexpected worker exits", len(r["unexpected_exits"])),
         ("PostgreSQL outage (s)", r["postgres_down_s"]),
         ("broker restarts (s each)", f"{r['kafka_restarts']} {r['kafka_restart_s']}"),
+        ("broker restart with a relay transaction open", r["kafka_restart_in_transaction"]),
         ("DLQ records", f"{r['dlq']} ({r['poison_share']:.2%}) {r['dlq_by_code']}"),
         ("input re-sends skipped as duplicates", r["input_resends_skipped"]),
-        ("duplicates seen on output topics", r["duplicates_on_output_topics"]),
+        ("duplicates seen on output topics (by id)", r["duplicates_on_output_topics"]),
+        ("repeated messages, read_committed consumer", r["duplicates_read_committed"]),
+        ("aborted records (seen by read_uncommitted only)", r["aborted_records_read_uncommitted"]),
         ("expected", r["expected"]),
         ("mismatches", f"{r['mismatches']} {r['mismatches_by_category'] or ''}"),
         ("preconditions violated", len(r["preconditions_violated"])),

@@ -3,8 +3,11 @@
 Its own Kafka and PostgreSQL (scripts/services with their own state dir and ports), a fresh
 database and topics per run, two `billing-worker run` processes in one consumer group. While
 the scenario is produced and applied: SIGKILLs at random instants (each followed by a
-restart), one PostgreSQL outage, one broker restart, and one worker killed for good. At the
-end the database and every output topic are compared with the reference model.
+restart), exits of a worker's relay right after a Kafka transaction commit and before the
+outbox update (its worst instant; `chaos.faulty_worker`), one PostgreSQL outage, one broker
+restart while a relay transaction is open, and one worker killed for good. At the end the
+database and every output topic, as a read_committed consumer sees them, are compared with
+the reference model, and the output topics are checked for duplicates.
 """
 
 from __future__ import annotations
@@ -25,7 +28,16 @@ from typing import Any
 import asyncpg
 import orjson
 
-from chaos import check, model
+from chaos import check, duplicates, model
+from chaos.faulty_worker import (
+    EXIT_AFTER_COMMIT,
+    EXIT_FILE,
+    FAULT_DIR_ENV,
+    HOLD_FILE,
+    HOLDING_FILE,
+    RELEASE_FILE,
+    claim,
+)
 from chaos.kafka_io import (
     Topics,
     WaveProducer,
@@ -37,11 +49,14 @@ from chaos.kafka_io import (
 from chaos.procs import CLI, ROOT, Services, WorkerProc, clean_env, free_port
 from chaos.report import render_markdown, summary_lines
 from chaos.scenario import Item, Params, Scenario, build
+from worker.adapters.digest import state_digest
 from worker.adapters.kafka_admin import OffsetReader
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.migrate import create_database, drop_database
 from worker.builders import policy_from, rates_from
 from worker.config import Settings
 from worker.domain.invoicing import period_of
+from worker.entrypoints.expiry_sweep import CLOCK_MARGIN
 
 APPLIED_LABELS = {"usage", "purchase", "reminder", "open", "switch", "payment", "late_usage"}
 
@@ -50,6 +65,7 @@ APPLIED_LABELS = {"usage", "purchase", "reminder", "open", "switch", "payment", 
 class Options:
     params: Params
     kills: int = 5
+    relay_kills: int = 5
     pg_stop_s: float = 12.0
     kafka_restarts: int = 1
     workers: int = 2
@@ -111,6 +127,8 @@ class Run:
         self.probe = Probe(self.settings.database_url)
         self.expected_applied = 1
         self.deadline = self.t0 + self.o.timeout_s
+        self.faults = self.run_dir / "faults"
+        self.faults.mkdir(parents=True, exist_ok=True)
 
     def note(self, action: str, **details: Any) -> None:
         entry = {"t_s": round(time.monotonic() - self.t0, 1), "action": action, **details}
@@ -126,13 +144,18 @@ class Run:
                 env[f"BILLING_{key.upper()}"] = str(value)
         env["BILLING_CLIENT_ID"] = f"{self.settings.consumer_group}-{name}"
         env["BILLING_HTTP_PORT"] = str(http_port)
+        env[FAULT_DIR_ENV] = str(self.faults)
+        env["PYTHONPATH"] = str(ROOT)
         return env
 
     async def start_workers(self) -> None:
         for n in range(self.o.workers):
             name = "AB"[n] if n < 2 else f"W{n}"
             worker = WorkerProc(
-                name, self.worker_env(name, free_port()), self.run_dir / f"worker-{name}.log"
+                name,
+                self.worker_env(name, free_port()),
+                self.run_dir / f"worker-{name}.log",
+                command=[sys.executable, "-m", "chaos.faulty_worker", "billing-worker"],
             )
             await worker.start()
             self.workers.append(worker)
@@ -145,6 +168,13 @@ class Run:
             for w in self.workers:
                 proc = w.proc
                 if w.retired or w.expected_exit or proc is None or proc.returncode is None:
+                    continue
+                if proc.returncode == EXIT_AFTER_COMMIT:
+                    w.relay_kills += 1
+                    self.note("relay_exited_after_commit", worker=w.name)
+                    await w.start()
+                    w.restarts += 1
+                    self.note("restarted", worker=w.name)
                     continue
                 w.unexpected_exits.append(f"exit {proc.returncode}: {w.tail(8)}")
                 self.note("unexpected_exit", worker=w.name, code=proc.returncode)
@@ -188,6 +218,10 @@ class Run:
     def schedule(self) -> list[tuple[float, str]]:
         rnd = self.rnd
         actions = [(rnd.uniform(0.05, 0.92), "kill") for _ in range(self.o.kills)]
+        if self.o.relay_kills > 0:
+            # One after the other while input (and so output) still flows: an exit is only
+            # reached when a relay commits something.
+            actions.append((rnd.uniform(0.05, 0.3), "relay_kills"))
         if self.o.pg_stop_s > 0:
             actions.append((rnd.uniform(0.3, 0.6), "pg_stop"))
         actions += [
@@ -238,12 +272,45 @@ class Run:
         self.figures["postgres_down_s"] = down
         self.note("postgres_started", down_s=down)
 
+    def relay_kills(self) -> int:
+        return sum(w.relay_kills for w in self.workers)
+
+    async def do_relay_kills(self, progress: float) -> None:
+        """`relay_kills` times: the next relay commit is followed by a hard exit, before the
+        outbox update; the process is restarted by `supervise`."""
+        for _ in range(self.o.relay_kills):
+            before = self.relay_kills()
+            (self.faults / EXIT_FILE).write_text("")
+            self.note("relay_exit_armed", progress=progress)
+            give_up = time.monotonic() + 60
+            while self.relay_kills() == before:
+                if time.monotonic() > give_up and claim(self.faults / EXIT_FILE):
+                    self.note("relay_exit_not_reached")
+                    return
+                self.check_deadline("a relay commit")
+                await asyncio.sleep(0.2)
+            progress = round(await self.progress() or 0.0, 3)
+
+    async def hold_transaction(self) -> bool:
+        """A relay stops with its transaction open (messages sent, not committed)."""
+        (self.faults / HOLD_FILE).write_text("")
+        give_up = time.monotonic() + 30
+        while not (self.faults / HOLDING_FILE).exists():
+            if time.monotonic() > give_up and claim(self.faults / HOLD_FILE):
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
     async def do_kafka_restart(self, progress: float) -> None:
+        held = await self.hold_transaction()
         # The producer stands aside (it is the platform, not the system under test).
         async with self.wave_lock:
-            self.note("kafka_restarting", progress=progress)
+            self.note("kafka_restarting", progress=progress, relay_transaction_open=held)
             took = round(await self.services.call("restart-kafka"), 1)
+        if held:
+            (self.faults / RELEASE_FILE).write_text("")
         self.figures.setdefault("kafka_restart_s", []).append(took)
+        self.figures.setdefault("kafka_restart_in_transaction", []).append(held)
         self.note("kafka_restarted", took_s=took)
 
     # --- the end -------------------------------------------------------------------------
@@ -252,7 +319,7 @@ class Run:
         """Until the group has no lag, the outbox is empty and every due lot was swept."""
         s = self.settings
         quiet = 0
-        async with OffsetReader(s.kafka_bootstrap_servers) as reader:
+        async with OffsetReader(kafka_client_args(s)) as reader:
             while quiet < 3:
                 self.check_deadline("the workers to settle")
                 await asyncio.sleep(1.0)
@@ -350,7 +417,8 @@ async def _execute(run: Run) -> dict[str, Any]:
         run.figures["produce_s"] = round(time.monotonic() - t, 1)
         run.note("produced", resent_waves=run.producer.resent_waves)
         await chaos
-        due = max(scenario.expiries) + policy.lateness + timedelta(seconds=4)
+        # The sweep forfeits only up to a cutoff that trails the clock by CLOCK_MARGIN.
+        due = max(scenario.expiries) + policy.lateness + CLOCK_MARGIN + timedelta(seconds=4)
         await run.settle(due)
         run.figures["process_s"] = round(time.monotonic() - t, 1)
     finally:
@@ -380,6 +448,14 @@ async def _verify(run: Run) -> dict[str, Any]:
             s.topic_balances: 3,
         },
     )
+    outputs = {"reminders": s.topic_reminders, "invoices": s.topic_invoices, "dlq": s.topic_dlq}
+    run.figures["duplicates_read_committed"] = duplicates.by_topic(logs, outputs)
+    uncommitted = await read_all(
+        s.kafka_bootstrap_servers, dict.fromkeys(outputs.values(), 3), 300.0, "read_uncommitted"
+    )
+    run.figures["aborted_records_read_uncommitted"] = sum(
+        len(uncommitted[t]) - len(logs[t]) for t in outputs.values()
+    )
     lookup: dict[tuple[bytes | None, bytes | None], Item] = {}
     for item in scenario.items():
         lookup.setdefault((None if item.key is None else item.key.encode(), item.value), item)
@@ -400,9 +476,18 @@ async def _verify(run: Run) -> dict[str, Any]:
         dead_letters=check.index_dead_letters(logs[s.topic_dlq]),
         balances=check.newest_balances(logs[s.topic_balances]),
     )
+    roles = {
+        s.topic_usage: "usage",
+        s.topic_account_events: "account",
+        s.topic_reminders: "reminders",
+        s.topic_invoices: "invoices",
+        s.topic_dlq: "dlq",
+        s.topic_balances: "balances",
+    }
     conn = await asyncpg.connect(s.database_url)
     try:
         await check.read_database(conn, actual)
+        run.figures["digest"] = await state_digest(conn, roles)
     finally:
         await conn.close()
     report = check.compare(
@@ -456,9 +541,11 @@ def _results(
     preconditions = _preconditions(run, actual, end)
     w = run.workers
     figures = run.figures
+    dups = figures["duplicates_read_committed"]
     passed = (
         report.mismatches == 0
         and not preconditions
+        and sum(dups.values()) == 0
         and figures["lag"] == 0
         and actual.outbox_unsent == 0
     )
@@ -473,17 +560,22 @@ def _results(
         "poison_share": round(len(expected.dead) / len(records), 4),
         "workers": len(w),
         "kills": sum(x.kills for x in w),
+        "relay_kills": sum(x.relay_kills for x in w),
+        "relay_kills_armed": run.o.relay_kills,
         "restarts": sum(x.restarts for x in w),
         "killed_for_good": sum(x.retired for x in w),
         "unexpected_exits": [f"{x.name}: {e}" for x in w for e in x.unexpected_exits],
         "postgres_down_s": figures.get("postgres_down_s"),
         "kafka_restarts": len(figures.get("kafka_restart_s", [])),
         "kafka_restart_s": figures.get("kafka_restart_s", []),
+        "kafka_restart_in_transaction": figures.get("kafka_restart_in_transaction", []),
         "producer_resent_waves": run.producer.resent_waves if run.producer else 0,
         "dlq": len(expected.dead),
         "dlq_by_code": dict(sorted(codes.items())),
         "input_resends_skipped": len(expected.duplicates),
         "duplicates_on_output_topics": report.duplicates,
+        "duplicates_read_committed": dups,
+        "aborted_records_read_uncommitted": figures["aborted_records_read_uncommitted"],
         "expected": {
             "applied": len(expected.processed),
             "ledger_entries": len(expected.ledger),
@@ -491,6 +583,7 @@ def _results(
             "invoices": len(expected.invoices),
         },
         "mismatches": report.mismatches,
+        "digest": figures.get("digest"),
         "mismatches_by_category": dict(report.counts),
         "mismatch_lines": report.lines[:50],
         "account_diffs": [
@@ -568,6 +661,12 @@ def parse(argv: list[str]) -> Options:
     )
     p.add_argument("--expiry-spread-s", type=float, default=d.params.expiry_spread_s)
     p.add_argument("--kills", type=int, default=d.kills, help="SIGKILLs, each with a restart")
+    p.add_argument(
+        "--relay-kills",
+        type=int,
+        default=d.relay_kills,
+        help="hard exits of a relay between its Kafka commit and the outbox update",
+    )
     p.add_argument("--pg-stop-s", type=float, default=d.pg_stop_s, help="0: no outage")
     p.add_argument("--kafka-restarts", type=int, default=d.kafka_restarts)
     p.add_argument("--workers", type=int, default=d.workers)
@@ -592,6 +691,7 @@ def parse(argv: list[str]) -> Options:
     return Options(
         params,
         a.kills,
+        a.relay_kills,
         a.pg_stop_s,
         a.kafka_restarts,
         a.workers,

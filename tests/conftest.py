@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.migrate import create_database, drop_database
 from worker.config import Settings
 
@@ -112,7 +113,7 @@ async def settings(
 
 
 async def _delete_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**kafka_client_args(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

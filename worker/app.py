@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from worker import logs
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.postgres import PgStore
 from worker.adapters.relay import OutboxRelay, drain
 from worker.adapters.wire import Decoder
@@ -67,7 +68,7 @@ class Worker:
         store = PgStore(self.pool)
         relay = OutboxRelay(
             s.database_url,
-            s.kafka_bootstrap_servers,
+            kafka_client_args(s),
             s.client_id,
             self.metrics,
             s.outbox_batch_size,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker import redact
 from worker.domain.errors import BillingError
 
 
@@ -24,6 +28,17 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "postgresql://billing@127.0.0.1:15432/billing", pattern=r"^postgres(ql)?://"
     )
+    # Kafka security: every client's connection arguments come from
+    # worker.adapters.kafka_connection.kafka_client_args, built from these.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = Field(None, min_length=1)
+    kafka_sasl_password: SecretStr | None = None
+    # A mounted secret: the file holds the password (one trailing newline is ignored).
+    kafka_sasl_password_file: Path | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
     consumer_group: str = Field("sms-billing-worker", min_length=1)
     client_id: str = Field("sms-billing-worker", min_length=1)
     # Static membership: set a stable id per process so a quick restart does not rebalance.
@@ -84,6 +99,29 @@ class Settings(BaseSettings):
             raise ValueError(f"no such file: {value}")
         return value
 
+    @field_validator(
+        "kafka_sasl_password_file", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"
+    )
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                value.read_bytes()
+            except OSError as exc:
+                raise ValueError(f"cannot read {value}: {exc.strerror}") from exc
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_tls(cls, value: str) -> str:
+        check_dsn_tls(value)
+        return value
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        check_kafka_security(self)
+        return self
+
     @model_validator(mode="after")
     def _distinct_topics(self) -> Settings:
         names = [
@@ -102,15 +140,93 @@ class Settings(BaseSettings):
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.business_timezone)
 
+    def kafka_sasl_password_value(self) -> str | None:
+        """The SASL password, from BILLING_KAFKA_SASL_PASSWORD or the file that holds it."""
+        if self.kafka_sasl_password is not None:
+            return self.kafka_sasl_password.get_secret_value()
+        if self.kafka_sasl_password_file is not None:
+            return self.kafka_sasl_password_file.read_text().removesuffix("\n")
+        return None
+
+    def secrets(self) -> list[str]:
+        """Every secret value these settings hold, so outputs can be scrubbed of them."""
+        found = [self.kafka_sasl_password_value() or "", urlsplit(self.database_url).password or ""]
+        return [value for value in found if value]
+
+
+_SSLMODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+
+
+def check_dsn_tls(dsn: str) -> None:
+    """The DSN's sslmode is known and the certificate files it names can be read."""
+    query = parse_qs(urlsplit(dsn).query)
+    modes = query.get("sslmode", [])
+    if modes and modes[-1] not in _SSLMODES:
+        raise ValueError(f"sslmode must be one of {', '.join(sorted(_SSLMODES))}")
+    for key in ("sslrootcert", "sslcert", "sslkey"):
+        for path in query.get(key, []):
+            if not Path(path).is_file():
+                raise ValueError(f"{key}: no such file: {path}")
+    verifies = modes and modes[-1] in ("verify-ca", "verify-full")
+    # asyncpg would fall back to PGSSLROOTCERT or ~/.postgresql/root.crt; say what is missing.
+    default_ca = Path(os.environ.get("PGSSLROOTCERT", Path.home() / ".postgresql" / "root.crt"))
+    if verifies and not query.get("sslrootcert") and not default_ca.is_file():
+        raise ValueError(f"sslmode={modes[-1]} needs sslrootcert=<CA file>")
+
+
+def check_kafka_security(s: Settings) -> None:
+    """A combination of BILLING_KAFKA_* security settings the clients can connect with."""
+    protocol = s.kafka_security_protocol
+    if protocol.startswith("SASL_"):
+        _check_sasl(s)
+    else:
+        _none_set(
+            f"BILLING_KAFKA_SECURITY_PROTOCOL={protocol} does not use SASL",
+            BILLING_KAFKA_SASL_USERNAME=s.kafka_sasl_username,
+            BILLING_KAFKA_SASL_PASSWORD=s.kafka_sasl_password,
+            BILLING_KAFKA_SASL_PASSWORD_FILE=s.kafka_sasl_password_file,
+        )
+    if protocol not in ("SSL", "SASL_SSL"):
+        _none_set(
+            f"BILLING_KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS",
+            BILLING_KAFKA_SSL_CAFILE=s.kafka_ssl_cafile,
+            BILLING_KAFKA_SSL_CERTFILE=s.kafka_ssl_certfile,
+            BILLING_KAFKA_SSL_KEYFILE=s.kafka_ssl_keyfile,
+        )
+    if s.kafka_ssl_keyfile is not None and s.kafka_ssl_certfile is None:
+        raise ValueError("BILLING_KAFKA_SSL_KEYFILE needs BILLING_KAFKA_SSL_CERTFILE")
+
+
+def _check_sasl(s: Settings) -> None:
+    with_protocol = f"with BILLING_KAFKA_SECURITY_PROTOCOL={s.kafka_security_protocol}"
+    if s.kafka_sasl_username is None:
+        raise ValueError(f"BILLING_KAFKA_SASL_USERNAME is required {with_protocol}")
+    if (s.kafka_sasl_password is None) == (s.kafka_sasl_password_file is None):
+        raise ValueError(
+            "set exactly one of BILLING_KAFKA_SASL_PASSWORD and "
+            f"BILLING_KAFKA_SASL_PASSWORD_FILE {with_protocol}"
+        )
+    if not s.kafka_sasl_password_value():
+        raise ValueError("BILLING_KAFKA_SASL_PASSWORD(_FILE) gives an empty password")
+
+
+def _none_set(why: str, **values: object) -> None:
+    for name, value in values.items():
+        if value is not None:
+            raise ValueError(f"{name} is set but {why}")
+
 
 def load_settings() -> Settings:
     """Read the environment; a bad value raises SettingsError naming the variable."""
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             field = ".".join(str(part) for part in err["loc"])
-            name = f"BILLING_{field.upper()}" if field else "BILLING_* settings"
-            problems.append(f"{name}: {err['msg']}")
-        raise SettingsError("invalid settings: " + "; ".join(problems)) from exc
+            # Only the message, never the input: a rejected value may be a secret.
+            message = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"BILLING_{field.upper()}: {message}" if field else message)
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+    redact.register(*settings.secrets())
+    return settings

@@ -10,11 +10,14 @@ from typing import Any
 
 import structlog
 
+from worker import redact
+
 _EMAIL = re.compile(r"[^@\s\"']+@[^@\s\"']+")
 
 
 def _redact(value: Any) -> Any:
     if isinstance(value, str):
+        value = redact.scrub(value)
         return _EMAIL.sub("<email>", value) if "@" in value else value
     if isinstance(value, dict):
         return {k: _redact(v) for k, v in value.items()}
@@ -24,7 +27,7 @@ def _redact(value: Any) -> Any:
 
 
 def _redact_emails(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """E-mail addresses never reach a log line, however deep in the event they sit."""
+    """E-mail addresses and secrets never reach a log line, however deep in the event."""
     for key, value in event.items():
         event[key] = _redact(value)
     return event

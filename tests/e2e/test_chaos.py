@@ -1,8 +1,10 @@
 """The chaos run, reduced for CI: its own Kafka and PostgreSQL, real worker processes.
 
-20,000 events over 400 accounts; two SIGKILLs with restarts, a 10 s PostgreSQL outage, a
-broker restart and one of two workers killed for good; then every balance, lot, ledger entry,
-reminder, invoice and dead letter is compared with the reference model (`chaos`).
+20,000 events over 400 accounts; two SIGKILLs with restarts, two exits of the relay between
+its Kafka commit and the outbox update, a 10 s PostgreSQL outage, a broker restart while a
+relay transaction is open and one of two workers killed for good; then every balance, lot,
+ledger entry, reminder, invoice and dead letter is compared with the reference model
+(`chaos`), and a read_committed consumer must see no message twice.
 `make chaos` is the full-size run. A seed that ever fails here stays in SEEDS.
 """
 
@@ -84,6 +86,8 @@ def test_reduced_chaos_run_matches_the_model(seed: int, tmp_path: Path) -> None:
         str(seed),
         "--kills",
         "2",
+        "--relay-kills",
+        "2",
         "--pg-stop-s",
         "10",
         "--kafka-restarts",
@@ -132,6 +136,9 @@ def test_reduced_chaos_run_matches_the_model(seed: int, tmp_path: Path) -> None:
     assert summary["passed"], output[-6000:]
     assert code == 0, output[-6000:]
     assert summary["kills"] >= 2
+    assert summary["relay_kills"] >= 1, output[-6000:]
+    assert summary["duplicates_read_committed"] == {"reminders": 0, "invoices": 0, "dlq": 0}
+    assert summary["kafka_restart_in_transaction"] == [True], output[-6000:]
     assert summary["killed_for_good"] == 1
     assert summary["postgres_down_s"] >= 10
     assert summary["events"] >= 20000

@@ -33,6 +33,7 @@ from tests.integration.kit import (
     usage,
     wait_until,
 )
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.builders import policy_from, rates_from
 from worker.config import Settings
 from worker.domain.account import Account
@@ -168,7 +169,7 @@ async def start_worker(settings: Settings, log: Path) -> asyncio.subprocess.Proc
 
 async def produce_paced(settings: Settings, items: list[Sent], chunk: int = 100) -> None:
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka_client_args(settings),
         acks="all",
         enable_idempotence=True,
         linger_ms=5,

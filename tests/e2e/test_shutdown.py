@@ -30,6 +30,7 @@ from tests.integration.kit import (
     wait_until,
 )
 from worker.adapters.kafka_admin import committed_and_end
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.config import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -111,7 +112,7 @@ async def test_sigterm_mid_burst_exits_0_and_applies_every_event_exactly_once(
     # The batch in hand was finished and committed: the database holds exactly what the
     # group committed, per partition, and every committed outbox row was published.
     offsets = await committed_and_end(
-        settings.kafka_bootstrap_servers, settings.consumer_group, [settings.topic_usage]
+        kafka_client_args(settings), settings.consumer_group, [settings.topic_usage]
     )
     async with database(settings) as conn:
         applied = dict(
@@ -160,7 +161,7 @@ async def test_static_membership_is_accepted_and_a_restart_keeps_the_member(
     SIGTERM aiokafka does not leave the group, and a restart under the same id replaces it."""
     instance = f"worker-{unique}"
     await create_topics(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**kafka_client_args(settings))
     await admin.start()
 
     async def members() -> list[str]:

@@ -16,13 +16,15 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pydantic import SecretStr
 
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.app import Worker
 from worker.config import Settings
 
 
 async def create_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**kafka_client_args(settings))
     await admin.start()
     try:
         inputs = [settings.topic_usage, settings.topic_account_events]
@@ -45,9 +47,7 @@ async def produce(
     settings: Settings, topic: str, events: Iterable[dict[str, Any] | bytes], key: str | None = None
 ) -> None:
     """Send events in order, keyed by their account (or `key`), and wait for the acks."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True
-    )
+    producer = AIOKafkaProducer(**kafka_client_args(settings), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         for event in events:
@@ -72,7 +72,7 @@ async def read_topic(
 ) -> list[dict[str, Any]]:
     """Every message on `topic` from the start: wait for `at_least`, then for quiet."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka_client_args(settings),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
@@ -217,9 +217,7 @@ async def produce_positions(
     settings: Settings, topic: str, events: Iterable[dict[str, Any] | bytes], key: str | None = None
 ) -> list[tuple[int, int]]:
     """Like `produce`, but returns each record's (partition, offset)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True
-    )
+    producer = AIOKafkaProducer(**kafka_client_args(settings), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         out = []
@@ -330,6 +328,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The process environment that makes `billing-worker` use exactly these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
     for name, value in settings.model_dump().items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
         if value is not None:
             env[f"BILLING_{name.upper()}"] = (
                 str(value).lower() if isinstance(value, bool) else str(value)

@@ -9,6 +9,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.integration.kit import ago, create_topics, database, running_worker, usage, wait_applied
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.postgres import PgStore
 from worker.builders import create_pool, encoder_from
 from worker.config import Settings
@@ -24,9 +25,7 @@ async def test_the_group_counts_as_caught_up_after_applying_a_transactional_prod
     # The worker reads read_committed. After a committed transaction the log end is the
     # commit marker + 1, while the worker commits last record + 1: one short forever.
     await create_topics(settings)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, transactional_id=f"tx-{unique}"
-    )
+    producer = AIOKafkaProducer(**kafka_client_args(settings), transactional_id=f"tx-{unique}")
     await producer.start()
     try:
         async with producer.transaction():

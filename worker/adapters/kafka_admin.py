@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.config import Settings
 
 Offsets = dict[TopicPartition, tuple[int | None, int]]
@@ -23,9 +24,12 @@ class OffsetReader:
     """
 
     def __init__(
-        self, bootstrap: str, client_id: str = "sms-billing-worker-offsets", timeout_s: float = 5.0
+        self,
+        connection: dict[str, Any],
+        client_id: str = "sms-billing-worker-offsets",
+        timeout_s: float = 5.0,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.connection = connection  # kafka_client_args(settings)
         self.client_id = client_id
         self.timeout_s = timeout_s
         self._admin: AIOKafkaAdminClient | None = None
@@ -59,13 +63,13 @@ class OffsetReader:
         if self._admin is None or self._consumer is None:
             await self.close()
             admin = AIOKafkaAdminClient(
-                bootstrap_servers=self.bootstrap,
+                **self.connection,
                 client_id=self.client_id,
                 request_timeout_ms=int(self.timeout_s * 1000),
             )
             # read_committed: the end is the last stable offset, as far as the worker can read.
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap,
+                **self.connection,
                 client_id=self.client_id,
                 enable_auto_commit=False,
                 isolation_level="read_committed",
@@ -104,6 +108,16 @@ class OffsetReader:
             for p in t["partitions"]
         )
 
+    async def partition_counts(self, topics: list[str]) -> dict[str, int | None]:
+        """Partitions per topic; None for a topic the broker does not know."""
+        admin, _ = await self._bounded(self._clients())
+        described = await self._bounded(admin.describe_topics(topics))
+        counts: dict[str, int | None] = dict.fromkeys(topics)
+        for t in described:
+            if t["error_code"] == 0 and t["topic"] in counts:
+                counts[t["topic"]] = len(t["partitions"])
+        return counts
+
     async def end_offsets(self, topics: list[str]) -> dict[TopicPartition, int]:
         partitions = await self.partitions(topics)
         if not partitions:
@@ -126,9 +140,9 @@ class OffsetReader:
         }
 
 
-async def committed_and_end(bootstrap: str, group: str, topics: list[str]) -> Offsets:
+async def committed_and_end(connection: dict[str, Any], group: str, topics: list[str]) -> Offsets:
     """(committed, end) per partition of `topics`, read from the broker alone (one-shot)."""
-    async with OffsetReader(bootstrap) as reader:
+    async with OffsetReader(connection) as reader:
         return await reader.committed_and_end(group, topics)
 
 
@@ -149,7 +163,7 @@ def lag_rows(offsets: Offsets) -> list[dict[str, Any]]:
 async def group_lag(settings: Settings) -> dict[str, Any]:
     """Lag per input partition and in total, for `billing-worker lag`."""
     offsets = await committed_and_end(
-        settings.kafka_bootstrap_servers,
+        kafka_client_args(settings),
         settings.consumer_group,
         [settings.topic_usage, settings.topic_account_events],
     )

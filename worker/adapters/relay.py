@@ -1,7 +1,13 @@
-"""Outbox relay: publishes committed outbox rows in id order, marks them sent after the ack.
+"""Outbox relay: publishes committed outbox rows in Kafka transactions, exactly once.
 
 One relay at a time holds a PostgreSQL advisory lock: several relays taking rows with
-SKIP LOCKED would publish one account's messages out of order.
+SKIP LOCKED would publish one account's messages out of order. Each round numbers its rows
+(`relay_seq`, committed before anything is sent), publishes them in that order in one Kafka
+transaction with the number in a header, and marks them sent after the commit. A relay that
+died between the two leaves rows that are published but not marked: the next one (its
+producer has the database's transactional id, so starting it fences the old one and aborts
+whatever it left open) reads the highest number committed to the log and marks every row up
+to it sent before it publishes anything.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError, ProducerFenced, RecordTooLargeError
 
 from worker import logs
+from worker.adapters.relay_log import SEQ_HEADER, highest_committed_seq
 from worker.errors import is_retriable
 from worker.metrics import Metrics
 
@@ -23,23 +30,45 @@ log = logs.get("worker.relay")
 
 RELAY_LOCK_KEY = 0x5B111_0002
 
+# Rows numbered by an earlier round that did not end in a marked commit come first, in
+# their numbers' order; then new rows in id order.
 _PENDING = """
-SELECT id, message_id, topic, key, payload FROM outbox
-WHERE sent_at IS NULL AND failed_at IS NULL ORDER BY id LIMIT $1
+SELECT id, message_id, topic, key, payload, relay_seq FROM outbox
+WHERE sent_at IS NULL AND failed_at IS NULL ORDER BY relay_seq NULLS LAST, id LIMIT $1
 """
+_NUMBERS = "SELECT nextval('outbox_relay_seq') AS n FROM generate_series(1, $1)"
+_NUMBER = """
+UPDATE outbox o SET relay_seq = u.seq
+FROM unnest($1::bigint[], $2::bigint[]) AS u(id, seq) WHERE o.id = u.id
+"""
+_IN_DOUBT_TOPICS = """
+SELECT DISTINCT topic FROM outbox
+WHERE sent_at IS NULL AND failed_at IS NULL AND relay_seq IS NOT NULL
+"""
+_MARK_UP_TO = """
+UPDATE outbox SET sent_at = now()
+WHERE sent_at IS NULL AND failed_at IS NULL AND relay_seq <= $1
+"""
+_MARK = "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])"
 _ANY_UNSENT = "SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL)"
-_PARK = "UPDATE outbox SET failed_at = now(), failure = $2 WHERE id = $1"
+# A parked row loses its number: if ops release it, it is numbered again when it is sent, so
+# a number at or below the log's highest always means "published".
+_PARK = "UPDATE outbox SET failed_at = now(), failure = $2, relay_seq = NULL WHERE id = $1"
 # Errors that no retry can cure for this one message: it is parked, the rest flows.
 _UNSENDABLE = (MessageSizeTooLargeError, RecordTooLargeError)
 _BACKLOG = """
 SELECT count(*) AS n, min(created_at) AS oldest FROM outbox WHERE sent_at IS NULL
 """
+_IDENTITY = """
+SELECT (SELECT system_identifier FROM pg_control_system()) AS cluster, oid AS db
+FROM pg_database WHERE datname = current_database()
+"""
 
 
-def build_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
+def build_producer(connection: dict[str, Any], client_id: str) -> AIOKafkaProducer:
     """Idempotent, acks from all in-sync replicas: a retry never reorders or doubles a send."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
+        **connection,
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -48,20 +77,47 @@ def build_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
     )
 
 
+def build_transactional_producer(
+    connection: dict[str, Any], client_id: str, transactional_id: str
+) -> AIOKafkaProducer:
+    """Idempotent and transactional; starting it fences every earlier one with the same id."""
+    return AIOKafkaProducer(
+        **connection,
+        client_id=client_id,
+        acks="all",
+        transactional_id=transactional_id,
+        # The broker aborts a transaction left open longer (a relay that hangs mid-round).
+        transaction_timeout_ms=60_000,
+        linger_ms=5,
+        request_timeout_ms=15_000,
+    )
+
+
+async def transactional_id(conn: asyncpg.Connection) -> str:
+    """One id per database: its cluster's system identifier and its oid, stable across restarts.
+
+    Every relay of this database shares it, so a new one fences any older one still alive;
+    a copy of the database restored elsewhere gets another id.
+    """
+    row = await conn.fetchrow(_IDENTITY)
+    assert row is not None  # the current database exists
+    return f"billing-outbox-relay-{row['cluster']}-{row['db']}"
+
+
 class OutboxRelay:
     """Moves outbox rows to Kafka; `wake()` after a commit avoids waiting for the next poll."""
 
     def __init__(
         self,
         database_url: str,
-        bootstrap_servers: str,
+        connection: dict[str, Any],
         client_id: str,
         metrics: Metrics,
         batch_size: int = 1000,
         poll_interval_s: float = 0.2,
     ) -> None:
         self.database_url = database_url
-        self.bootstrap_servers = bootstrap_servers
+        self.connection = connection  # kafka_client_args(settings)
         self.client_id = client_id
         self.metrics = metrics
         self.batch_size = batch_size
@@ -80,31 +136,69 @@ class OutboxRelay:
                 await self._lead(stop)
                 return
             except Exception as exc:  # noqa: BLE001 - the relay must outlive any one failure
-                # Nothing of the failed page was marked sent: it is sent again, in order.
-                level = log.warning if is_retriable(exc) else log.error
-                level("relay_retrying", cause=type(exc).__name__, error=str(exc))
+                # The open transaction, if any, is aborted by the next producer's start; what
+                # it may have committed is found in the log by the recovery that follows.
+                fenced = isinstance(exc, ProducerFenced)
+                level = log.warning if fenced or is_retriable(exc) else log.error
+                level("relay_retrying", cause=type(exc).__name__, error=str(exc), fenced=fenced)
                 self.leader = False
                 await _sleep_or_stop(stop, delay)
                 delay = min(delay * 2, 10.0)
 
     async def _lead(self, stop: asyncio.Event) -> None:
         conn = await asyncpg.connect(self.database_url)
-        producer = build_producer(self.bootstrap_servers, self.client_id + "-relay")
+        producer: AIOKafkaProducer | None = None
         try:
-            await producer.start()
             while not stop.is_set():
                 if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
-                    self.leader = True
                     break
                 await _sleep_or_stop(stop, self.poll_interval_s * 5)
+            if stop.is_set():
+                return
+            # Only the lock holder starts a producer: starting one fences the one in use.
+            producer = await self._start(conn)
+            self.leader = True
             while not stop.is_set():
                 sent = await self.relay_once(conn, producer)
                 if sent < self.batch_size:
                     await self._idle(stop)
         finally:
             self.leader = False
-            await producer.stop()
+            if producer is not None:
+                await producer.stop()
             await conn.close()
+
+    async def _start(self, conn: asyncpg.Connection) -> AIOKafkaProducer:
+        """A producer that fenced every earlier relay, after the log's account is taken."""
+        producer = build_transactional_producer(
+            self.connection, self.client_id + "-relay", await transactional_id(conn)
+        )
+        try:
+            await producer.start()
+            await self.recover(conn, producer)
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    async def recover(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
+        """Mark sent every numbered row the log holds committed; how many were."""
+        topics = sorted(r["topic"] for r in await conn.fetch(_IN_DOUBT_TOPICS))
+        if not topics:
+            return 0
+        # Only the topics of numbered unsent rows: a row in doubt sits in one of their
+        # partitions, and the last commit cannot have reached any other topic unmarked.
+        tps = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(await producer.partitions_for(topic))
+        ]
+        highest = await highest_committed_seq(
+            self.connection, self.client_id + "-relay-recovery", tps
+        )
+        marked = int((await conn.execute(_MARK_UP_TO, highest)).split()[-1])
+        log.info("relay_recovered", highest_seq=highest, marked_sent=marked, topics=topics)
+        return marked
 
     async def publish_pending(self) -> bool:
         """Publish what is committed now unless another relay leads (then it will: False)."""
@@ -112,8 +206,7 @@ class OutboxRelay:
         try:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
                 return False
-            producer = build_producer(self.bootstrap_servers, self.client_id + "-relay")
-            await producer.start()
+            producer = await self._start(conn)
             try:
                 while await self.relay_once(conn, producer) == self.batch_size:
                     pass
@@ -123,14 +216,29 @@ class OutboxRelay:
         finally:
             await conn.close()  # ending the session releases the advisory lock
 
-    async def _send(self, producer: AIOKafkaProducer, row: asyncpg.Record) -> asyncio.Future[Any]:
+    async def _number(self, conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[int]:
+        """Each row's sequence number, new ones committed before any of them is sent."""
+        new = [row["id"] for row in rows if row["relay_seq"] is None]
+        numbers: list[int] = []
+        if new:
+            numbers = sorted(r["n"] for r in await conn.fetch(_NUMBERS, len(new)))
+            await conn.execute(_NUMBER, new, numbers)
+        given = dict(zip(new, numbers, strict=True))
+        return [row["relay_seq"] or given[row["id"]] for row in rows]
+
+    async def _send(
+        self, producer: AIOKafkaProducer, row: asyncpg.Record, seq: int
+    ) -> asyncio.Future[Any]:
         """The broker's ack to come, or at once the error a too large message raises."""
         try:
             future: asyncio.Future[Any] = await producer.send(
                 row["topic"],
                 value=bytes(row["payload"]),
                 key=None if row["key"] is None else row["key"].encode(),
-                headers=[("message_id", row["message_id"].encode())],
+                headers=[
+                    ("message_id", row["message_id"].encode()),
+                    (SEQ_HEADER, str(seq).encode()),
+                ],
             )
         except _UNSENDABLE as exc:
             future = asyncio.get_running_loop().create_future()
@@ -161,26 +269,10 @@ class OutboxRelay:
                 waiter.cancel()
 
     async def relay_once(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
-        """Send one page of unsent rows in id order; mark them sent once all are acked."""
+        """Publish one page of unsent rows in one transaction; mark them sent after the commit."""
         rows = await conn.fetch(_PENDING, self.batch_size)
         if rows:
-            outcomes = await asyncio.gather(
-                *[await self._send(producer, row) for row in rows], return_exceptions=True
-            )
-            sent = []
-            for row, outcome in zip(rows, outcomes, strict=True):
-                if isinstance(outcome, _UNSENDABLE):
-                    await self._park(conn, row, outcome)
-                elif isinstance(outcome, BaseException):
-                    raise outcome  # retried by run(): nothing of this page is marked sent
-                else:
-                    sent.append(row)
-            await conn.execute(
-                "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
-                [row["id"] for row in sent],
-            )
-            for row in sent:
-                self.metrics.outbox_sent.labels(row["topic"]).inc()
+            await self._publish(conn, producer, rows)
         backlog = await conn.fetchrow(_BACKLOG)
         assert backlog is not None  # an aggregate always returns one row
         self.metrics.outbox_backlog.set(backlog["n"])
@@ -189,6 +281,38 @@ class OutboxRelay:
             0.0 if oldest is None else (datetime.now(UTC) - oldest).total_seconds()
         )
         return len(rows)
+
+    async def _publish(
+        self, conn: asyncpg.Connection, producer: AIOKafkaProducer, rows: list[asyncpg.Record]
+    ) -> None:
+        seqs = await self._number(conn, rows)
+        await producer.begin_transaction()
+        # Any exception from here leaves the transaction open: run() starts a new producer,
+        # which aborts it, and recovers from the log before sending again.
+        pairs = zip(rows, seqs, strict=True)
+        futures = [await self._send(producer, row, seq) for row, seq in pairs]
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        unsendable = [
+            (row, o) for row, o in zip(rows, outcomes, strict=True) if isinstance(o, _UNSENDABLE)
+        ]
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, _UNSENDABLE):
+                raise outcome
+        # Parked before the commit: a crash after it must not find a numbered row that the
+        # log does not hold below the log's highest number.
+        for row, outcome in unsendable:
+            await self._park(conn, row, outcome)
+        if any(isinstance(o, RecordTooLargeError) for _, o in unsendable):
+            # The broker refused a whole batch: commit nothing of the page; the rest goes
+            # in the next round's transaction.
+            await producer.abort_transaction()
+            return
+        await producer.commit_transaction()
+        parked = {row["id"] for row, _ in unsendable}
+        sent = [row for row in rows if row["id"] not in parked]
+        await conn.execute(_MARK, [row["id"] for row in sent])
+        for row in sent:
+            self.metrics.outbox_sent.labels(row["topic"]).inc()
 
 
 async def drain(relay: OutboxRelay, database_url: str, timeout_s: float) -> bool:

@@ -13,7 +13,7 @@ import orjson
 import typer
 from aiokafka.errors import KafkaError
 
-from worker import logs
+from worker import logs, redact
 from worker.config import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -31,7 +31,7 @@ def _settings() -> Settings:
     try:
         settings = load_settings()
     except SettingsError as exc:
-        typer.echo(str(exc), err=True)
+        typer.echo(redact.scrub(str(exc)), err=True)
         raise typer.Exit(78) from exc
     logs.configure(settings.log_level, settings.log_json)
     return settings
@@ -39,6 +39,23 @@ def _settings() -> Settings:
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
+
+
+def _preflight(settings: Settings, *, kafka: bool = True, postgres: bool = True) -> None:
+    """Stop at once, in one line, when the broker or database refuses the credentials."""
+    from worker.adapters import preflight
+
+    async def check() -> None:
+        if postgres:
+            await preflight.check_postgres(settings)
+        if kafka:
+            await preflight.check_kafka(settings)
+
+    try:
+        _run(check())
+    except preflight.AccessRefused as exc:
+        typer.echo(redact.scrub(f"cannot start: {exc}"), err=True)
+        raise typer.Exit(77) from None
 
 
 def _tune_gc() -> None:
@@ -55,14 +72,15 @@ def run() -> None:
     from worker.app import UncleanShutdown, Worker
 
     settings = _settings()
+    _preflight(settings)
     _tune_gc()
     try:
         _run(Worker(settings).run())
     except SettingsError as exc:
-        typer.echo(str(exc), err=True)
+        typer.echo(redact.scrub(str(exc)), err=True)
         raise typer.Exit(78) from exc
     except UncleanShutdown as exc:
-        typer.echo(str(exc), err=True)
+        typer.echo(redact.scrub(str(exc)), err=True)
         raise typer.Exit(1) from exc
 
 
@@ -74,6 +92,7 @@ def migrate() -> None:
     from worker.adapters.migrate import migrate as apply
 
     settings = _settings()
+    _preflight(settings, kafka=False)
 
     async def go() -> list[str]:
         conn = await asyncpg.connect(settings.database_url)
@@ -96,6 +115,7 @@ def account(
     from worker.entrypoints.views import account_view, render_account
 
     settings = _settings()
+    _preflight(settings, kafka=False)
     view = _run(account_view(settings, account_id, entries))
     if view is None:
         typer.echo(f"unknown account: {account_id}", err=True)
@@ -115,6 +135,7 @@ def lag(
     from worker.adapters.kafka_admin import group_lag
 
     settings = _settings()
+    _preflight(settings, postgres=False)
     try:
         report = _run(group_lag(settings))
     except (KafkaError, OSError, TimeoutError) as exc:
@@ -146,6 +167,7 @@ def demo(
     from worker.entrypoints.demo import main as run_demo
 
     settings = _settings()
+    _preflight(settings)
     raise typer.Exit(run_demo(settings, Options(rate, duration, accounts, malformed, seed)))
 
 
@@ -160,6 +182,7 @@ def close_month(
     from worker.entrypoints.month_close import close_by_hand
 
     settings = _settings()
+    _preflight(settings)
     if not re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", period):
         typer.echo(f"not a month: {period!r} (expected YYYY-MM)", err=True)
         raise typer.Exit(2)
@@ -180,6 +203,7 @@ def dlq_replay(
     from worker.entrypoints.dlq import replay
 
     settings = _settings()
+    _preflight(settings, postgres=False)
     counts = _run(replay(settings, set(error_code or []), dry_run))
     for what, n in sorted(counts.items()):
         typer.echo(f"{what}: {n}")

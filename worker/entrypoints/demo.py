@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.table import Table
 
 from worker.adapters.kafka_admin import OffsetReader
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.observe import balances
 from worker.adapters.postgres import load_account
 from worker.builders import policy_from
@@ -83,10 +84,10 @@ async def run_demo(
     run_id = uuid.UUID(int=rng.getrandbits(128)).hex[:6]
     traffic = Traffic(run_id, options.accounts, rng, options.malformed_share)
     totals = Totals(accounts=list(traffic.account_ids))
-    async with OffsetReader(settings.kafka_bootstrap_servers, client_id="billing-demo") as reader:
+    async with OffsetReader(kafka_client_args(settings), client_id="billing-demo") as reader:
         await _check_topics(reader, settings)
         producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
+            **kafka_client_args(settings),
             client_id="billing-demo",
             acks="all",
             enable_idempotence=True,

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from schemas import DeadLetter
 from worker import logs
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.relay import build_producer
 from worker.config import Settings
 
@@ -25,12 +26,12 @@ async def replay(
     """
     consumer = AIOKafkaConsumer(
         settings.topic_dlq,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka_client_args(settings),
         group_id=f"{settings.consumer_group}-dlq-replay",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    producer = build_producer(settings.kafka_bootstrap_servers, settings.client_id + "-replay")
+    producer = build_producer(kafka_client_args(settings), settings.client_id + "-replay")
     counts: Counter[str] = Counter()
     await consumer.start()
     await producer.start()

@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError
 
 from worker import logs
 from worker.adapters.kafka_admin import OffsetReader, lag_rows
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.observe import outbox_backlog
 from worker.config import Settings
 from worker.entrypoints.timer import every
@@ -33,7 +34,7 @@ class Monitor:
         self.metrics = metrics
         self.pool = pool
         self.reader = OffsetReader(
-            settings.kafka_bootstrap_servers, client_id=settings.client_id + "-monitor"
+            kafka_client_args(settings), client_id=settings.client_id + "-monitor"
         )
         self.topics = [settings.topic_usage, settings.topic_account_events]
         self.lag: dict[TopicPartition, int] = {}

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from worker import logs
 from worker.adapters.kafka_admin import committed_and_end
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.postgres import PgStore
 from worker.adapters.relay import OutboxRelay
 from worker.adapters.wire import Encoder
@@ -53,7 +54,7 @@ class MonthCloser:
         first became closable?"""
         s = self.settings
         offsets = await committed_and_end(
-            s.kafka_bootstrap_servers, s.consumer_group, [s.topic_usage, s.topic_account_events]
+            kafka_client_args(s), s.consumer_group, [s.topic_usage, s.topic_account_events]
         )
         by_key = {f"{tp.topic}:{tp.partition}": (c or 0, end) for tp, (c, end) in offsets.items()}
         behind = await lagging_behind(self.store, period, by_key)
@@ -115,7 +116,7 @@ async def close_by_hand(settings: Settings, period: str, wait_s: float) -> tuple
     if invoices is None:
         return 0, f"{period} was already closed; nothing published"
     relay = OutboxRelay(
-        settings.database_url, settings.kafka_bootstrap_servers, settings.client_id, Metrics()
+        settings.database_url, kafka_client_args(settings), settings.client_id, Metrics()
     )
     published = await relay.publish_pending()
     how = "published" if published else "queued; the running worker's relay publishes them"

@@ -11,6 +11,7 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from worker import redact
 from worker.adapters import observe
 from worker.config import Settings
 from worker.entrypoints.monitor import Monitor
@@ -84,13 +85,14 @@ async def readiness(worker: Worker) -> dict[str, Check]:
         "running": _check(not worker.stop.is_set(), "consuming", "shutting down"),
         "postgres": await _postgres(worker),
         "kafka": await _kafka(worker),
+        "inputs": _inputs(worker),
         "assignment": _assignment(worker),
         "progress": _progress(worker),
     }
 
 
 def _check(ok: bool, good: str, bad: str) -> Check:
-    return {"ok": ok, "detail": good if ok else bad}
+    return {"ok": ok, "detail": redact.scrub(good if ok else bad)}
 
 
 async def _postgres(worker: Worker) -> Check:
@@ -118,6 +120,14 @@ async def _kafka(worker: Worker) -> Check:
     except (KafkaError, OSError, TimeoutError) as exc:
         return _check(False, "", f"{type(exc).__name__}: {exc}")
     return _check(True, "broker answered a metadata request", "")
+
+
+def _inputs(worker: Worker) -> Check:
+    stream = worker.stream
+    if stream is None:
+        return _check(False, "", "consumer not started")
+    problem = stream.input_problem
+    return _check(problem is None, "both input topics exist, partitioned alike", problem or "")
 
 
 def _assignment(worker: Worker) -> Check:
