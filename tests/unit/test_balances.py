@@ -7,13 +7,14 @@ from datetime import UTC, date, datetime, timedelta
 import orjson
 
 from tests.unit.fake_store import FakeEncoder, FakeStore
-from worker.domain.account import Account, Policy
+from worker.domain.account import Account, OpenInvoice, Policy
 from worker.domain.balance import NextExpiry, balance_state, status_of
 from worker.domain.commands import (
     ChargeUsage,
     Command,
     ConfigureReminder,
     OpenAccount,
+    PayInvoice,
     PurchaseCredits,
     SwitchToPostpay,
 )
@@ -249,3 +250,16 @@ def test_forecast_is_attached_to_low_balance_depleted_and_expiring_only() -> Non
     # 700 + 700 JPY on 2026-11-20 in Tokyo: 200 a day; balance -100: no run-out date.
     expected = Forecast(200, None, 0, 18_000)
     assert kinds == {"low_balance": expected, "balance_depleted": expected}
+
+
+async def test_a_payment_publishes_the_lower_postpay_due() -> None:
+    store = FakeStore()
+    await apply(
+        store, OpenAccount("o1", "acc-1", at(0), 0), SwitchToPostpay("s1", "acc-1", at(1), "K")
+    )
+    await apply(store, charge("u1", 2, 300))
+    store.db.accounts["acc-1"].invoices["INV-1"] = OpenInvoice("INV-1", 300)
+    await apply(store, PayInvoice("pay1", "acc-1", at(3), "INV-1", 200))
+    last = snapshots(store)[-1]
+    assert (last["postpay_due_jpy"], last["balance_jpy"], last["status"]) == (100, -100, "postpay")
+    assert (last["version"], last["as_of"]) == (4, at(3).isoformat())
