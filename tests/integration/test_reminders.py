@@ -95,7 +95,7 @@ async def test_enabling_the_reminder_below_the_threshold_sends_one_at_once(
             settings, settings.topic_usage, [usage(f"u-{unique}", account, ago(hours=1), 1)]
         )
         await wait_applied(conn, [f"u-{unique}"])
-        sent = await wait_outbox_sent(conn, account)
+        sent = await wait_outbox_sent(conn, account, topic=settings.topic_reminders)
     reminders = await messages_for(settings, settings.topic_reminders, account, at_least=sent)
     assert [(r["kind"], r["balance"]) for r in reminders] == [("low_balance", 100)]
 
@@ -128,8 +128,8 @@ async def test_balance_depleted_when_the_balance_reaches_zero(
             ],
         )
         await wait_applied(conn, [f"u1-{unique}", f"u2-{unique}", f"v1-{unique}", f"v2-{unique}"])
-        sent = await wait_outbox_sent(conn, account)
-        sent_other = await wait_outbox_sent(conn, other)
+        sent = await wait_outbox_sent(conn, account, topic=settings.topic_reminders)
+        sent_other = await wait_outbox_sent(conn, other, topic=settings.topic_reminders)
         rows = [await account_row(conn, a) for a in (account, other)]
     assert [(r["balance_jpy"], r["overdraft_jpy"]) for r in rows] == [(-10, 10), (-20, 20)]
     reminders = await messages_for(settings, settings.topic_reminders, account, at_least=sent)
