@@ -128,9 +128,22 @@ class StreamProcessor:
         While the inputs are missing or partitioned differently, wait (not ready) instead."""
         consumer = self.build_consumer()
         self.consumer = consumer
-        await retry(
-            "kafka_connect", consumer.start, stop, self.metrics, self.settings.retry_max_backoff_s
-        )
+        try:
+            await retry(
+                "kafka_connect",
+                consumer.start,
+                stop,
+                self.metrics,
+                self.settings.retry_max_backoff_s,
+                target=self.settings.kafka_bootstrap_servers,
+            )
+        except ShuttingDown:
+            # Stopped before the broker answered: nothing was read, so nothing to commit.
+            self.consumer = None
+            await consumer.stop()
+            await self.inputs.close()
+            log.info("stream_stopped", note="stopped before the broker answered")
+            return
         try:
             while not stop.is_set():
                 if not await self._wait_for_inputs(stop):

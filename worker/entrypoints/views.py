@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 from rich.console import Console
 from rich.table import Table
 
 from worker.adapters.postgres import load_account
+from worker.adapters.reach import connect_database
 from worker.adapters.wire import wire_balance, wire_forecast
 from worker.builders import policy_from
 from worker.config import Settings
@@ -24,7 +24,7 @@ def _iso(value: datetime | None) -> str | None:
 
 async def account_view(settings: Settings, account_id: str, entries: int) -> dict[str, Any] | None:
     """The account as `billing-worker account --json` prints it; None when unknown."""
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await connect_database(settings)
     try:
         row = await conn.fetchrow("SELECT * FROM accounts WHERE account_id = $1", account_id)
         if row is None:
