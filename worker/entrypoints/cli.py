@@ -195,9 +195,14 @@ def lag(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
     max_lag: Annotated[int | None, typer.Option(help="Exit 1 when the total lag is above.")] = None,
 ) -> None:
-    """Consumer lag of the group from the broker's committed offsets (works with no worker)."""
+    """Consumer lag of the group from the broker's committed offsets (works with no worker).
+
+    Offset lag and time lag (how long ago the oldest uncommitted record reached Kafka) per
+    input partition. Retriable broker errors are retried for 15 s; then it exits 3.
+    """
     from worker.adapters.kafka_admin import group_lag
     from worker.adapters.reach import reach_kafka
+    from worker.entrypoints.views import lag_table
 
     settings = _settings()
     _preflight(settings, postgres=False)
@@ -205,12 +210,7 @@ def lag(
     if as_json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        for row in report["partitions"]:
-            typer.echo(
-                f"{row['topic']:<32} {row['partition']:>4} committed={row['committed']} "
-                f"end={row['end']} lag={row['lag']}"
-            )
-        typer.echo(f"total lag: {report['total']}")
+        typer.echo(lag_table(report))
     if max_lag is not None and report["total"] > max_lag:
         raise typer.Exit(1)
 
