@@ -132,6 +132,8 @@ def test_no_wave_holds_one_account_on_both_topics(sc: Scenario) -> None:
 
 def test_the_records_decode_to_what_the_model_applies(sc: Scenario) -> None:
     decoder = Decoder(load_rate_table(None))
+    # Records reach Kafka once the scenario starts, after every event of it occurred.
+    sent_ms = int(sc.layout.start.timestamp() * 1000)
     fingerprints: dict[tuple[str, str], dict[int, bytes]] = defaultdict(dict)
     for item in sc.items():
         got = decoder(
@@ -142,7 +144,7 @@ def test_the_records_decode_to_what_the_model_applies(sc: Scenario) -> None:
                 0,
                 None if item.key is None else item.key.encode(),
                 item.value,
-                0,
+                sent_ms,
             )
         )
         if item.dead_code is not None:

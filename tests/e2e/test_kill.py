@@ -258,7 +258,7 @@ async def test_sigkill_mid_stream_then_restart_matches_the_model(
         outbox_reminders = await conn.fetch(
             "SELECT message_id, sent_at FROM outbox WHERE topic = $1 AND key LIKE $2",
             settings.topic_reminders,
-            prefix + "-%",
+            (prefix + "-%").encode(),  # keys are bytea: LIKE on bytes
         )
         assert await applied_count() == distinct
 

@@ -275,7 +275,7 @@ async def wait_outbox_sent(
         nonlocal count
         row = await conn.fetchrow(
             "SELECT count(*) AS n, count(*) FILTER (WHERE sent_at IS NULL) AS unsent"
-            " FROM outbox WHERE key = $1 AND ($2::text IS NULL OR topic = $2)",
+            " FROM outbox WHERE key = convert_to($1, 'UTF8') AND ($2::text IS NULL OR topic = $2)",
             key,
             topic,
         )

@@ -154,13 +154,14 @@ async def test_two_sweeps_at_once_forfeit_each_lot_once(settings: Settings, uniq
             ids,
         )
         outbox = await conn.fetch(
-            "SELECT payload FROM outbox WHERE key = ANY($1::text[]) AND topic = $2",
-            ids,
+            "SELECT payload FROM outbox WHERE key = ANY($1::bytea[]) AND topic = $2",
+            [i.encode() for i in ids],
             settings.topic_reminders,
         )
         snapshots = await conn.fetch(
-            "SELECT key, payload FROM outbox WHERE key = ANY($1::text[]) AND topic = $2",
-            ids,
+            "SELECT convert_from(key, 'UTF8') AS key, payload FROM outbox"
+            " WHERE key = ANY($1::bytea[]) AND topic = $2",
+            [i.encode() for i in ids],
             settings.topic_balances,
         )
         balances = await conn.fetch(

@@ -79,7 +79,7 @@ async def test_a_backlog_is_applied_in_event_time_order_across_topics(
         entries = {e["ref"]: e for e in await ledger(conn, account)}
         remaining = await lot_remaining(conn, account)
         outbox = await conn.fetchval(
-            "SELECT count(*) FROM outbox WHERE key = $1 AND topic <> $2",
+            "SELECT count(*) FROM outbox WHERE key = convert_to($1, 'UTF8') AND topic <> $2",
             account,
             settings.topic_balances,
         )

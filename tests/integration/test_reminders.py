@@ -58,7 +58,8 @@ async def test_low_balance_once_per_crossing_and_rearmed_by_a_purchase(
         sent = await wait_outbox_sent(conn, account, at_least=2, topic=settings.topic_reminders)
         # Every step was a batch of its own: one balance snapshot each, versions 1 to 10.
         snapshots = await conn.fetch(
-            "SELECT payload FROM outbox WHERE key = $1 AND topic = $2 ORDER BY id",
+            "SELECT payload FROM outbox WHERE key = convert_to($1, 'UTF8') AND topic = $2"
+            " ORDER BY id",
             account,
             settings.topic_balances,
         )

@@ -80,7 +80,9 @@ async def test_a_usage_event_with_a_128_char_event_id_that_depletes_the_balance_
             "SELECT count(*) FROM processed_events WHERE event_id = $1", long_id
         )
         dead = await conn.fetch(
-            "SELECT payload FROM outbox WHERE key = $1 AND topic = $2", account, settings.topic_dlq
+            "SELECT payload FROM outbox WHERE key = convert_to($1, 'UTF8') AND topic = $2",
+            account,
+            settings.topic_dlq,
         )
         assert _alive(task) == "alive"
     reasons = [orjson.loads(r["payload"])["reason"][:160] for r in dead]
@@ -109,7 +111,7 @@ async def test_the_expiry_sweep_survives_a_purchase_with_a_128_char_event_id(
         await asyncio.sleep(3)  # a few sweep intervals (0.5 s in tests)
         status = _alive(task)
         notices = await conn.fetchval(
-            "SELECT count(*) FROM outbox WHERE key = $1 AND topic = $2",
+            "SELECT count(*) FROM outbox WHERE key = convert_to($1, 'UTF8') AND topic = $2",
             account,
             settings.topic_reminders,
         )

@@ -96,10 +96,13 @@ async def test_concurrent_closes_of_two_months_put_each_usage_on_one_invoice(
                 account,
             )
             published = await conn.fetchval(
-                "SELECT count(*) FROM outbox WHERE key = $1 AND topic = 'i'", account
+                "SELECT count(*) FROM outbox WHERE key = convert_to($1, 'UTF8') AND topic = 'i'",
+                account,
             )
             await conn.execute(
-                "UPDATE outbox SET sent_at = now() WHERE topic = 'i' AND key = $1", account
+                "UPDATE outbox SET sent_at = now()"
+                " WHERE topic = 'i' AND key = convert_to($1, 'UTF8')",
+                account,
             )
     finally:
         await pool.close()

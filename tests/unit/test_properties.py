@@ -174,13 +174,26 @@ def check_money(world: World) -> None:
     assert len({e.entry_id for e in world.ledger}) == len(world.ledger)
 
 
-def expected_reminders(account: Account, item: Item, before: int, after: int) -> Counter[str]:
+Setting = tuple[bool, int | None, str | None]
+
+
+def setting_of(account: Account | None) -> Setting:
+    if account is None:
+        return (False, None, None)
+    return (account.reminder_enabled, account.reminder_threshold_jpy, account.reminder_email)
+
+
+def expected_reminders(
+    account: Account, item: Item, before: int, after: int, setting_before: Setting
+) -> Counter[str]:
     """Balance reminders one item must produce for one account (an exact oracle)."""
     due: Counter[str] = Counter()
     threshold = account.reminder_threshold_jpy
     if account.reminder_enabled and threshold is not None:
         if isinstance(item, ConfigureReminder):
-            due["low_balance"] += after <= threshold
+            # A setting that changes nothing sends nothing.
+            changed = setting_of(account) != setting_before
+            due["low_balance"] += changed and after <= threshold
         elif isinstance(item, ChargeUsage | Sweep):
             due["low_balance"] += before > threshold >= after
     if isinstance(item, ChargeUsage | Sweep):
@@ -195,6 +208,7 @@ def test_money_is_conserved_and_reminders_follow_balance_edges(items: list[Item]
     armed: dict[str, bool] = {}
     for item in items:
         before = {a.account_id: a.balance_jpy for a in world.accounts.values()}
+        settings_before = {a.account_id: setting_of(a) for a in world.accounts.values()}
         sent = len(world.reminders)
         world.run([item])
         check_money(world)
@@ -204,7 +218,13 @@ def test_money_is_conserved_and_reminders_follow_balance_edges(items: list[Item]
             account = world.accounts[account_id]
             mine = [r for r in new if r.account_id == account_id]
             got = Counter(r.kind for r in mine if r.kind in ("low_balance", "balance_depleted"))
-            want = expected_reminders(account, item, before.get(account_id, 0), account.balance_jpy)
+            want = expected_reminders(
+                account,
+                item,
+                before.get(account_id, 0),
+                account.balance_jpy,
+                settings_before.get(account_id, setting_of(None)),
+            )
             assert got == +want, (item, got, want)
             # low_balance fires at most once per downward crossing: it disarms until the
             # balance is above the threshold again (a configuration change re-evaluates)

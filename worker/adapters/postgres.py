@@ -94,7 +94,7 @@ ON CONFLICT (account_id, day)
 """
 _SAVE_OUTBOX = """
 INSERT INTO outbox (message_id, topic, key, payload)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[])
 ON CONFLICT (message_id) DO NOTHING
 """
 

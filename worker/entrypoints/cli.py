@@ -265,16 +265,16 @@ def dlq_replay(
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Count what would be replayed.")] = False,
 ) -> None:
-    """Send dead letters back to their source topic (e.g. after a rate was added)."""
+    """Send the dead letters present at the start back to their source topic."""
     from worker.entrypoints.dlq import replay
 
     settings = _settings()
     _preflight(settings, postgres=False)
-    counts = _run(replay(settings, set(error_code or []), dry_run))
-    for what, n in sorted(counts.items()):
-        typer.echo(f"{what}: {n}")
-    if not counts:
-        typer.echo("nothing to replay")
+    report = _run(replay(settings, set(error_code or []), dry_run))
+    for line in report.lines(dry_run):
+        typer.echo(line, err=line.startswith("refused"))
+    if report.refused:
+        raise typer.Exit(1)
 
 
 def _log_format() -> tuple[str, bool]:

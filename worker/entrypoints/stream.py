@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from aiokafka.errors import (
     KafkaError,
     RebalanceInProgressError,
 )
-from aiokafka.structs import OffsetAndMetadata
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from worker import logs
 from worker.adapters.kafka_admin import OffsetReader
@@ -246,13 +247,7 @@ class StreamProcessor:
         for tp, messages in fetched.items():
             source = self.sources[tp.topic]
             for m in messages:
-                decoded.append(
-                    self.decoder(
-                        InputRecord(
-                            source, tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp
-                        )
-                    )
-                )
+                decoded.append(self.decoder(to_input(source, m)))
                 if len(decoded) % _DECODE_SLICE == 0:
                     await asyncio.sleep(0)  # let the batch in the database take its next step
         return generation, decoded, positions
@@ -351,8 +346,7 @@ class StreamProcessor:
                     account=_account(item.record),
                     error=repr(exc),
                 )
-                dead = Dead(item.record, "processing_error", f"could not be applied: {exc!r}")
-                return await self._apply([dead], stop)
+                return await self._apply([_dead_letter_of(item, exc)], stop)
             middle = len(decoded) // 2
             first = await self._apply(decoded[:middle], stop)
             second = await self._apply(decoded[middle:], stop)
@@ -411,6 +405,38 @@ class StreamProcessor:
 
     def _topic(self, source: str) -> str:
         return next(t for t, s in self.sources.items() if s == source)
+
+
+def _dead_letter_of(item: Decoded | Dead, exc: Exception) -> Dead:
+    """What a record that failed alone becomes: never a dead letter of a dead letter."""
+    # A failed record is dead-lettered with its key and value; if even that failed, once more
+    # without them (the record stays readable at its source position). The bare letter holds
+    # nothing taken from the record, so this ends after two steps.
+    record = item.record
+    if isinstance(item, Decoded):
+        return Dead(record, "processing_error", f"could not be applied: {exc!r}")
+    if record.key is None and not record.value:
+        raise exc  # a bare dead letter failed: not the record's doing, so not retried here
+    bare = replace(record, key=None, value=None)
+    reason = (
+        f"{item.code}: {item.reason} (key and value left out: the dead letter with them could "
+        f"not be written: {exc!r}; the record is at {record.topic}/{record.partition}/"
+        f"{record.offset})"
+    )
+    return Dead(bare, item.code, reason)
+
+
+def to_input(source: Source, message: ConsumerRecord[bytes, bytes]) -> InputRecord:
+    """A consumed message as the decoder sees it (headers are not part of the contract)."""
+    return InputRecord(
+        source,
+        message.topic,
+        message.partition,
+        message.offset,
+        message.key,
+        message.value,
+        message.timestamp,
+    )
 
 
 def _account(record: InputRecord) -> str | None:
