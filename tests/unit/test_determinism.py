@@ -14,7 +14,7 @@ from worker.service.alignment import Aligner
 from worker.service.billing import apply_batch, sweep_expiry
 from worker.service.ports import Decoded, InputRecord, Source
 
-ENCODER = Encoder("reminders", "invoices", "dlq")
+ENCODER = Encoder("reminders", "invoices", "dlq", "balances")
 EXPIRY = T0 + POLICY.lot_validity
 LATENESS = POLICY.lateness
 

@@ -221,7 +221,7 @@ class Encoder:
         reminders_topic: str,
         invoices_topic: str,
         dlq_topic: str,
-        balances_topic: str = "billing.balances.v1",
+        balances_topic: str,
     ) -> None:
         self.reminders_topic = reminders_topic
         self.invoices_topic = invoices_topic

@@ -95,8 +95,9 @@ async def _prepare(
             first = notice if first is None else min(first, notice)
         if first is not None:
             starts[account_id] = window_days(first, policy.zone)[-1]
-    for account_id, usage in (await uow.load_usage(starts)).items():
-        accounts[account_id].usage_by_day = usage
+    if starts:
+        for account_id, usage in (await uow.load_usage(starts)).items():
+            accounts[account_id].usage_by_day = usage
     return {account_id: account.version for account_id, account in accounts.items()}
 
 
