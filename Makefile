@@ -19,7 +19,10 @@ CHAOS_ARGS ?=
 ASYNCAPI_TOOLS := tools/asyncapi
 ALERTS := deploy/prometheus
 
-.PHONY: help install services secure-services migrate run worker demo test tools alerts bench lint format down status env chaos
+# e.g. MUTANTS='worker.domain.lots*' for one module (the CI-sized run); empty = all of worker/domain
+MUTANTS ?=
+
+.PHONY: help install services secure-services migrate run worker demo test tools alerts bench lint format down status env chaos mutation
 
 help:
 	@echo "make install   create $(VENV) and install the worker with its dev tools"
@@ -41,6 +44,8 @@ help:
 	@echo "make chaos     kills, outages and restarts against its own Kafka and PostgreSQL"
 	@echo "               (.local-chaos, ports 29092/25432), checked against a reference model;"
 	@echo "               results in benchmarks/chaos/ (CHAOS_ARGS='--events 200000 --seed 7')"
+	@echo "make mutation  mutation testing of worker/domain under its unit tests (slow: ~45 min);"
+	@echo "               MUTANTS='worker.domain.lots*' runs one module; survivors listed at the end"
 	@echo "make down      stop the local services"
 
 install: $(VENV)/.installed
@@ -115,3 +120,10 @@ env:
 # Starts and stops its own services (never the shared ones); results in benchmarks/chaos/.
 chaos: install
 	$(BIN)/python -m chaos.runner $(CHAOS_ARGS)
+
+# mutmut copies the code to mutants/ and runs the domain's unit tests against each mutant.
+# Exit status 1 when a mutant in MUTANTS survived (so CI can gate on one module).
+mutation: install
+	rm -rf mutants
+	HYPOTHESIS_PROFILE=mutation $(BIN)/mutmut run --max-children 2 $(MUTANTS) > /dev/null
+	$(BIN)/python -m benchmarks.mutation_report $(MUTANTS)

@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from chaos import check, model
+from chaos import check, model, oracle_feed
 from chaos.kafka_io import waves
-from chaos.scenario import Params, Scenario, build
+from chaos.scenario import Params, Scenario, ScenarioError, build
 from worker.adapters.rates import load_rate_table
 from worker.adapters.wire import Decoder, wire_balance
 from worker.domain.account import Policy
@@ -358,5 +358,15 @@ def test_a_conflict_without_its_original_is_a_scenario_error(sc: Scenario) -> No
     conflict = next(i for i in sc.items() if i.label == "conflict")
     alone = [model.Record(replace(conflict, seq=0), conflict.source, 0, 0)]
 
-    with pytest.raises(Exception, match="would be applied"):
+    with pytest.raises(ScenarioError, match="would be applied"):
         model.replay(alone, POLICY, sc.layout.period, 10**9, None)
+
+
+def test_the_reference_model_agrees_with_the_chaos_expectation(
+    sc: Scenario, expected: model.Expected
+) -> None:
+    outcomes = oracle_feed.replay(
+        records(sc), POLICY, sc.layout.period, sc.close_seq, START + timedelta(hours=1)
+    )
+    assert sum(len(o.ledger) for o in outcomes) == len(expected.ledger) > 0
+    assert oracle_feed.disagreements(records(sc), expected, outcomes) == []
