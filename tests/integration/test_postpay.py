@@ -280,7 +280,8 @@ async def test_switch_mid_month_uses_credit_first_then_goes_negative(
     conn = await asyncpg.connect(s.database_url)
     try:
         rows = await conn.fetch(
-            "SELECT message_id FROM outbox WHERE key = $1 AND topic = $2 ORDER BY id",
+            "SELECT message_id FROM outbox"
+            " WHERE key = convert_to($1, 'UTF8') AND topic = $2 ORDER BY id",
             a,
             s.topic_reminders,
         )

@@ -117,7 +117,7 @@ async def test_the_expiry_sweep_survives_a_purchase_with_a_128_char_event_id(
 
         async def noticed_or_dead() -> bool:
             n = await conn.fetchval(
-                "SELECT count(*) FROM outbox WHERE key = $1 AND topic = $2",
+                "SELECT count(*) FROM outbox WHERE key = convert_to($1, 'UTF8') AND topic = $2",
                 account,
                 settings.topic_reminders,
             )
@@ -192,7 +192,7 @@ async def _applied_or_dead_lettered(
         return True
     n = await conn.fetchval(
         "SELECT (SELECT count(*) FROM processed_events WHERE event_id = $1)"
-        " + (SELECT count(*) FROM outbox WHERE key = $2 AND topic = $3)",
+        " + (SELECT count(*) FROM outbox WHERE key = convert_to($2, 'UTF8') AND topic = $3)",
         event_id,
         key,
         dlq,

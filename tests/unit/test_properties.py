@@ -67,7 +67,7 @@ class World:
         source: Source = "usage" if isinstance(item, ChargeUsage) else "account"
         record = InputRecord(source, "t", 0, 0, item.account_id.encode(), b"", 0)
         decoded = Decoded(record, item, repr(item).encode())
-        applied = _apply_one(decoded, account, self.seen, POLICY, changes, report)
+        applied = _apply_one(decoded, None, account, self.seen, POLICY, changes, report)
         if report.dead:
             assert [d.code for d in report.dead] != ["conflicting_duplicate"]
             assert account == before, "a rejected command must leave the account unchanged"

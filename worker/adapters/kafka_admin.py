@@ -170,19 +170,39 @@ class OffsetReader:
                 counts[t["topic"]] = len(t["partitions"])
         return counts
 
-    async def end_offsets(self, topics: list[str]) -> dict[TopicPartition, int]:
+    async def end_offsets(
+        self, topics: list[str], *, open_transactions: bool = False
+    ) -> dict[TopicPartition, int]:
+        """Log-end offsets: the last stable offsets (as far as the worker can read), or with
+        `open_transactions` the high watermarks, past records of transactions still open.
+        A gate that waits for "everything that had arrived" needs the latter: a record in an
+        open transaction has arrived, and the group commits past it only once it is decided."""
         partitions = await self.partitions(topics)
         if not partitions:
             return {}
+        if open_transactions:
+            consumer = AIOKafkaConsumer(
+                **self._connection(), enable_auto_commit=False, isolation_level="read_uncommitted"
+            )
+            try:
+                await self._bounded(consumer.start())
+                highs: dict[TopicPartition, int] = await self._bounded(
+                    consumer.end_offsets(partitions)
+                )
+            finally:
+                await consumer.stop()
+            return highs
         _, consumer = await self._bounded(self._clients())
         ends: dict[TopicPartition, int] = await self._bounded(consumer.end_offsets(partitions))
         return ends
 
-    async def committed_and_end(self, group: str, topics: list[str]) -> Offsets:
+    async def committed_and_end(
+        self, group: str, topics: list[str], *, open_transactions: bool = False
+    ) -> Offsets:
         """(committed, end) per partition of `topics`; committed is None if never committed."""
         admin, _ = await self._bounded(self._clients())
         committed = await self._bounded(admin.list_consumer_group_offsets(group))
-        ends = await self.end_offsets(topics)
+        ends = await self.end_offsets(topics, open_transactions=open_transactions)
         return {
             tp: (
                 committed[tp].offset if tp in committed and committed[tp].offset >= 0 else None,
@@ -248,10 +268,12 @@ class OffsetReader:
         return lag_rows(offsets, stamps, time.time() if now_s is None else now_s)
 
 
-async def committed_and_end(connection: dict[str, Any], group: str, topics: list[str]) -> Offsets:
+async def committed_and_end(
+    connection: dict[str, Any], group: str, topics: list[str], *, open_transactions: bool = False
+) -> Offsets:
     """(committed, end) per partition of `topics`, read from the broker alone (one-shot)."""
     async with OffsetReader(connection) as reader:
-        return await reader.committed_and_end(group, topics)
+        return await reader.committed_and_end(group, topics, open_transactions=open_transactions)
 
 
 def lag_rows(

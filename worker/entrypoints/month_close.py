@@ -58,7 +58,10 @@ class MonthCloser:
         first became closable?"""
         s = self.settings
         offsets = await committed_and_end(
-            kafka_client_args(s), s.consumer_group, [s.topic_usage, s.topic_account_events]
+            kafka_client_args(s),
+            s.consumer_group,
+            [s.topic_usage, s.topic_account_events],
+            open_transactions=True,  # usage in a transaction still open has arrived too
         )
         by_key = {f"{tp.topic}:{tp.partition}": (c or 0, end) for tp, (c, end) in offsets.items()}
         behind = await lagging_behind(self.store, period, by_key)

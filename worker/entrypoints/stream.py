@@ -29,7 +29,7 @@ from worker.errors import ShuttingDown, is_retriable
 from worker.metrics import Metrics
 from worker.retry import retry
 from worker.service.alignment import Aligner
-from worker.service.billing import BatchReport, apply_batch
+from worker.service.billing import BatchReport, apply_batch, earliest
 from worker.service.inputs import input_problem
 from worker.service.ports import Dead, Decoded, Encoder, InputRecord, Source, Store
 
@@ -223,7 +223,7 @@ class StreamProcessor:
                         # Read and decode the next records while this batch is in the database;
                         # they reach the aligner only once it is committed.
                         ahead = asyncio.create_task(self._fetch(consumer))
-                        await self._handle(consumer, ready, stop)
+                        await self._handle(consumer, ready, self.aligner.pending(), stop)
                     else:
                         await self._commit_settled(consumer, stop)
         finally:
@@ -265,10 +265,14 @@ class StreamProcessor:
             tp = TopicPartition(self.topics[source], partition)
             if tp not in assigned:
                 continue
-            highwater = consumer.highwater(tp)
-            if highwater is None:
+            # read_committed: the end that can be read is the last stable offset; records of a
+            # transaction still open lie beyond it and cannot be waited for.
+            end = consumer.last_stable_offset(tp)
+            if end is None or end < 0:
+                end = consumer.highwater(tp)
+            if end is None:
                 continue
-            if await consumer.position(tp) >= highwater:
+            if await consumer.position(tp) >= end:
                 done.add((source, partition))
             else:
                 unread.add((source, partition))
@@ -291,10 +295,14 @@ class StreamProcessor:
                 self.throttled.discard(tp)
 
     async def _handle(
-        self, consumer: AIOKafkaConsumer, ready: list[Decoded | Dead], stop: asyncio.Event
+        self,
+        consumer: AIOKafkaConsumer,
+        ready: list[Decoded | Dead],
+        pending: dict[int, datetime | None],
+        stop: asyncio.Event,
     ) -> None:
         started = time.perf_counter()
-        report = await self._apply(ready, stop)
+        report = await self._apply(ready, pending, stop)
         next_offsets: dict[TopicPartition, int] = {}
         for item in ready:
             tp = TopicPartition(item.record.topic, item.record.partition)
@@ -320,13 +328,19 @@ class StreamProcessor:
         if offsets:
             await self._commit(consumer, offsets, stop)
 
-    async def _apply(self, decoded: Sequence[Decoded | Dead], stop: asyncio.Event) -> BatchReport:
+    async def _apply(
+        self,
+        decoded: Sequence[Decoded | Dead],
+        pending: dict[int, datetime | None],
+        stop: asyncio.Event,
+    ) -> BatchReport:
         """Apply the batch; a record that fails for a reason other than infrastructure is
-        isolated by splitting the batch and dead-lettered alone."""
+        isolated by splitting the batch and dead-lettered alone. `pending`: per partition, the
+        earliest arrival among records still to be applied after these."""
 
         async def attempt() -> BatchReport:
             return await apply_batch(
-                self.store, decoded, self.policy, self.encoder, datetime.now(UTC)
+                self.store, decoded, self.policy, self.encoder, datetime.now(UTC), pending
             )
 
         try:
@@ -346,10 +360,12 @@ class StreamProcessor:
                     account=_account(item.record),
                     error=repr(exc),
                 )
-                return await self._apply([_dead_letter_of(item, exc)], stop)
+                return await self._apply([_dead_letter_of(item, exc)], pending, stop)
             middle = len(decoded) // 2
-            first = await self._apply(decoded[:middle], stop)
-            second = await self._apply(decoded[middle:], stop)
+            first = await self._apply(
+                decoded[:middle], _with_pending(pending, decoded[middle:]), stop
+            )
+            second = await self._apply(decoded[middle:], pending, stop)
             first.applied += second.applied
             first.duplicates += second.duplicates
             first.dead += second.dead
@@ -437,6 +453,17 @@ def to_input(source: Source, message: ConsumerRecord[bytes, bytes]) -> InputReco
         message.value,
         message.timestamp,
     )
+
+
+def _with_pending(
+    pending: dict[int, datetime | None], items: Sequence[Decoded | Dead]
+) -> dict[int, datetime | None]:
+    """`pending` with `items` still to be applied too (the second half of a split batch)."""
+    out = dict(pending)
+    for item in items:
+        p = item.record.partition
+        out[p] = earliest(item.record.arrived_at, out.get(p))  # absent: not known
+    return out
 
 
 def _account(record: InputRecord) -> str | None:
