@@ -72,7 +72,7 @@ async def test_a_dead_letter_that_cannot_be_stored_becomes_one_bare_dead_letter(
     store = KeyRefusingStore()
     dead = Dead(record(b"acc-1\x00", b"not json"), "malformed_json", "not valid JSON")
 
-    report = await processor(store)._apply([dead], asyncio.Event())
+    report = await processor(store)._apply([dead], {}, asyncio.Event())
 
     [message] = store.saved
     letter = DeadLetter.model_validate_json(message.payload)
@@ -92,7 +92,7 @@ async def test_a_record_that_fails_and_whose_dead_letter_fails_ends_after_three_
     opened = OpenAccount("o-1", "acc-1\x00", AT, 0)
     decoded = Decoded(record(b"acc-1\x00", b"{}"), opened, b"f")
 
-    report = await processor(store)._apply([decoded], asyncio.Event())
+    report = await processor(store)._apply([decoded], {}, asyncio.Event())
 
     [message] = store.saved
     letter = DeadLetter.model_validate_json(message.payload)
