@@ -49,8 +49,7 @@ async def _insert(conn: asyncpg.Connection, topic: str, ids: list[str]) -> None:
     )
 
 
-async def _read(settings: Settings, topic: str, isolation: str) -> list[tuple[str, int]]:
-    """(message_id, outbox_seq) of every message of `topic`, as a consumer of `isolation` sees."""
+async def _consumer(settings: Settings, isolation: str) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         enable_auto_commit=False,
@@ -58,19 +57,20 @@ async def _read(settings: Settings, topic: str, isolation: str) -> list[tuple[st
     )
     await consumer.start()
     await asyncio.sleep(0)  # aiokafka 0.14: lets a background task start before stop()
+    return consumer
+
+
+async def _read(settings: Settings, topic: str, isolation: str) -> list[tuple[str, int]]:
+    """(message_id, outbox_seq) of every message of `topic`, as a consumer of `isolation` sees."""
+    consumer = await _consumer(settings, isolation)
     try:
         await consumer._client.force_metadata_update()
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        enable_auto_commit=False,
-        isolation_level=isolation,
-    )
-    await consumer.start()
-    await asyncio.sleep(0)  # aiokafka 0.14: lets a background task start before stop()
+    # A second consumer reads: on aiokafka 0.14 end_offsets() can leave the first fetching nothing.
+    consumer = await _consumer(settings, isolation)
     try:
         consumer.assign(tps)
         for tp in tps:
