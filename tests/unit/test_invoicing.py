@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.builders import Book
+from tests.unit.builders import Book, examples
 from worker.domain.events import PostpayCharge
 from worker.domain.invoicing import (
     InvoiceLine,
@@ -102,7 +102,7 @@ def test_period_bounds_are_tokyo_midnights() -> None:
     assert period_of(end, TOKYO) == "2027-01"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     st.datetimes(
         min_value=datetime(2000, 1, 1),  # noqa: DTZ001 - hypothesis wants naive bounds

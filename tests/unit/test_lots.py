@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.builders import T0, Book, at
+from tests.unit.builders import T0, Book, at, examples
 from worker.domain.lots import Lot, debit, debit_order, forfeit, new_lot, notice_passed
 
 
@@ -128,7 +128,7 @@ lots_strategy = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(specs=lots_strategy, amount=st.integers(0, 3_000), when=st.integers(0, 6))
 def test_debit_takes_exactly_the_amount_in_soonest_expiry_order(
     specs: list[tuple[int, int, int]], amount: int, when: int

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from chaos import oracle
 from chaos.oracle import Close, Event, Step, Tick
-from tests.unit.builders import POLICY, T0
+from tests.unit.builders import POLICY, T0, examples
 from worker.adapters.rates import load_rate_table
 from worker.adapters.wire import Decoder
 from worker.domain.account import Account, OpenInvoice
@@ -345,7 +345,7 @@ def histories(gated: bool) -> st.SearchStrategy[list[Step]]:
     )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(histories(gated=True))
 def test_the_domain_agrees_with_the_reference_model(steps: list[Step]) -> None:
     assert_agree(steps)
@@ -390,7 +390,7 @@ def test_a_reminder_setting_that_changes_nothing_sends_nothing() -> None:
     assert_agree(UNCHANGED_SETTING)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(histories(gated=False))
 @example(LATE_PAST_ALLOWANCE)
 @example(UNCHANGED_SETTING)
@@ -528,7 +528,7 @@ def test_the_decoder_refuses_keys_and_times_the_reference_model_refuses() -> Non
 # -- invariants of what the domain produced, stated on their own --------------------------------
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     st.builds(build, st.lists(raw_step(), min_size=5, max_size=60), st.just(True), st.just(True))
 )

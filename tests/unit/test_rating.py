@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.builders import T0
+from tests.unit.builders import T0, examples
 from worker.domain.errors import Rejected
 from worker.domain.rating import Rate, RateTable, destination_country, rate_usage
 
@@ -103,7 +103,7 @@ def test_negative_price_is_a_configuration_error() -> None:
         RateTable([Rate("US", -1, T0)])
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(segments=st.integers(1, 255), offset_s=st.integers(-86_400 * 30, 86_400 * 30))
 def test_amount_is_unit_price_in_force_times_segments(segments: int, offset_s: int) -> None:
     when = CHANGE + timedelta(seconds=offset_s)
