@@ -156,6 +156,7 @@ class Reminder:
     threshold_jpy: int | None
     lot_id: str | None = None
     amount_jpy: int | None = None
+    email: str | None = None  # the account's reminder address, enabled or not
 
 
 @dataclass
@@ -414,6 +415,7 @@ class Oracle:
                 threshold,
                 None if lot is None else lot.lot_id,
                 lot_amount,
+                acct.reminder[2],
             )
         )
 

@@ -186,6 +186,17 @@ def test_late_usage_from_an_invoiced_month_is_its_own_line_with_its_period() -> 
     assert invoice.total_jpy == 30
 
 
+def test_usage_in_the_first_hours_of_a_month_in_tokyo_is_that_months_not_late() -> None:
+    # 00:30 on November 1 in Tokyo is still October 31 in UTC
+    invoice = build_invoice(
+        "acc-1", "2026-11", [usage("u1", jst(2026, 11, 1, 0, 30), "JP", 10, 1)], TOKYO
+    )
+
+    assert invoice is not None
+    (line,) = invoice.lines
+    assert (line.period, line.description) == ("2026-11", "SMS to JP")
+
+
 def test_switch_to_postpay_mid_month_bills_only_usage_after_it_and_uses_credit_first() -> None:
     book = Book()
     book.open(jst(2026, 10, 1), test_credits_jpy=100)

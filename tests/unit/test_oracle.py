@@ -157,7 +157,10 @@ def domain_view(d: Domain) -> dict[str, Any]:
             for e in d.effects.ledger
         ],
         "reminders": [
-            (r.reminder_id, r.kind, r.balance_jpy, r.threshold_jpy, r.lot_id, r.amount_jpy)
+            (
+                *(r.reminder_id, r.account_id, r.kind, r.balance_jpy, r.threshold_jpy),
+                *(r.lot_id, r.amount_jpy, r.email),
+            )
             for r in d.effects.reminders
         ],
         "invoices": {
@@ -193,7 +196,10 @@ def oracle_view(o: oracle.Outcome) -> dict[str, Any]:
             for e in o.ledger
         ],
         "reminders": [
-            (r.reminder_id, r.kind, r.balance_jpy, r.threshold_jpy, r.lot_id, r.amount_jpy)
+            (
+                *(r.reminder_id, r.account_id, r.kind, r.balance_jpy, r.threshold_jpy),
+                *(r.lot_id, r.amount_jpy, r.email),
+            )
             for r in o.reminders
         ],
         "invoices": {i.invoice_id: (i.total_jpy, i.due_date, i.lines) for i in o.invoices.values()},

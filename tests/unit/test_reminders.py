@@ -173,6 +173,16 @@ def test_balance_depleted_rearms_after_the_balance_rises_above_zero() -> None:
     assert kinds(book) == ["balance_depleted"]
 
 
+def test_balance_depleted_from_jpy_1_to_zero_and_not_at_jpy_1() -> None:
+    book = funded(1_000, None)
+
+    book.charge(999, at(1))  # 1,000 -> 1: still above zero
+    assert kinds(book) == []
+    book.charge(1, at(2))  # 1 -> 0
+
+    assert kinds(book) == ["balance_depleted"]
+
+
 def test_no_balance_depleted_when_the_balance_was_not_above_zero() -> None:
     book = Book()
     book.open(T0, test_credits_jpy=0)
