@@ -35,10 +35,13 @@ def rules_of(policy: Policy) -> oracle.Rules:
     )
 
 
-def event_of(command: Command, source: str, token: int) -> oracle.Event:
-    """The command as the reference model reads it (the fields of the wire payload)."""
+def event_of(
+    command: Command, source: str, token: int, arrived_at: datetime | None = None
+) -> oracle.Event:
+    """The command as the reference model reads it (the fields of the wire payload); the
+    record arrived at `arrived_at` (None: when the event occurred)."""
     at = command.occurred_at
-    base = (source, command.event_id, command.account_id, at, at)
+    base = (source, command.event_id, command.account_id, at, arrived_at or at)
     if isinstance(command, ChargeUsage):
         r = command.rated
         return oracle.Event(
@@ -94,7 +97,10 @@ def replay(
                 closed = True
             command = record.item.command
             assert command is not None
-            model.step(event_of(command, record.item.source, record.item.token))
+            if record.arrived_at is not None:
+                # What the timer announces or forfeits before the record arrived comes first.
+                model.step(oracle.Tick(record.arrived_at - timedelta(microseconds=1)))
+            model.step(event_of(command, record.item.source, record.item.token, record.arrived_at))
         if not closed:
             model.step(oracle.Close(period))
         if end is not None:
