@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 
 from chaos.model import EventKey, Expected, Position
+from worker.adapters.digest import payload_digest_form
 from worker.domain.account import Account
 from worker.domain.balance import balance_state
 from worker.domain.events import LedgerEntry, ReminderDue
@@ -496,3 +497,55 @@ def _outbox(expected: Expected, actual: Actual, topics: dict[str, str], report: 
                     "republished",
                     f"{name} {mid} was published with {len(set(copies))} different payloads",
                 )
+
+
+async def state_rows(conn: asyncpg.Connection, roles: dict[str, str]) -> dict[str, Any]:
+    """The rows the state digest covers, keyed for a comparison of two runs: ledger entries
+    and lots by id, accounts, and outbox payloads (digest form) by message id with the topic
+    names replaced by their roles (balance snapshots: only the newest per account)."""
+    out: dict[str, Any] = {}
+    for r in await conn.fetch(
+        "SELECT entry_id, kind, amount_jpy, balance_after_jpy, allocations::text AS a"
+        " FROM ledger_entries"
+    ):
+        out[f"ledger {r['entry_id']}"] = (
+            r["kind"],
+            r["amount_jpy"],
+            r["balance_after_jpy"],
+            r["a"],
+        )
+    for r in await conn.fetch("SELECT * FROM lots"):
+        out[f"lot {r['lot_id']}"] = (r["remaining_jpy"], r["forfeited_jpy"], r["forfeited"])
+    for r in await conn.fetch("SELECT * FROM accounts"):
+        out[f"account {r['account_id']}"] = (r["balance_jpy"], r["version"], str(r["as_of"]))
+    snapshots: dict[str, tuple[int, bytes]] = {}
+    for r in await conn.fetch("SELECT message_id, topic, payload FROM outbox"):
+        role = roles.get(r["topic"], r["topic"])
+        body = payload_digest_form(bytes(r["payload"]), roles)
+        mid = str(r["message_id"])
+        if mid.startswith("dlq:"):
+            topic, _, rest = mid.removeprefix("dlq:").partition(":")
+            mid = "dlq:" + roles.get(topic, topic) + ":" + rest
+        if role == "balances":
+            version = int(orjson.loads(body)["version"])
+            account = mid.split(":")[0]
+            if account not in snapshots or version > snapshots[account][0]:
+                snapshots[account] = (version, body)
+            continue
+        out[f"{role} {mid}"] = body
+    for account, (_, body) in snapshots.items():
+        out[f"balances {account}"] = body
+    return out
+
+
+def state_differences(a: dict[str, Any], b: dict[str, Any], limit: int = 20) -> list[str]:
+    """Where two runs' states differ (`state_rows` of each), at most `limit` lines."""
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return [f"{k}: {_clip(a.get(k))} | {_clip(b.get(k))}" for k in keys[:limit]] + (
+        [f"... {len(keys) - limit} more"] if len(keys) > limit else []
+    )
+
+
+def _clip(value: Any, limit: int = 300) -> str:
+    text = value.decode(errors="replace") if isinstance(value, bytes) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

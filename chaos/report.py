@@ -34,6 +34,10 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"equal={r.get('digests_equal')}",
     ]
     lines += [f"  precondition violated: {p}" for p in r["preconditions_violated"][:10]]
+    lines += [
+        f"  digest difference: {d}"
+        for d in r.get("digest_differences (faulty group | reference group)") or []
+    ]
     lines += [f"  {line}" for line in r["mismatch_lines"][:20]]
     for diff in r["account_diffs"][:5]:
         lines.append(f"  account {diff['account']}:")

@@ -428,10 +428,11 @@ class Run:
         late = self.scenario.too_late
         accounts = sorted({i.key for i in late if i.key is not None})
         for probe in self.probes():
+            # Each expiring account has two lots (test credits and a purchase).
             while await probe.value(
-                "SELECT count(*) FROM lots WHERE account_id = ANY($1::text[]) AND NOT forfeited",
+                "SELECT count(*) FROM lots WHERE account_id = ANY($1::text[]) AND forfeited",
                 accounts,
-            ):  # None while PostgreSQL is down
+            ) != 2 * len(accounts):  # None while PostgreSQL is down
                 self.check_deadline("the forfeitures before the too-late usage")
                 await asyncio.sleep(0.5)
         async with self.wave_lock:
@@ -697,6 +698,14 @@ async def _verify(run: Run) -> dict[str, Any]:
         conn = await asyncpg.connect(r.database_url)
         try:
             run.figures["digest_reference"] = await state_digest(conn, ref_roles)
+            if run.figures["digest_reference"] != run.figures["digest"]:
+                mine = await asyncpg.connect(s.database_url)
+                try:
+                    run.figures["digest_differences"] = check.state_differences(
+                        await check.state_rows(mine, roles), await check.state_rows(conn, ref_roles)
+                    )
+                finally:
+                    await mine.close()
         finally:
             await conn.close()
     report = check.compare(
@@ -844,6 +853,7 @@ def _results(
         "digest": figures.get("digest"),
         "digest_reference": figures.get("digest_reference"),
         "digests_equal": digests_equal if "digest_reference" in figures else None,
+        "digest_differences (faulty group | reference group)": figures.get("digest_differences"),
         "reference_exit_code": figures.get("reference_exit_code"),
         "outage": figures.get("outage"),
         "expiry_usage_arrivals": figures.get("arrivals"),
