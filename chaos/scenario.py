@@ -14,12 +14,13 @@ The layout makes the worker's result a function of the input alone:
 - Hostile records (NUL, null, empty and foreign keys, dates before 2000, far in the future or
   ahead of their arrival, values larger than a dead letter keeps) go to every partition of both
   inputs; each must be dead-lettered with its code and hold nothing up.
-- Expiry traffic: each account whose lots expire during the run gets one usage event that
-  occurred just before its lots expire and is produced just before then (it arrives in time:
-  a lot pays it), and every other one a usage event that occurred before the expiry too but
-  is produced only once the lots were forfeited (it arrived too late: overdraft). The runner
-  produces them at those moments, while the workers of the run are down for longer than the
-  lateness allowance.
+- Expiry traffic: each account whose lots expire during the run gets one usage event produced
+  just before its lots expire (it arrives in time: a lot pays it), and every other one a usage
+  event produced only once the lots were forfeited (it arrived too late: overdraft). Both
+  occurred during the lots' life, right after the account's history (~90 days ago), so
+  neither holds back a later record of its partition in the worker's event-time order. The
+  runner produces them at those moments, while the workers of the run are down for longer
+  than the lateness allowance.
 """
 
 from __future__ import annotations
@@ -840,19 +841,24 @@ def _add_hostile(gen: _Gen, main: list[Item], kinds: _Kinds, start: datetime) ->
 def _expiry_traffic(
     gen: _Gen, phase0: list[Item], kinds: _Kinds, validity: timedelta
 ) -> list[Item]:
-    """Per expiring account, usage that occurred just before its first lot expires: arriving
-    in time (every account), and arriving after the forfeiture (every other account)."""
+    """Per expiring account, usage that occurred during the lots' life (right after the
+    account's history, so that it heads its partition no later record of the run: every other
+    record occurred after it) and reaches Kafka around their expiry: in time (every account),
+    or after the forfeiture (every other account)."""
     first_expiry: dict[str, datetime] = {}
+    last: dict[str, datetime] = {}
     for item in phase0:
-        if item.label == "open" and item.key in kinds.expiry and item.at is not None:
-            first_expiry[item.key] = item.at + validity
+        if item.key in kinds.expiry and item.at is not None:
+            last[item.key] = max(last.get(item.key, item.at), item.at)
+            if item.label == "open":
+                first_expiry[item.key] = item.at + validity
     out = []
     for n, account in enumerate(kinds.expiry):
         expires = first_expiry[account]
-        timed = gen.usage(account, expires - timedelta(seconds=5), "+819012345678", 1)
+        timed = gen.usage(account, last[account] + timedelta(seconds=10), "+819012345678", 1)
         out.append(replace(timed, label="in_time_usage", expires=expires))
         if n % 2 == 0:
-            late = gen.usage(account, expires - timedelta(seconds=4), "+819012345678", 1)
+            late = gen.usage(account, last[account] + timedelta(seconds=11), "+819012345678", 1)
             out.append(replace(late, label="too_late_usage", expires=expires))
     return out
 

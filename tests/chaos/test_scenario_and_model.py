@@ -408,11 +408,12 @@ def test_every_kind_of_hostile_record_goes_to_every_partition_of_both_inputs(sc:
 
 
 def arrived(sc: Scenario) -> list[model.Record]:
-    """As a run produces them: everything at the start, in-time usage 4 s before its lot
-    expires, too-late usage 10 s after the lateness allowance has passed."""
+    """As a run produces them: one record a millisecond from the start (a re-send arrives
+    after its original), in-time usage 4 s before its lot expires, too-late usage 10 s after
+    the lateness allowance has passed."""
     out = []
     for n, item in enumerate(sc.items()):
-        at = START
+        at = START + timedelta(milliseconds=n)
         if item.label == "in_time_usage" and item.expires is not None:
             at = item.expires - timedelta(seconds=4)
         elif item.label == "too_late_usage" and item.expires is not None:
@@ -428,6 +429,9 @@ def test_a_lot_pays_usage_that_arrived_in_time_and_is_forfeited_before_usage_tha
     expected = model.replay(arrived(sc), POLICY, sc.layout.period, sc.close_seq, end)
     too_late = {i.key for i in sc.too_late}
 
+    # Produced amid the run, it must hold back no later record of its partition, which the
+    # worker releases in event-time order: it occurred before every record of `main`.
+    assert max(i.at for i in sc.expiry_traffic if i.at) < min(i.at for i in sc.main if i.at)
     assert len(sc.in_time) == sum(1 for k in sc.categories.values() if k == "expiry")
     assert 0 < len(too_late) < len(sc.in_time)
     for item in sc.in_time:
