@@ -82,7 +82,9 @@ async def test_create_time_inputs_are_consumed_when_the_setting_allows_them(
     allowed = settings.model_copy(update={"allow_create_time_inputs": True})
     await create_topics(allowed, producer_stamped=True)
     account = f"acc-{unique}"
-    await produce(allowed, allowed.topic_account_events, [opened(f"o-{unique}", account, ago(minutes=1))])
+    await produce(
+        allowed, allowed.topic_account_events, [opened(f"o-{unique}", account, ago(minutes=1))]
+    )
 
     async with running_worker(allowed), database(allowed) as conn:
         await wait_applied(conn, [f"o-{unique}"], timeout_s=60)
