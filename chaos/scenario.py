@@ -830,8 +830,8 @@ def _add_hostile(gen: _Gen, main: list[Item], kinds: _Kinds, start: datetime) ->
     """Every kind of hostile record on every partition of both inputs, at random spots."""
     rnd = gen.rnd
     accounts = sorted(kinds.normal)
-    anchor = main[len(main) // 2].at
-    assert anchor is not None
+    # The time of a record amid the run (a poison record there has none).
+    anchor = next(i.at for i in main[len(main) // 2 :] + main if i.at is not None)
     for partition in range(INPUT_PARTITIONS):
         account, other = rnd.sample(accounts, 2)
         for item in gen.hostile(account, other, partition, anchor, start):

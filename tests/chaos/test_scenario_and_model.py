@@ -454,3 +454,22 @@ def test_a_lot_pays_usage_that_arrived_in_time_and_is_forfeited_before_usage_tha
             assert expected.accounts[account].balance_jpy == 0
     outcomes = oracle_feed.replay(arrived(sc), POLICY, sc.layout.period, sc.close_seq, end)
     assert oracle_feed.disagreements(arrived(sc), expected, outcomes) == []
+
+
+@pytest.mark.parametrize(("events", "accounts", "seed"), [(20_000, 400, 11), (4000, 150, 12)])
+def test_other_seeds_lay_out_every_hostile_record_and_the_expiry_traffic(
+    events: int, accounts: int, seed: int
+) -> None:
+    # Seed 11 at the reduced run's size has a poison record (no time) amid the main phase,
+    # where the hostile records take their time from.
+    other = build(
+        Params(events=events, accounts=accounts, seed=seed),
+        START,
+        POLICY,
+        load_rate_table(None),
+        ZoneInfo("Asia/Tokyo"),
+    )
+
+    assert sum(1 for i in other.items() if i.label.startswith("hostile:")) == 10 * 2 * 6
+    assert other.in_time
+    assert other.too_late

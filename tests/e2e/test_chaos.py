@@ -100,7 +100,7 @@ def test_reduced_chaos_run_matches_the_model(seed: int, tmp_path: Path) -> None:
         "--workers",
         "2",
         "--expiry-from-s",
-        "30",
+        "40",
         "--expiry-spread-s",
         "30",
         "--timeout-s",
