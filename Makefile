@@ -28,7 +28,8 @@ MVENV := .venv-mutation
 MBIN := $(MVENV)/bin
 CI_MUTANTS := worker.domain.reminders*
 CI_MUTATION_FLOOR := 100
-CI_MUTATION_IGNORE := --ignore=tests/unit/test_oracle.py --ignore=tests/unit/test_properties.py
+CI_MUTATION_IGNORE := --ignore=tests/unit/test_oracle.py --ignore=tests/unit/test_properties.py \
+	--ignore=tests/unit/test_rating_sole_region.py
 
 .PHONY: help install services secure-services migrate run worker demo test tools alerts bench lint format down status env chaos mutation mutation-ci
 

@@ -92,8 +92,8 @@ def main(patterns: list[str], floor: float | None = None) -> int:
     if not patterns:
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text("# Mutation testing of worker/domain (make mutation)\n\n" + text + triage())
-    if not found:
-        print("no mutant matched: nothing was checked")
+    if not found or total["not checked"] == sum(total.values()):
+        print("no mutant was checked")
         return 1
     if floor is None:
         return 1 if survivors else 0
