@@ -223,6 +223,10 @@ class Bench:
                 f"{count} process(es): {result.rate:,.0f} ev/s in {result.seconds:.1f} s, "
                 f"peak RSS {', '.join(f'{m:.0f}' for m in result.peak_rss_mb)} MB"
             )
+            say(f"{count} process(es): digest {result.digest}")
+        one, two = self.results.one, self.results.two
+        if one is not None and two is not None and one.digest != two.digest:
+            raise BenchError(f"1 and 2 processes billed differently: {one.digest} != {two.digest}")
 
     async def hot(self) -> None:
         """The main workload again, except that one account sends `--hot-share` of the usage:

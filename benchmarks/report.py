@@ -192,6 +192,11 @@ def details(r: Results) -> str:
         rss = ", ".join(f"{m:,.0f}" for m in run.peak_rss_mb)
         counts = ", ".join(f"{k} {v:,}" for k, v in run.counts.items())
         out.append(f"  - peak RSS {rss} MB; {counts}")
+        if run.digest:
+            out.append(f"  - state digest `{run.digest}`")
+    if r.one and r.two and r.one.digest and r.two.digest:
+        same = "equal" if r.one.digest == r.two.digest else "DIFFERENT"
+        out.append(f"- 1-process and 2-process digests: {same}")
     if r.latency is not None and r.latency.cpu is not None:
         out.append(
             f"- CPU during the latency run (sending until drained), in cores: {_cpu(r.latency)}"

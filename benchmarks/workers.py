@@ -31,6 +31,7 @@ from benchmarks.kit import (
     topic_partitions,
 )
 from benchmarks.workload import Record, Workload
+from worker.adapters.digest import state_digest
 from worker.adapters.kafka_admin import OffsetReader
 
 WORKER = Path(sys.executable).parent / "billing-worker"
@@ -208,6 +209,8 @@ class BacklogRun:
     peak_rss_mb: list[float]
     cpu: CpuSnapshot
     counts: dict[str, int]
+    digest: str = ""
+    """SHA-256 of the billing state (worker.adapters.digest): equal for equal input."""
     worker_cpu_s: list[float] = field(default_factory=list)  # per process, same window
     steady: Steady | None = None
 
@@ -274,6 +277,9 @@ async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> Bac
         steady = await _steady(
             conn, procs.last_assignment(), first, end, samples, (cpu_end, each_end)
         )
+        t = procs.topics
+        roles = {t.usage: "usage", t.account: "account", t.reminders: "reminders"}
+        digest = await state_digest(conn, {**roles, t.invoices: "invoices", t.dlq: "dlq"})
     finally:
         await reader.close()
         await conn.close()
@@ -283,7 +289,15 @@ async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> Bac
     counts.update({f"log_{k}": v for k, v in procs.log_levels().items()})
     each = [b - a for a, b in zip(each_first, each_end, strict=True)]
     return BacklogRun(
-        procs.count, work.total, end - first, rss, cpu_end.minus(cpu_first), counts, each, steady
+        procs.count,
+        work.total,
+        end - first,
+        rss,
+        cpu_end.minus(cpu_first),
+        counts,
+        digest,
+        worker_cpu_s=each,
+        steady=steady,
     )
 
 

@@ -26,6 +26,7 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"  mismatches {r['mismatches']} {r['mismatches_by_category'] or ''}, lag {r['lag']}, "
         f"outbox unsent {r['outbox_unsent']}, exit codes at SIGTERM {r['sigterm_exit_codes']}",
         f"  phases (s): {r['phases_s']}",
+        f"  state digest: {r.get('digest')}",
     ]
     lines += [f"  precondition violated: {p}" for p in r["preconditions_violated"][:10]]
     lines += [f"  {line}" for line in r["mismatch_lines"][:20]]

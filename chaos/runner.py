@@ -49,12 +49,14 @@ from chaos.kafka_io import (
 from chaos.procs import CLI, ROOT, Services, WorkerProc, clean_env, free_port
 from chaos.report import render_markdown, summary_lines
 from chaos.scenario import Item, Params, Scenario, build
+from worker.adapters.digest import state_digest
 from worker.adapters.kafka_admin import OffsetReader
 from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.migrate import create_database, drop_database
 from worker.builders import policy_from, rates_from
 from worker.config import Settings
 from worker.domain.invoicing import period_of
+from worker.entrypoints.expiry_sweep import CLOCK_MARGIN
 
 APPLIED_LABELS = {"usage", "purchase", "reminder", "open", "switch", "payment", "late_usage"}
 
@@ -414,7 +416,8 @@ async def _execute(run: Run) -> dict[str, Any]:
         run.figures["produce_s"] = round(time.monotonic() - t, 1)
         run.note("produced", resent_waves=run.producer.resent_waves)
         await chaos
-        due = max(scenario.expiries) + policy.lateness + timedelta(seconds=4)
+        # The sweep forfeits only up to a cutoff that trails the clock by CLOCK_MARGIN.
+        due = max(scenario.expiries) + policy.lateness + CLOCK_MARGIN + timedelta(seconds=4)
         await run.settle(due)
         run.figures["process_s"] = round(time.monotonic() - t, 1)
     finally:
@@ -470,9 +473,17 @@ async def _verify(run: Run) -> dict[str, Any]:
         invoice_messages=check.index_outputs(logs[s.topic_invoices], "invoice_id"),
         dead_letters=check.index_dead_letters(logs[s.topic_dlq]),
     )
+    roles = {
+        s.topic_usage: "usage",
+        s.topic_account_events: "account",
+        s.topic_reminders: "reminders",
+        s.topic_invoices: "invoices",
+        s.topic_dlq: "dlq",
+    }
     conn = await asyncpg.connect(s.database_url)
     try:
         await check.read_database(conn, actual)
+        run.figures["digest"] = await state_digest(conn, roles)
     finally:
         await conn.close()
     report = check.compare(
@@ -568,6 +579,7 @@ def _results(
             "invoices": len(expected.invoices),
         },
         "mismatches": report.mismatches,
+        "digest": figures.get("digest"),
         "mismatches_by_category": dict(report.counts),
         "mismatch_lines": report.lines[:50],
         "account_diffs": [

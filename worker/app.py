@@ -11,7 +11,9 @@ import asyncpg
 
 from worker import logs
 from worker.adapters.kafka_connection import kafka_client_args
+from worker.adapters.migrate import prepare_schema
 from worker.adapters.postgres import PgStore
+from worker.adapters.reach import database_unreachable
 from worker.adapters.relay import OutboxRelay, drain
 from worker.adapters.wire import Decoder
 from worker.builders import create_pool, encoder_from, policy_from, rates_from
@@ -20,15 +22,18 @@ from worker.entrypoints.expiry_sweep import ExpirySweep
 from worker.entrypoints.monitor import Monitor
 from worker.entrypoints.month_close import MonthCloser
 from worker.entrypoints.stream import StreamProcessor
-from worker.errors import ShuttingDown, WorkerError
+from worker.errors import Failure, ShuttingDown, WorkerError
 from worker.metrics import Metrics
+from worker.redact import mask_dsn
 from worker.retry import retry
 
 log = logs.get("worker.app")
 
 
-class UncleanShutdown(WorkerError):
+class UncleanShutdown(Failure):
     """Shutdown ran out of time or failed; what was not committed is redelivered on restart."""
+
+    error_code = "unclean_shutdown"
 
 
 @dataclass
@@ -54,15 +59,8 @@ class Worker:
         encoder = encoder_from(s)
         if self.handle_signals:
             self._install_signals()
-        try:
-            self.pool = await retry(
-                "database_connect",
-                lambda: create_pool(s),
-                self.stop,
-                self.metrics,
-                s.retry_max_backoff_s,
-            )
-        except ShuttingDown:
+        self.pool = await self._open_database()
+        if self.pool is None:
             log.info("worker_stopped", note="stopped before the database answered")
             return
         store = PgStore(self.pool)
@@ -123,7 +121,47 @@ class Worker:
         if failure is not None:
             raise failure
         if not clean:
-            raise UncleanShutdown(f"not stopped cleanly within {s.shutdown_timeout_s:g} s")
+            raise UncleanShutdown(
+                f"not stopped cleanly within {s.shutdown_timeout_s:g} s: what was not committed"
+                " is read again on restart (BILLING_SHUTDOWN_TIMEOUT_S bounds the shutdown)"
+            )
+
+    async def _open_database(self) -> asyncpg.Pool | None:
+        """The pool, once PostgreSQL answers and holds the schema this worker needs (migrated
+        first with BILLING_MIGRATE_ON_START); None when stopped before that."""
+        s = self.settings
+        target = mask_dsn(s.database_url)
+        try:
+            pool = await retry(
+                "database_connect",
+                lambda: create_pool(s),
+                self.stop,
+                self.metrics,
+                s.retry_max_backoff_s,
+                target=target,
+            )
+        except ShuttingDown:
+            return None
+        except (asyncpg.PostgresError, OSError) as exc:
+            # Not worth retrying (a wrong password, no such database): say where, and stop.
+            raise database_unreachable(s, exc, 0) from exc
+        try:
+            # Retried like the connection (PostgreSQL may flap at start); a mismatch is not.
+            await retry(
+                "schema_check",
+                lambda: prepare_schema(pool, migrate_first=s.migrate_on_start),
+                self.stop,
+                self.metrics,
+                s.retry_max_backoff_s,
+                target=target,
+            )
+        except ShuttingDown:
+            await pool.close()
+            return None
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
 
     async def _until_stopped(self, tasks: list[asyncio.Task[None]]) -> BaseException | None:
         """Wait for a stop request; a task that ends before one (it failed) stops the worker."""

@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     log_json: bool = True
 
+    # How long a one-shot command (account, lag, close-month, dlq replay, migrate) keeps trying
+    # to reach PostgreSQL or Kafka before it gives up; `run` keeps trying until stopped.
+    connect_timeout_s: float = Field(15.0, gt=0)
+    # Single-process deployments may migrate at start; an advisory lock serialises migrators.
+    migrate_on_start: bool = False
+
     @field_validator("business_timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:

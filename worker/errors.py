@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from enum import IntEnum
 
 import asyncpg
 from aiokafka.errors import KafkaError
@@ -12,6 +13,72 @@ from worker.domain.errors import BillingError
 
 class WorkerError(BillingError):
     """An infrastructure-side failure of the worker itself."""
+
+
+class ExitCode(IntEnum):
+    """What `billing-worker` exits with; the README's table lists the same."""
+
+    OK = 0
+    FAILED = 1
+    BAD_ARGUMENT = 2  # an unknown account, a malformed argument (Click's usage errors too)
+    BROKER_UNREACHABLE = 3
+    DATABASE_UNREACHABLE = 4
+    SCHEMA_MISMATCH = 5
+    ACCESS_REFUSED = 77  # EX_NOPERM: credentials or certificates refused
+    BAD_SETTING = 78  # EX_CONFIG of sysexits.h
+    INTERRUPTED = 130
+
+
+class Failure(WorkerError):
+    """Ends a command with one line saying what is wrong and what to do."""
+
+    exit_code = ExitCode.FAILED
+    error_code = "failed"
+
+    def __init__(
+        self, message: str, *, exit_code: int | None = None, error_code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = ExitCode(exit_code)
+        if error_code is not None:
+            self.error_code = error_code
+
+
+class BadArgument(Failure):
+    """An argument names nothing there is, or is not in the form expected."""
+
+    exit_code = ExitCode.BAD_ARGUMENT
+    error_code = "bad_argument"
+
+
+class UnknownAccount(BadArgument):
+    """No account has this id."""
+
+    error_code = "unknown_account"
+
+
+class BrokerUnreachable(Failure):
+    """Kafka did not answer within the time allowed."""
+
+    exit_code = ExitCode.BROKER_UNREACHABLE
+    error_code = "broker_unreachable"
+    retriable = True
+
+
+class DatabaseUnreachable(Failure):
+    """PostgreSQL did not answer, or refused the connection, within the time allowed."""
+
+    exit_code = ExitCode.DATABASE_UNREACHABLE
+    error_code = "database_unreachable"
+    retriable = True
+
+
+class SchemaMismatch(Failure):
+    """The database's applied migrations are not the ones this worker was built for."""
+
+    exit_code = ExitCode.SCHEMA_MISMATCH
+    error_code = "schema_mismatch"
 
 
 class ShuttingDown(WorkerError):

@@ -5,20 +5,33 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
 
 from worker import redact
 
-_EMAIL = re.compile(r"[^@\s\"']+@[^@\s\"']+")
+# A URL's user part (`postgresql://user:password@host`) is kept, its password masked, so that a
+# log line can name the database it could not reach; anything else around an @ is an address.
+_URL_USER_OR_EMAIL = re.compile(
+    r"(?P<url>\b[A-Za-z][A-Za-z0-9+.-]*://[^@\s\"'/]*@)|[^@\s\"']+@[^@\s\"']+"
+)
+
+
+def _url_user_or_email(match: re.Match[str]) -> str:
+    url = match.group("url")
+    if url is None:
+        return "<email>"
+    scheme, _, userinfo = url[:-1].partition("://")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@"
 
 
 def _redact(value: Any) -> Any:
     if isinstance(value, str):
         value = redact.scrub(value)
-        return _EMAIL.sub("<email>", value) if "@" in value else value
+        return _URL_USER_OR_EMAIL.sub(_url_user_or_email, value) if "@" in value else value
     if isinstance(value, dict):
         return {k: _redact(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -42,8 +55,32 @@ def _stdlib_logger_name(
     return event
 
 
-def configure(level: str = "INFO", json: bool = True) -> None:
-    """Route stdlib and structlog output through one JSON renderer on stderr."""
+class _OncePerWindow(logging.Filter):
+    """A library line repeated on every reconnect attempt (aiokafka's `Unable connect to …`)
+    passes once per `window_s`: an outage reads as one line, not one per attempt."""
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self.last: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.getMessage())
+        last = self.last.get(key)
+        if last is not None and record.created - last < self.window_s:
+            return False
+        if len(self.last) > 1000:
+            self.last.clear()
+        self.last[key] = record.created
+        return True
+
+
+def configure(level: str = "INFO", json: bool = True, *, quiet_libraries: bool = False) -> None:
+    """Route stdlib and structlog output through one JSON renderer on stderr.
+
+    `quiet_libraries` (one-shot commands): library loggers only at DEBUG, because the command
+    reports its own failure in one line that names the target.
+    """
     renderer: Any = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -69,9 +106,28 @@ def configure(level: str = "INFO", json: bool = True) -> None:
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
+    if level != "DEBUG":
+        handler.addFilter(_OncePerWindow())
     root = logging.getLogger()
     root.handlers = [handler]
-    root.setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+    if level == "DEBUG":
+        root.setLevel(logging.DEBUG)
+    else:
+        root.setLevel(logging.CRITICAL if quiet_libraries else logging.WARNING)
+
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def preferences_from_env(environ: Mapping[str, str]) -> tuple[str, bool]:
+    """(level, json) from BILLING_LOG_LEVEL/BILLING_LOG_JSON, leniently: for reporting that the
+    settings themselves are bad, in the format the operator asked for where it can be told."""
+    level = environ.get("BILLING_LOG_LEVEL", "INFO").strip().upper()
+    json = environ.get("BILLING_LOG_JSON", "true").strip().lower() not in _FALSE
+    return (level if level in _LEVELS else "INFO"), json
+
+
+_FALSE = ("0", "false", "f", "no", "n", "off")
 
 
 def get(name: str) -> Any:

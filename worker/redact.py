@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
+_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
 _secrets: set[str] = set()
 
 
@@ -22,13 +24,15 @@ def scrub(text: str) -> str:
 
 
 def mask_dsn(dsn: str) -> str:
-    """The DSN with its password, if any, replaced by a mask."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    netloc = f"{parts.username or ''}:{MASK}@{host}{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The DSN with its password (in the user part or a `password=` parameter) masked."""
+    try:
+        parts = urlsplit(dsn)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, hostinfo = netloc.rpartition("@")
+            netloc = f"{userinfo.partition(':')[0]}:{MASK}@{hostinfo}"
+        query = _QUERY_PASSWORD.sub(rf"\g<1>{MASK}", parts.query)
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        # Unparseable: show nothing of it rather than risk showing a secret.
+        return "<unparseable DSN>"

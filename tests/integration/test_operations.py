@@ -150,7 +150,14 @@ async def test_ready_turns_false_when_postgres_stops_and_true_after_it_restarts(
 
             await wait_until(lambda: readiness(True), what="/ready to say ready")
             _, body = await ready(worker)
-            assert set(body["checks"]) == {"running", "postgres", "kafka", "assignment", "progress"}
+            assert set(body["checks"]) == {
+                "running",
+                "postgres",
+                "kafka",
+                "inputs",
+                "assignment",
+                "progress",
+            }
 
             await pg.stop()
             await wait_until(lambda: readiness(False), what="/ready to notice PostgreSQL is gone")

@@ -48,16 +48,17 @@ class FakeUnitOfWork:
         return {k: self.db.processed[k] for k in keys if k in self.db.processed}
 
     async def accounts_due_for_expiry(
-        self, now: datetime, lateness: timedelta, notice: timedelta, limit: int
+        self, cutoff: datetime, lateness: timedelta, notice: timedelta, limit: int
     ) -> list[str]:
         due = [
             account.account_id
             for account in self.db.accounts.values()
             if any(
                 not lot.forfeited
+                and lot.remaining_jpy > 0
                 and (
-                    lot.expires_at + lateness <= now
-                    or (not lot.expiring_notified and lot.expires_at - notice <= now)
+                    lot.expires_at <= cutoff - lateness
+                    or (not lot.expiring_notified and lot.expires_at - notice <= cutoff)
                 )
                 for lot in account.lots
             )

@@ -260,10 +260,15 @@ def test_credits_are_forfeited_after_expiry_plus_lateness() -> None:
         70,
         True,
     )
-    reminders = book.take_reminders()
+    # The notice whose moment passed first is never skipped, even when the first sweep comes
+    # after expiry: a timer that was not running then must send what a running one sent.
+    notice, *reminders = book.take_reminders()
+    assert (notice.kind, notice.amount_jpy) == ("credits_expiring", 70)
+    assert notice.created_at == EXPIRY - timedelta(days=7)
     assert [r.kind for r in reminders] == ["credits_expired", "balance_depleted"]
     assert (reminders[0].lot_id, reminders[0].amount_jpy) == ("lot:e1", 70)
     assert reminders[0].reminder_id == "acc-1:credits_expired:lot:e1"
+    assert reminders[0].created_at == EXPIRY
     assert [e.kind for e in book.effects.ledger].count("forfeit") == 1
 
 
@@ -288,7 +293,8 @@ def test_forfeiture_can_trigger_low_balance() -> None:
 
     book.sweep(EXPIRY + LATENESS)
 
-    reminders = book.take_reminders()
+    notice, *reminders = book.take_reminders()
+    assert (notice.kind, notice.lot_id) == ("credits_expiring", "lot:e1")
     assert [r.kind for r in reminders] == ["credits_expired", "low_balance"]
     assert reminders[1].reminder_id == "acc-1:low_balance:forfeit:lot:e1"
     assert reminders[1].balance_jpy == 1_000

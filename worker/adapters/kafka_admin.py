@@ -108,6 +108,16 @@ class OffsetReader:
             for p in t["partitions"]
         )
 
+    async def partition_counts(self, topics: list[str]) -> dict[str, int | None]:
+        """Partitions per topic; None for a topic the broker does not know."""
+        admin, _ = await self._bounded(self._clients())
+        described = await self._bounded(admin.describe_topics(topics))
+        counts: dict[str, int | None] = dict.fromkeys(topics)
+        for t in described:
+            if t["error_code"] == 0 and t["topic"] in counts:
+                counts[t["topic"]] = len(t["partitions"])
+        return counts
+
     async def end_offsets(self, topics: list[str]) -> dict[TopicPartition, int]:
         partitions = await self.partitions(topics)
         if not partitions:

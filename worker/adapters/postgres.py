@@ -39,8 +39,8 @@ JOIN unnest($1::text[], $2::text[]) AS k(source, event_id)
 _DUE = """
 SELECT DISTINCT account_id FROM lots
 WHERE NOT forfeited AND remaining_jpy > 0
-  AND (expires_at + $2::interval <= $1
-       OR (NOT expiring_notified AND expires_at - $3::interval <= $1 AND $1 < expires_at))
+  AND (expires_at <= $1::timestamptz - $2::interval
+       OR (NOT expiring_notified AND expires_at - $3::interval <= $1::timestamptz))
 LIMIT $4
 """
 _SAVE_ACCOUNTS = """
@@ -181,9 +181,9 @@ class PgUnitOfWork:
         return {(row["source"], row["event_id"]): bytes(row["fingerprint"]) for row in rows}
 
     async def accounts_due_for_expiry(
-        self, now: datetime, lateness: timedelta, notice: timedelta, limit: int
+        self, cutoff: datetime, lateness: timedelta, notice: timedelta, limit: int
     ) -> list[str]:
-        rows = await self.conn.fetch(_DUE, now, lateness, notice, limit)
+        rows = await self.conn.fetch(_DUE, cutoff, lateness, notice, limit)
         return sorted(row["account_id"] for row in rows)
 
     async def save(self, changes: Changes) -> None:

@@ -19,7 +19,7 @@ from aiokafka.errors import (
 
 from worker.adapters.kafka_connection import kafka_client_args
 from worker.config import Settings
-from worker.errors import WorkerError
+from worker.errors import ExitCode, Failure
 from worker.redact import mask_dsn
 
 _SASL_REFUSED = (
@@ -30,8 +30,11 @@ _SASL_REFUSED = (
 )
 
 
-class AccessRefused(WorkerError):
+class AccessRefused(Failure):
     """The broker or the database refused these credentials or certificates."""
+
+    exit_code = ExitCode.ACCESS_REFUSED
+    error_code = "access_refused"
 
 
 def _tls_reason(exc: ssl.SSLError) -> str:

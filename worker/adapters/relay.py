@@ -124,9 +124,16 @@ class OutboxRelay:
         self.poll_interval_s = poll_interval_s
         self._wakeup = asyncio.Event()
         self.leader = False
+        self._failing_since: float | None = None
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def _recovered(self) -> None:
+        if self._failing_since is not None:
+            outage_s = round(time.monotonic() - self._failing_since, 1)
+            log.info("relay_resumed", outage_s=outage_s)
+            self._failing_since = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop`, leading when no other process does."""
@@ -139,8 +146,13 @@ class OutboxRelay:
                 # The open transaction, if any, is aborted by the next producer's start; what
                 # it may have committed is found in the log by the recovery that follows.
                 fenced = isinstance(exc, ProducerFenced)
-                level = log.warning if fenced or is_retriable(exc) else log.error
-                level("relay_retrying", cause=type(exc).__name__, error=str(exc), fenced=fenced)
+                retriable = is_retriable(exc)
+                # An outage (broker or database away) is one line, not one per attempt; a
+                # refusal no retry will cure by itself (an ACL, a bug) is said every time.
+                if not retriable or fenced or self._failing_since is None:
+                    level = log.warning if fenced or retriable else log.error
+                    level("relay_retrying", cause=type(exc).__name__, error=str(exc), fenced=fenced)
+                self._failing_since = self._failing_since or time.monotonic()
                 self.leader = False
                 await _sleep_or_stop(stop, delay)
                 delay = min(delay * 2, 10.0)
@@ -160,6 +172,7 @@ class OutboxRelay:
             self.leader = True
             while not stop.is_set():
                 sent = await self.relay_once(conn, producer)
+                self._recovered()
                 if sent < self.batch_size:
                     await self._idle(stop)
         finally:

@@ -95,7 +95,7 @@ class Decoder:
                     self.rates, usage.country, usage.destination, usage.segments, usage.occurred_at
                 )
                 command: Command = ChargeUsage(
-                    usage.event_id, usage.account_id, usage.occurred_at, rated
+                    usage.event_id, usage.account_id, usage.occurred_at, rated, record.arrived_at
                 )
                 return Decoded(record, command, _fingerprint(usage))
             event = ACCOUNT_EVENT_ADAPTER.validate_python(payload)

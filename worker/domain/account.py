@@ -167,7 +167,9 @@ class Account:
     def _charge(self, command: ChargeUsage, policy: Policy, effects: Effects) -> None:
         before = self.balance_jpy
         amount = command.rated.amount_jpy
-        allocations, uncovered = debit(self.lots, amount, command.occurred_at)
+        allocations, uncovered = debit(
+            self.lots, amount, command.occurred_at, command.arrived_at, policy.lateness
+        )
         since = self.postpay_since
         if self.plan == "postpay" and since is not None and command.occurred_at >= since:
             self.postpay_due_jpy += uncovered

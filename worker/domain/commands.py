@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from worker.domain.rating import Rated
@@ -59,6 +59,9 @@ class ChargeUsage:
     account_id: str
     occurred_at: datetime
     rated: Rated
+    # When the record reached Kafka: lots pay only for what arrived within the lateness. A fact
+    # of delivery, not of the event, so it is no part of the command's identity.
+    arrived_at: datetime | None = field(default=None, compare=False)
 
 
 Command = (

@@ -1,4 +1,5 @@
-"""Expiry of lots against the wall clock: notices before, forfeiture after."""
+"""Expiry of lots: notices before, forfeiture after, each at a fixed place in the account's
+sequence of records, whichever of the stream and the timer gets there first."""
 
 from __future__ import annotations
 
@@ -7,65 +8,94 @@ from datetime import datetime
 from worker.domain import reminders
 from worker.domain.account import Account, Policy
 from worker.domain.events import Effects, LedgerEntry, ReminderDue, ReminderKind
-from worker.domain.lots import due_for_expiring_notice, due_for_forfeit, forfeit
+from worker.domain.lots import Lot, forfeit, forfeit_passed, notice_passed
+
+_NOTICE, _FORFEIT = 0, 1
 
 
-def sweep(account: Account, now: datetime, policy: Policy, effects: Effects) -> None:
-    """Send `credits_expiring` once per lot, and forfeit lots past expiry and lateness."""
-    for lot in sorted(account.lots, key=lambda lot: (lot.expires_at, lot.lot_id)):
-        if due_for_expiring_notice(lot, now, policy.expiring_notice):
-            lot.expiring_notified = True
-            lot.dirty = True
-            effects.reminders.append(
-                _lot_reminder(
-                    account, "credits_expiring", lot.lot_id, lot.remaining_jpy, lot.expires_at, now
-                )
-            )
-        if not due_for_forfeit(lot, now, policy.lateness):
+def sweep(account: Account, upto: datetime, policy: Policy, effects: Effects) -> None:
+    """Notices and forfeitures due by `upto` (inclusive): for the timer, once every record that
+    arrived by `upto` has been applied."""
+    catch_up(account, upto, policy, effects, inclusive=True)
+
+
+def before_arrival(
+    account: Account, arrived_at: datetime, policy: Policy, effects: Effects
+) -> None:
+    """Notices and forfeitures whose moment passed before a record that arrived at
+    `arrived_at` is applied: the same place in the sequence the timer would put them."""
+    catch_up(account, arrived_at, policy, effects, inclusive=False)
+
+
+def catch_up(
+    account: Account, upto: datetime, policy: Policy, effects: Effects, *, inclusive: bool
+) -> None:
+    """Every notice and forfeiture due by `upto`, in the order of their moments."""
+    due: list[tuple[datetime, int, str, Lot]] = []
+    for lot in account.lots:
+        if lot.forfeited:
             continue
-        before = account.balance_jpy
-        lost = forfeit(lot)
-        if lost == 0:
-            continue
-        after = account.balance_jpy
-        effects.ledger.append(
-            LedgerEntry(
-                entry_id=f"forfeit:{lot.lot_id}",
-                account_id=account.account_id,
-                kind="forfeit",
-                amount_jpy=-lost,
-                balance_after_jpy=after,
-                occurred_at=lot.expires_at,
-                ref=lot.lot_id,
-            )
-        )
+        if notice_passed(lot, upto, policy.expiring_notice, inclusive):
+            due.append((lot.expires_at - policy.expiring_notice, _NOTICE, lot.lot_id, lot))
+        if forfeit_passed(lot, upto, policy.lateness, inclusive):
+            # Due, so expires_at + lateness <= upto: no overflow.
+            due.append((lot.expires_at + policy.lateness, _FORFEIT, lot.lot_id, lot))
+    if not due:
+        return
+    for moment, step, _, lot in sorted(due, key=lambda d: d[:3]):
+        if step == _NOTICE:
+            _notice(account, lot, moment, effects)
+        else:
+            _forfeit(account, lot, effects)
+
+
+def _notice(account: Account, lot: Lot, moment: datetime, effects: Effects) -> None:
+    lot.expiring_notified = True
+    lot.dirty = True
+    if lot.remaining_jpy > 0:
         effects.reminders.append(
-            _lot_reminder(account, "credits_expired", lot.lot_id, lost, lot.expires_at, now)
+            _lot_reminder(account, "credits_expiring", lot, lot.remaining_jpy, moment)
         )
-        effects.reminders.extend(
-            reminders.on_balance_change(
-                account.reminder_settings, before, after, f"forfeit:{lot.lot_id}", now
-            )
+
+
+def _forfeit(account: Account, lot: Lot, effects: Effects) -> None:
+    before = account.balance_jpy
+    lost = forfeit(lot)
+    if lost == 0:
+        return
+    after = account.balance_jpy
+    effects.ledger.append(
+        LedgerEntry(
+            entry_id=f"forfeit:{lot.lot_id}",
+            account_id=account.account_id,
+            kind="forfeit",
+            amount_jpy=-lost,
+            balance_after_jpy=after,
+            occurred_at=lot.expires_at,
+            ref=lot.lot_id,
         )
+    )
+    effects.reminders.append(_lot_reminder(account, "credits_expired", lot, lost, lot.expires_at))
+    effects.reminders.extend(
+        reminders.on_balance_change(
+            account.reminder_settings, before, after, f"forfeit:{lot.lot_id}", lot.expires_at
+        )
+    )
 
 
 def _lot_reminder(
-    account: Account,
-    kind: ReminderKind,
-    lot_id: str,
-    amount: int,
-    expires_at: datetime,
-    now: datetime,
+    account: Account, kind: ReminderKind, lot: Lot, amount: int, at: datetime
 ) -> ReminderDue:
+    # Stamped with the lot's own moment, never the clock: a replay yields the same payload.
     return ReminderDue(
-        reminder_id=reminders.reminder_id(account.account_id, kind, lot_id),
+        reminder_id=reminders.reminder_id(account.account_id, kind, lot.lot_id),
         account_id=account.account_id,
         kind=kind,
         balance_jpy=account.balance_jpy,
         threshold_jpy=account.reminder_threshold_jpy,
         email=account.reminder_email,
-        created_at=now,
-        lot_id=lot_id,
+        created_at=at,
+        lot_id=lot.lot_id,
         amount_jpy=amount,
-        expires_at=expires_at,
+        expires_at=lot.expires_at,
     )

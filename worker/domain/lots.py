@@ -56,19 +56,33 @@ def new_lot(
     )
 
 
-def debit_order(lots: Iterable[Lot], at: datetime) -> list[Lot]:
-    """Lots that can pay at `at`: soonest expiry first, then oldest grant, then lot id."""
-    usable = [lot for lot in lots if lot.usable_at(at)]
+def debit_order(
+    lots: Iterable[Lot],
+    at: datetime,
+    arrived_at: datetime | None = None,
+    lateness: timedelta = timedelta(0),
+) -> list[Lot]:
+    """Lots that can pay at `at` for a record that arrived at `arrived_at`: soonest expiry
+    first, then oldest grant, then lot id."""
+    usable = [
+        lot for lot in lots if lot.usable_at(at) and arrived_in_time(lot, arrived_at, lateness)
+    ]
     if len(usable) > 1:  # one usable lot (or none) needs no sort and no key tuples
         usable.sort(key=lambda lot: (lot.expires_at, lot.granted_at, lot.lot_id))
     return usable
 
 
-def debit(lots: Iterable[Lot], amount_jpy: int, at: datetime) -> tuple[list[Allocation], int]:
+def debit(
+    lots: Iterable[Lot],
+    amount_jpy: int,
+    at: datetime,
+    arrived_at: datetime | None = None,
+    lateness: timedelta = timedelta(0),
+) -> tuple[list[Allocation], int]:
     """Take `amount_jpy` from the lots; returns what each lot gave and what was left uncovered."""
     allocations: list[Allocation] = []
     left = amount_jpy
-    for lot in debit_order(lots, at):
+    for lot in debit_order(lots, at, arrived_at, lateness):
         if left == 0:
             break
         taken = lot.take(left)
@@ -87,14 +101,25 @@ def forfeit(lot: Lot) -> int:
     return lost
 
 
-def due_for_forfeit(lot: Lot, now: datetime, lateness: timedelta) -> bool:
-    return not lot.forfeited and lot.expires_at + lateness <= now
+def forfeit_passed(lot: Lot, upto: datetime, lateness: timedelta, inclusive: bool) -> bool:
+    """Has `expires_at + lateness` been reached by `upto` (passed, unless `inclusive`)?"""
+    if lot.forfeited:
+        return False
+    # `upto - lateness`, never `expires_at + lateness`: a lot dated near year 9999 cannot overflow.
+    edge = upto - lateness
+    return lot.expires_at <= edge if inclusive else lot.expires_at < edge
 
 
-def due_for_expiring_notice(lot: Lot, now: datetime, notice: timedelta) -> bool:
-    return (
-        not lot.forfeited
-        and not lot.expiring_notified
-        and lot.remaining_jpy > 0
-        and lot.expires_at - notice <= now < lot.expires_at
-    )
+def notice_passed(lot: Lot, upto: datetime, notice: timedelta, inclusive: bool) -> bool:
+    """Is the lot's `credits_expiring` notice due by `upto`? Never skipped once due, so the
+    notice does not depend on whether the worker was running when its moment came."""
+    if lot.forfeited or lot.expiring_notified or lot.remaining_jpy <= 0:
+        return False
+    # expires_at is granted_at + validity, and validity exceeds the notice: no underflow.
+    moment = lot.expires_at - notice
+    return moment <= upto if inclusive else moment < upto
+
+
+def arrived_in_time(lot: Lot, arrived_at: datetime | None, lateness: timedelta) -> bool:
+    """A lot pays only for records that reached Kafka by `expires_at + lateness`."""
+    return arrived_at is None or arrived_at - lateness <= lot.expires_at

@@ -3,46 +3,60 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
+import os
 import re
 import sys
-from collections.abc import Coroutine
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable, Coroutine
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import orjson
 import typer
-from aiokafka.errors import KafkaError
 
-from worker import logs, redact
-from worker.config import Settings, SettingsError, load_settings
+from worker import logs
+from worker.config import Settings, load_settings
+from worker.entrypoints.failures import is_usage_error
+from worker.entrypoints.failures import report as report_failure
+from worker.errors import BadArgument, ExitCode, Failure, UnknownAccount
+
+
+def _pretty_tracebacks() -> bool:
+    """Rich's boxed tracebacks only for a person at a terminal who asked for console logs;
+    everywhere else they would break a pipeline that reads one JSON object per line."""
+    _, json = logs.preferences_from_env(os.environ)
+    return sys.stderr.isatty() and not json
+
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="SMS billing worker: prepaid credit lots, postpay invoices, reminders.",
+    pretty_exceptions_enable=_pretty_tracebacks(),
+    # Locals would show the settings, and with them the database password.
+    pretty_exceptions_show_locals=False,
 )
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead-letter topic tools.")
 app.add_typer(dlq_app, name="dlq")
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+# (level, json) once the settings are read; before that the environment is read leniently.
+_log_preferences: tuple[str, bool] | None = None
 
 
-def _settings() -> Settings:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        typer.echo(redact.scrub(str(exc)), err=True)
-        raise typer.Exit(78) from exc
-    logs.configure(settings.log_level, settings.log_json)
+def _settings(*, one_shot: bool = True) -> Settings:
+    global _log_preferences
+    settings = load_settings()
+    logs.configure(settings.log_level, settings.log_json, quiet_libraries=one_shot)
+    _log_preferences = (settings.log_level, settings.log_json)
     return settings
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
 def _preflight(settings: Settings, *, kafka: bool = True, postgres: bool = True) -> None:
-    """Stop at once, in one line, when the broker or database refuses the credentials."""
+    """Stop at once (AccessRefused, exit 77) when the broker or database refuses the
+    credentials or certificates; an unreachable one is left to the command's own handling."""
     from worker.adapters import preflight
 
     async def check() -> None:
@@ -51,11 +65,63 @@ def _preflight(settings: Settings, *, kafka: bool = True, postgres: bool = True)
         if kafka:
             await preflight.check_kafka(settings)
 
+    _run(check())
+
+
+def _guarded(command: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Every command ends in one clear line and a documented exit code, never a traceback
+    (except at BILLING_LOG_LEVEL=DEBUG)."""
+
+    def decorate(fn: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(fn)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return fn(*args, **kwargs)
+            except (typer.Exit, typer.Abort):
+                raise  # an exit code chosen on purpose
+            except (Exception, KeyboardInterrupt) as exc:
+                if is_usage_error(exc):
+                    raise  # Click reports it (see main)
+                level, json = _log_format()
+                raise typer.Exit(report_failure(exc, command, level, json)) from None
+
+        return guarded
+
+    return decorate
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _package_version() -> str:
     try:
-        _run(check())
-    except preflight.AccessRefused as exc:
-        typer.echo(redact.scrub(f"cannot start: {exc}"), err=True)
-        raise typer.Exit(77) from None
+        return version("sms-billing-worker")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from worker.adapters.migrate import needed_version
+
+        typer.echo(f"billing-worker {_package_version()} (database schema {needed_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print the version and the database schema it needs, then exit.",
+        ),
+    ] = False,
+) -> None:
+    """SMS billing worker: prepaid credit lots, postpay invoices, reminders."""
 
 
 def _tune_gc() -> None:
@@ -67,35 +133,29 @@ def _tune_gc() -> None:
 
 
 @app.command()
+@_guarded("run")
 def run() -> None:
     """Run the worker until SIGTERM or SIGINT."""
-    from worker.app import UncleanShutdown, Worker
+    from worker.app import Worker
 
-    settings = _settings()
+    settings = _settings(one_shot=False)
     _preflight(settings)
     _tune_gc()
-    try:
-        _run(Worker(settings).run())
-    except SettingsError as exc:
-        typer.echo(redact.scrub(str(exc)), err=True)
-        raise typer.Exit(78) from exc
-    except UncleanShutdown as exc:
-        typer.echo(redact.scrub(str(exc)), err=True)
-        raise typer.Exit(1) from exc
+    _run(Worker(settings).run())
 
 
 @app.command()
+@_guarded("migrate")
 def migrate() -> None:
     """Apply database migrations that are missing (idempotent)."""
-    import asyncpg
-
     from worker.adapters.migrate import migrate as apply
+    from worker.adapters.reach import connect_database
 
     settings = _settings()
     _preflight(settings, kafka=False)
 
     async def go() -> list[str]:
-        conn = await asyncpg.connect(settings.database_url)
+        conn = await connect_database(settings, schema=False)
         try:
             return await apply(conn)
         finally:
@@ -106,6 +166,7 @@ def migrate() -> None:
 
 
 @app.command()
+@_guarded("account")
 def account(
     account_id: str,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
@@ -118,8 +179,10 @@ def account(
     _preflight(settings, kafka=False)
     view = _run(account_view(settings, account_id, entries))
     if view is None:
-        typer.echo(f"unknown account: {account_id}", err=True)
-        raise typer.Exit(2)
+        raise UnknownAccount(
+            f"unknown account: {account_id}: check the id (an account exists once an event"
+            " for it was applied)"
+        )
     if as_json:
         sys.stdout.write(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -127,20 +190,18 @@ def account(
 
 
 @app.command()
+@_guarded("lag")
 def lag(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
     max_lag: Annotated[int | None, typer.Option(help="Exit 1 when the total lag is above.")] = None,
 ) -> None:
     """Consumer lag of the group from the broker's committed offsets (works with no worker)."""
     from worker.adapters.kafka_admin import group_lag
+    from worker.adapters.reach import reach_kafka
 
     settings = _settings()
     _preflight(settings, postgres=False)
-    try:
-        report = _run(group_lag(settings))
-    except (KafkaError, OSError, TimeoutError) as exc:
-        typer.echo(f"cannot read the group's offsets: {type(exc).__name__}: {exc}", err=True)
-        raise typer.Exit(3) from exc
+    report = _run(reach_kafka(settings, lambda: group_lag(settings)))
     if as_json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -155,6 +216,7 @@ def lag(
 
 
 @app.command()
+@_guarded("demo")
 def demo(
     rate: Annotated[float, typer.Option(min=0.1, help="Events per second.")] = 20.0,
     duration: Annotated[float, typer.Option(min=0, help="Seconds to run; 0 = until Ctrl-C.")] = 0.0,
@@ -166,12 +228,13 @@ def demo(
     from worker.entrypoints.demo import Options
     from worker.entrypoints.demo import main as run_demo
 
-    settings = _settings()
+    settings = _settings(one_shot=False)
     _preflight(settings)
     raise typer.Exit(run_demo(settings, Options(rate, duration, accounts, malformed, seed)))
 
 
 @app.command("close-month")
+@_guarded("close-month")
 def close_month(
     period: Annotated[str, typer.Argument(help="The month to close, YYYY-MM (business zone).")],
     wait_s: Annotated[
@@ -184,14 +247,17 @@ def close_month(
     settings = _settings()
     _preflight(settings)
     if not re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", period):
-        typer.echo(f"not a month: {period!r} (expected YYYY-MM)", err=True)
-        raise typer.Exit(2)
+        raise BadArgument(f"not a month: {period!r}: give it as YYYY-MM, e.g. 2026-04")
     code, message = _run(close_by_hand(settings, period, wait_s))
-    typer.echo(message, err=code != 0)
-    raise typer.Exit(code)
+    if code == ExitCode.BROKER_UNREACHABLE:
+        raise Failure(message, exit_code=code, error_code="invoices_not_published")
+    if code != 0:
+        raise Failure(message, exit_code=code, error_code="close_month_refused")
+    typer.echo(message)
 
 
 @dlq_app.command("replay")
+@_guarded("dlq replay")
 def dlq_replay(
     error_code: Annotated[
         list[str] | None,
@@ -211,5 +277,32 @@ def dlq_replay(
         typer.echo("nothing to replay")
 
 
+def _log_format() -> tuple[str, bool]:
+    """(level, json) for a failure report; configures logging if no command did yet."""
+    if _log_preferences is not None:
+        return _log_preferences
+    level, json = logs.preferences_from_env(os.environ)
+    logs.configure(level, json, quiet_libraries=True)
+    return level, json
+
+
 def main() -> None:
-    app()
+    if _pretty_tracebacks():
+        app()  # a person at a terminal who asked for console logs: Click's own messages
+        return
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        code = ExitCode.INTERRUPTED
+    except Exception as exc:
+        if not is_usage_error(exc):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # type: ignore[attr-defined] # the help text, as with no arguments
+            code = 0
+        else:
+            ctx = getattr(exc, "ctx", None)
+            path = str(getattr(ctx, "command_path", "")).removeprefix("billing-worker").strip()
+            level, json = _log_format()
+            code = report_failure(exc, path, level, json)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from worker.adapters.kafka_admin import OffsetReader
 from worker.adapters.kafka_connection import kafka_client_args
+from worker.adapters.migrate import check_schema
 from worker.adapters.observe import balances
 from worker.config import Settings
 from worker.entrypoints.traffic import Event, Traffic
@@ -213,6 +214,7 @@ class _View:
         try:
             if self.conn is None or self.conn.is_closed():
                 self.conn = await asyncpg.connect(self.settings.database_url, timeout=2)
+                await check_schema(self.conn)  # a database it cannot read ends the demo: exit 5
             snap.balances = await balances(self.conn, self.shown)
         except Exception as exc:
             if not is_retriable(exc) and not isinstance(exc, asyncpg.PostgresError):

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from schemas import DeadLetter
 from worker import logs
 from worker.adapters.kafka_connection import kafka_client_args
+from worker.adapters.reach import reach_kafka
 from worker.adapters.relay import build_producer
 from worker.config import Settings
 
@@ -33,8 +34,12 @@ async def replay(
     )
     producer = build_producer(kafka_client_args(settings), settings.client_id + "-replay")
     counts: Counter[str] = Counter()
-    await consumer.start()
-    await producer.start()
+    await reach_kafka(settings, consumer.start)
+    try:
+        await reach_kafka(settings, producer.start)
+    except BaseException:
+        await consumer.stop()
+        raise
     try:
         while True:
             batch = await consumer.getmany(timeout_ms=idle_ms, max_records=500)

@@ -7,17 +7,21 @@ import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from aiokafka.errors import KafkaError
+
 from worker import logs
 from worker.adapters.kafka_admin import committed_and_end
 from worker.adapters.kafka_connection import kafka_client_args
+from worker.adapters.migrate import check_schema
 from worker.adapters.postgres import PgStore
+from worker.adapters.reach import cause_of, reach_database
 from worker.adapters.relay import OutboxRelay
 from worker.adapters.wire import Encoder
 from worker.builders import create_pool, encoder_from
 from worker.config import Settings
 from worker.domain.invoicing import Invoice, period_bounds, period_of, previous_period
 from worker.entrypoints.timer import every
-from worker.errors import is_retriable
+from worker.errors import ExitCode, is_retriable
 from worker.metrics import Metrics
 from worker.service.invoicing import close_period, lagging_behind, unclosed_periods
 from worker.service.ports import Store
@@ -95,8 +99,10 @@ class MonthCloser:
 
 async def close_by_hand(settings: Settings, period: str, wait_s: float) -> tuple[int, str]:
     """(exit code, message) for `billing-worker close-month`."""
-    pool = await create_pool(settings, size=2)
+    pool = await reach_database(settings, lambda: create_pool(settings, size=2))
     try:
+        async with pool.acquire() as conn:
+            await check_schema(conn)
         closer = MonthCloser(settings, PgStore(pool), encoder_from(settings), Metrics())
         now = datetime.now(UTC)
         _, end = period_bounds(period, settings.zone)
@@ -118,6 +124,14 @@ async def close_by_hand(settings: Settings, period: str, wait_s: float) -> tuple
     relay = OutboxRelay(
         settings.database_url, kafka_client_args(settings), settings.client_id, Metrics()
     )
-    published = await relay.publish_pending()
+    try:
+        published = await relay.publish_pending()
+    except (KafkaError, OSError, TimeoutError) as exc:
+        # The close is committed and its invoices wait in the outbox: say so, and why not sent.
+        return int(ExitCode.BROKER_UNREACHABLE), (
+            f"closed {period}: {len(invoices)} invoice(s) in the outbox, not yet published"
+            f" (Kafka at {settings.kafka_bootstrap_servers}: {cause_of(exc)}):"
+            " a running worker's relay publishes them once the broker answers"
+        )
     how = "published" if published else "queued; the running worker's relay publishes them"
     return 0, f"closed {period}: {len(invoices)} invoice(s) {how}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -10,18 +11,25 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    RebalanceInProgressError,
+)
 from aiokafka.structs import OffsetAndMetadata
 
 from worker import logs
+from worker.adapters.kafka_admin import OffsetReader
 from worker.adapters.kafka_connection import kafka_client_args
 from worker.config import Settings
 from worker.domain.account import Policy
-from worker.errors import ShuttingDown
+from worker.errors import ShuttingDown, is_retriable
 from worker.metrics import Metrics
 from worker.retry import retry
 from worker.service.alignment import Aligner
 from worker.service.billing import BatchReport, apply_batch
+from worker.service.inputs import input_problem
 from worker.service.ports import Dead, Decoded, Encoder, InputRecord, Source, Store
 
 log = logs.get("worker.stream")
@@ -29,6 +37,8 @@ log = logs.get("worker.stream")
 _Fetched = tuple[int, list[Decoded | Dead], dict[tuple[Source, int], int]]
 # Records decoded between two yields to the event loop while a batch is in the database.
 _DECODE_SLICE = 100
+# How often the input topics' partition counts are checked, waiting or consuming.
+INPUT_CHECK_INTERVAL_S = 5.0
 
 
 class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -90,6 +100,11 @@ class StreamProcessor:
         self.last_commit: dict[TopicPartition, float] = {}
         self.committed: dict[TopicPartition, int] = {}
         self.topics: dict[Source, str] = {source: topic for topic, source in self.sources.items()}
+        self.inputs = OffsetReader(kafka_client_args(settings), settings.client_id + "-inputs")
+        # For /ready: why the inputs cannot be consumed now (None: they can).
+        self.input_problem: str | None = "input topics not checked yet"
+        self.inputs_checked_at = 0.0
+        self.throttled: set[TopicPartition] = set()  # paused by `_throttle`, resumed by it only
 
     def build_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
@@ -109,16 +124,88 @@ class StreamProcessor:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set; the batch in hand is finished and committed first."""
+        """Consume until `stop` is set; the batch in hand is finished and committed first.
+        While the inputs are missing or partitioned differently, wait (not ready) instead."""
         consumer = self.build_consumer()
         self.consumer = consumer
-        consumer.subscribe(list(self.sources), listener=self.listener)
-        await retry(
-            "kafka_connect", consumer.start, stop, self.metrics, self.settings.retry_max_backoff_s
-        )
-        ahead: asyncio.Task[_Fetched] | None = None
+        try:
+            await retry(
+                "kafka_connect",
+                consumer.start,
+                stop,
+                self.metrics,
+                self.settings.retry_max_backoff_s,
+                target=self.settings.kafka_bootstrap_servers,
+            )
+        except ShuttingDown:
+            # Stopped before the broker answered: nothing was read, so nothing to commit.
+            self.consumer = None
+            await consumer.stop()
+            await self.inputs.close()
+            log.info("stream_stopped", note="stopped before the broker answered")
+            return
         try:
             while not stop.is_set():
+                if not await self._wait_for_inputs(stop):
+                    break
+                consumer.subscribe(list(self.sources), listener=self.listener)
+                await self._consume(consumer, stop)
+                if not stop.is_set():
+                    # The inputs went wrong while running: leave the group until they are fixed.
+                    consumer.unsubscribe()
+                    async with self.lock:
+                        self.aligner.drop({p for _, p in list(self.aligner.buffers)})
+        except ShuttingDown:
+            log.warning("stopped_with_batch_uncommitted", note="it will be redelivered")
+        finally:
+            self.consumer = None
+            await consumer.stop()
+            await self.inputs.close()
+
+    async def _check_inputs(self) -> str | None:
+        """Ask the broker about the input topics; sets and returns `input_problem`."""
+        counts = await self.inputs.partition_counts(list(self.sources))
+        problem = input_problem(counts)
+        if problem != self.input_problem:
+            if problem is None:
+                log.info("inputs_usable", partitions=counts)
+            else:
+                log.error("inputs_unusable", reason=problem)
+        self.input_problem = problem
+        self.inputs_checked_at = time.monotonic()
+        return problem
+
+    async def _wait_for_inputs(self, stop: asyncio.Event) -> bool:
+        """Until both input topics exist with one partition count; False if stopped first."""
+        while not stop.is_set():
+            try:
+                if await self._check_inputs() is None:
+                    return True
+            except Exception as exc:
+                if not is_retriable(exc) and not isinstance(exc, KafkaError):
+                    raise
+                log.warning("inputs_check_failed", cause=type(exc).__name__, error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=INPUT_CHECK_INTERVAL_S)
+        return False
+
+    async def _inputs_changed(self) -> bool:
+        """Every `INPUT_CHECK_INTERVAL_S` while consuming: have the inputs become unusable?"""
+        if time.monotonic() - self.inputs_checked_at < INPUT_CHECK_INTERVAL_S:
+            return False
+        try:
+            return await self._check_inputs() is not None
+        except Exception as exc:
+            if not is_retriable(exc) and not isinstance(exc, KafkaError):
+                raise
+            self.inputs_checked_at = time.monotonic()
+            return False  # the broker did not answer: the consumer finds out on its own
+
+    async def _consume(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        """The batch loop, until `stop` is set or the inputs become unusable."""
+        ahead: asyncio.Task[_Fetched] | None = None
+        try:
+            while not stop.is_set() and not await self._inputs_changed():
                 generation, decoded, positions = await (ahead or self._fetch(consumer))
                 ahead = None
                 async with self.lock:
@@ -126,11 +213,11 @@ class StreamProcessor:
                         self.aligner.add(decoded)
                         self.aligner.fetched(positions)
                     # else: read before a rebalance; whoever owns the partitions reads them again
+                    caught_up, behind = await self._other_sides(consumer)
                     ready = self.aligner.release(
-                        await self._caught_up(consumer),
-                        time.monotonic(),
-                        self.settings.batch_max_records,
+                        caught_up, time.monotonic(), self.settings.batch_max_records, behind
                     )
+                    self._throttle(consumer)
                     if ready:
                         # Read and decode the next records while this batch is in the database;
                         # they reach the aligner only once it is committed.
@@ -138,14 +225,10 @@ class StreamProcessor:
                         await self._handle(consumer, ready, stop)
                     else:
                         await self._commit_settled(consumer, stop)
-        except ShuttingDown:
-            log.warning("stopped_with_batch_uncommitted", note="it will be redelivered")
         finally:
             if ahead is not None:
                 ahead.cancel()
                 await asyncio.gather(ahead, return_exceptions=True)
-            self.consumer = None
-            await consumer.stop()
 
     async def _fetch(self, consumer: AIOKafkaConsumer) -> _Fetched:
         """Records read and decoded, with the assignment generation they were returned under
@@ -174,16 +257,43 @@ class StreamProcessor:
                     await asyncio.sleep(0)  # let the batch in the database take its next step
         return generation, decoded, positions
 
-    async def _caught_up(self, consumer: AIOKafkaConsumer) -> set[tuple[Source, int]]:
-        """Sides the aligner waits on that have nothing more to fetch right now."""
-        topics = {source: topic for topic, source in self.sources.items()}
-        done = set()
+    async def _other_sides(
+        self, consumer: AIOKafkaConsumer
+    ) -> tuple[set[tuple[Source, int]], frozenset[tuple[Source, int]]]:
+        """Of the sides the aligner waits on: those with nothing more to fetch right now, and
+        those known to have unread records. A side that is not assigned (both checks assert
+        it is) or whose high watermark is not known yet is in neither."""
+        assigned = consumer.assignment()
+        done: set[tuple[Source, int]] = set()
+        unread: set[tuple[Source, int]] = set()
         for source, partition in self.aligner.waiting_on():
-            tp = TopicPartition(topics[source], partition)
+            tp = TopicPartition(self.topics[source], partition)
+            if tp not in assigned:
+                continue
             highwater = consumer.highwater(tp)
-            if highwater is not None and await consumer.position(tp) >= highwater:
+            if highwater is None:
+                continue
+            if await consumer.position(tp) >= highwater:
                 done.add((source, partition))
-        return done
+            else:
+                unread.add((source, partition))
+        return done, frozenset(unread)
+
+    def _throttle(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause fetching a side while much of it waits for its counterpart: memory stays
+        bounded however far behind the other topic is."""
+        cap = 4 * self.settings.batch_max_records
+        assigned = consumer.assignment()
+        for (source, partition), buffer in self.aligner.buffers.items():
+            tp = TopicPartition(self.topics[source], partition)
+            if tp not in assigned:
+                continue
+            if len(buffer) > cap:
+                consumer.pause(tp)
+                self.throttled.add(tp)
+            elif tp in self.throttled:
+                consumer.resume(tp)
+                self.throttled.discard(tp)
 
     async def _handle(
         self, consumer: AIOKafkaConsumer, ready: list[Decoded | Dead], stop: asyncio.Event

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 from rich.console import Console
 from rich.table import Table
 
+from worker.adapters.reach import connect_database
 from worker.config import Settings
 from worker.domain.invoicing import period_of
 
@@ -19,7 +19,7 @@ def _iso(value: datetime | None) -> str | None:
 
 async def account_view(settings: Settings, account_id: str, entries: int) -> dict[str, Any] | None:
     """The account as `billing-worker account --json` prints it; None when unknown."""
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await connect_database(settings)
     try:
         row = await conn.fetchrow("SELECT * FROM accounts WHERE account_id = $1", account_id)
         if row is None:

@@ -85,6 +85,7 @@ async def readiness(worker: Worker) -> dict[str, Check]:
         "running": _check(not worker.stop.is_set(), "consuming", "shutting down"),
         "postgres": await _postgres(worker),
         "kafka": await _kafka(worker),
+        "inputs": _inputs(worker),
         "assignment": _assignment(worker),
         "progress": _progress(worker),
     }
@@ -119,6 +120,14 @@ async def _kafka(worker: Worker) -> Check:
     except (KafkaError, OSError, TimeoutError) as exc:
         return _check(False, "", f"{type(exc).__name__}: {exc}")
     return _check(True, "broker answered a metadata request", "")
+
+
+def _inputs(worker: Worker) -> Check:
+    stream = worker.stream
+    if stream is None:
+        return _check(False, "", "consumer not started")
+    problem = stream.input_problem
+    return _check(problem is None, "both input topics exist, partitioned alike", problem or "")
 
 
 def _assignment(worker: Worker) -> Check:

@@ -3,8 +3,11 @@
 Partition N of the usage topic and partition N of the account topic hold the same accounts.
 Like a Kafka Streams task, records are released from the two in `occurred_at` order of their
 heads, so a purchase that happened before a usage event is applied first even when a backlog
-hands them over in different fetches. When one side has nothing buffered, the other waits until
-that side is known to be caught up, or at most `max_wait_s`.
+hands them over in different fetches. When one side has nothing buffered, the other waits:
+for as long as that side is known to have unread records (its position below its high
+watermark, as Kafka Streams does since KIP-695), so a log replayed from any offset is released
+in one order whatever the fetch timing; not at all once it is known to be caught up; and at most
+`max_wait_s` while that is not known yet.
 """
 
 from __future__ import annotations
@@ -77,14 +80,17 @@ class Aligner:
                 self.fetched_through.pop((source, partition), None)
             self.blocked_since.pop(partition, None)
 
-    def release(self, caught_up: set[Side], now_s: float, limit: int) -> list[Item]:
-        """Up to `limit` records in event-time order per partition pair."""
+    def release(
+        self, caught_up: set[Side], now_s: float, limit: int, behind: frozenset[Side] = frozenset()
+    ) -> list[Item]:
+        """Up to `limit` records in event-time order per partition pair; `caught_up` and
+        `behind` say which empty sides are known to have nothing more, or more, to read."""
         out: list[Item] = []
         for partition in sorted({p for _, p in self.buffers}):
             usage = self.buffers.setdefault(("usage", partition), deque())
             account = self.buffers.setdefault(("account", partition), deque())
             while len(out) < limit:
-                side = self._next(usage, account, partition, caught_up, now_s)
+                side = self._next(usage, account, partition, caught_up, behind, now_s)
                 if side is None:
                     break
                 out.append(side.popleft())
@@ -96,6 +102,7 @@ class Aligner:
         account: deque[Item],
         partition: int,
         caught_up: set[Side],
+        behind: frozenset[Side],
         now_s: float,
     ) -> deque[Item] | None:
         if usage and account:
@@ -111,6 +118,10 @@ class Aligner:
         empty: Source = "account" if waiting is usage else "usage"
         if (empty, partition) in caught_up:
             return waiting
+        if (empty, partition) in behind:
+            # Its unread records may come first in event time: wait for them, however long.
+            self.blocked_since.pop(partition, None)
+            return None
         since = self.blocked_since.setdefault(partition, now_s)
         if now_s - since >= self.max_wait_s:
             return waiting

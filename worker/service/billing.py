@@ -10,7 +10,7 @@ from datetime import datetime
 from worker.domain.account import Account, Policy
 from worker.domain.commands import ChargeUsage
 from worker.domain.errors import Rejected
-from worker.domain.expiry import sweep
+from worker.domain.expiry import before_arrival, sweep
 from worker.service.ports import (
     Changes,
     Dead,
@@ -19,8 +19,6 @@ from worker.service.ports import (
     EventKey,
     Store,
 )
-
-_SOURCE_RANK = {"account": 0, "usage": 1}
 
 
 @dataclass
@@ -34,14 +32,6 @@ class BatchReport:
     reminders: int = 0
 
 
-def event_time_order(decoded: Sequence[Decoded]) -> list[Decoded]:
-    """`occurred_at`, ties by topic then offset: how co-partitioned inputs replay."""
-    return sorted(
-        decoded,
-        key=lambda d: (d.command.occurred_at, _SOURCE_RANK[d.record.source], d.record.offset),
-    )
-
-
 async def apply_batch(
     store: Store,
     decoded: Sequence[Decoded | Dead],
@@ -49,9 +39,12 @@ async def apply_batch(
     encoder: Encoder,
     now: datetime,
 ) -> BatchReport:
-    """Apply what decoded, dead-letter the rest; all in one transaction."""
+    """Apply what decoded, dead-letter the rest; all in one transaction.
+
+    Records are applied in the order given, which is the aligner's: never re-sorted here, so
+    the order does not depend on where one batch ends and the next begins."""
     report = BatchReport()
-    valid = event_time_order([d for d in decoded if isinstance(d, Decoded)])
+    valid = [d for d in decoded if isinstance(d, Decoded)]
     report.dead.extend(d for d in decoded if isinstance(d, Dead))
     changes = Changes()
     async with store.unit_of_work() as uow:
@@ -94,6 +87,10 @@ def _apply_one(
             reason = f"event_id {item.command.event_id} was applied before with another payload"
             report.dead.append(Dead(item.record, "conflicting_duplicate", reason))
         return False
+    arrived_at = item.record.arrived_at
+    if arrived_at is not None:
+        # Notices and forfeitures whose moment passed before this record arrived go first.
+        before_arrival(account, arrived_at, policy, changes.effects)
     try:
         account.apply(item.command, policy, changes.effects)
     except Rejected as exc:
@@ -106,17 +103,20 @@ def _apply_one(
 
 
 async def sweep_expiry(
-    store: Store, now: datetime, policy: Policy, encoder: Encoder, limit: int = 500
+    store: Store, cutoff: datetime, policy: Policy, encoder: Encoder, limit: int = 500
 ) -> int:
-    """Forfeit due lots and announce expiring ones for up to `limit` accounts; returns how many."""
+    """Forfeit and announce what is due by `cutoff` for up to `limit` accounts; returns how many.
+    Only for a cutoff by which every input record that arrived has been applied."""
     async with store.unit_of_work() as uow:
-        ids = await uow.accounts_due_for_expiry(now, policy.lateness, policy.expiring_notice, limit)
+        ids = await uow.accounts_due_for_expiry(
+            cutoff, policy.lateness, policy.expiring_notice, limit
+        )
         if not ids:
             return 0
         accounts = await uow.lock_accounts(ids)
         changes = Changes(accounts=list(accounts.values()))
         for account in changes.accounts:
-            sweep(account, now, policy, changes.effects)
+            sweep(account, cutoff, policy, changes.effects)
         changes.outbox = [encoder.reminder(r) for r in changes.effects.reminders]
         await uow.save(changes)
     return len(ids)

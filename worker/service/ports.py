@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
 from worker.domain.account import Account
@@ -29,6 +29,16 @@ class InputRecord:
     value: bytes | None
     timestamp_ms: int
     """The record's Kafka timestamp: when it reached the broker (LogAppendTime) or was sent."""
+
+    @property
+    def arrived_at(self) -> datetime | None:
+        """The Kafka timestamp as a time; None when the record carries none (negative)."""
+        if self.timestamp_ms < 0:
+            return None
+        try:
+            return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
+        except (OverflowError, ValueError, OSError):
+            return None
 
 
 @dataclass(frozen=True)
@@ -82,9 +92,9 @@ class UnitOfWork(Protocol):
         """Fingerprints of the events among `keys` that were applied before."""
 
     async def accounts_due_for_expiry(
-        self, now: datetime, lateness: timedelta, notice: timedelta, limit: int
+        self, cutoff: datetime, lateness: timedelta, notice: timedelta, limit: int
     ) -> list[str]:
-        """Accounts with a lot to forfeit or to announce."""
+        """Accounts with a lot to forfeit or to announce by `cutoff`."""
 
     async def save(self, changes: Changes) -> None:
         """Write accounts, lots, ledger, processed events and outbox."""

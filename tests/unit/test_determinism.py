@@ -1,0 +1,154 @@
+"""One input log, one outcome: batch boundaries, fetch timing and outages change nothing."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from tests.unit.builders import POLICY, T0, at
+from tests.unit.fake_store import FakeStore
+from worker.adapters.wire import Encoder
+from worker.domain.commands import ChargeUsage, Command, ConfigureReminder, OpenAccount
+from worker.domain.rating import Rated
+from worker.service.alignment import Aligner
+from worker.service.billing import apply_batch, sweep_expiry
+from worker.service.ports import Decoded, InputRecord, Source
+
+ENCODER = Encoder("reminders", "invoices", "dlq")
+EXPIRY = T0 + POLICY.lot_validity
+LATENESS = POLICY.lateness
+
+
+def record(source: Source, offset: int, command: Command, arrived: datetime) -> Decoded:
+    raw = InputRecord(source, source, 0, offset, b"acc-1", b"{}", int(arrived.timestamp() * 1000))
+    if isinstance(command, ChargeUsage):
+        command = ChargeUsage(
+            command.event_id,
+            command.account_id,
+            command.occurred_at,
+            command.rated,
+            raw.arrived_at,
+        )
+    return Decoded(raw, command, command.event_id.encode())
+
+
+def usage(offset: int, amount_jpy: int, occurred: datetime, arrived: datetime) -> Decoded:
+    rated = Rated("JP", 10, amount_jpy // 10)
+    return record("usage", offset, ChargeUsage(f"u{offset}", "acc-1", occurred, rated), arrived)
+
+
+def setup(threshold_jpy: int = 500) -> list[Decoded]:
+    """Opened at T0 with 1,000 test credits, low-balance reminder at `threshold_jpy`."""
+    return [
+        record("account", 0, OpenAccount("a0", "acc-1", T0, 1_000), T0),
+        record("account", 1, ConfigureReminder("a1", "acc-1", T0, True, threshold_jpy, "o@x"), T0),
+    ]
+
+
+async def run(batches: list[list[Decoded]], sweeps: dict[int, datetime] | None = None) -> FakeStore:
+    """Apply the batches in order; `sweeps[i]` runs the expiry timer before batch i."""
+    store = FakeStore()
+    for i, batch in enumerate(batches):
+        if sweeps and i in sweeps:
+            await sweep_expiry(store, sweeps[i], POLICY, ENCODER)
+        await apply_batch(store, batch, POLICY, ENCODER, T0)
+    return store
+
+
+def outcome(store: FakeStore) -> tuple[list[object], list[tuple[str, bytes]]]:
+    return list(store.db.ledger), [(m.message_id, m.payload) for m in store.db.outbox]
+
+
+async def test_batch_boundaries_do_not_change_which_charge_crosses_the_threshold() -> None:
+    # The usage topic holds u1 (later event time) before u2: the aligner releases them in
+    # offset order; before, each batch was re-sorted by event time, so the reminder's cause
+    # depended on whether u1 and u2 were fetched together.
+    u1 = usage(0, 300, at(2), at(2))
+    u2 = usage(1, 300, at(1), at(2))
+
+    together = await run([setup(), [u1, u2]])
+    apart = await run([setup(), [u1], [u2]])
+
+    assert outcome(together) == outcome(apart)
+    [low] = [m for m in apart.db.outbox if b'"low_balance"' in m.payload]
+    assert low.message_id == "acc-1:low_balance:charge:u1"  # the second in offset order
+
+
+def test_aligner_waits_for_the_other_topic_while_it_has_unread_records() -> None:
+    aligner = Aligner(max_wait_s=1.0)
+    aligner.add([usage(0, 10, at(1), at(1))])
+
+    assert aligner.release(set(), 0.0, 10, frozenset({("account", 0)})) == []
+    assert aligner.release(set(), 100.0, 10, frozenset({("account", 0)})) == []
+    # Once its high watermark says it has nothing unread, nothing is waited for.
+    assert len(aligner.release({("account", 0)}, 100.0, 10)) == 1
+
+
+def test_aligner_waits_at_most_the_max_wait_while_the_other_side_is_unknown() -> None:
+    aligner = Aligner(max_wait_s=1.0)
+    aligner.add([usage(0, 10, at(1), at(1))])
+
+    assert aligner.release(set(), 0.0, 10) == []
+    assert len(aligner.release(set(), 1.0, 10)) == 1
+
+
+def test_aligner_releases_a_merge_of_heads_keeping_offset_order_within_a_topic() -> None:
+    aligner = Aligner(max_wait_s=1.0)
+    late_first = usage(0, 10, at(3), at(3))
+    early_second = usage(1, 10, at(1), at(3))
+    purchase = record("account", 0, OpenAccount("a0", "acc-1", at(2), 100), at(2))
+    aligner.add([late_first, early_second, purchase])
+
+    released = aligner.release({("account", 0)}, 0.0, 10)
+
+    assert [d.record.offset for d in released if d.record.source == "usage"] == [0, 1]
+    assert released[0] is purchase
+
+
+async def test_a_lot_pays_only_for_usage_that_reached_kafka_within_the_lateness() -> None:
+    in_time = usage(0, 100, EXPIRY - timedelta(minutes=5), EXPIRY + LATENESS)
+    too_late = usage(
+        1, 100, EXPIRY - timedelta(minutes=5), EXPIRY + LATENESS + timedelta(seconds=1)
+    )
+
+    store = await run([setup(0), [in_time, too_late]])
+
+    charges = {e.ref: e for e in store.db.ledger if e.kind == "charge"}
+    assert charges["u0"].allocations == (("lot:a0", 100),)
+    assert charges["u1"].allocations == ()
+    forfeit = next(e for e in store.db.ledger if e.kind == "forfeit")
+    # Forfeited right before the first record that arrived after expiry plus lateness.
+    kinds = [e.kind for e in store.db.ledger]
+    assert kinds == ["grant", "charge", "forfeit", "charge"]
+    assert (forfeit.amount_jpy, forfeit.balance_after_jpy) == (-900, 0)
+
+
+async def test_a_worker_down_for_a_day_bills_what_one_that_never_stopped_bills() -> None:
+    backlog = [
+        usage(0, 200, EXPIRY - timedelta(hours=2), EXPIRY - timedelta(hours=2)),
+        usage(1, 300, EXPIRY - timedelta(minutes=1), EXPIRY + timedelta(minutes=30)),
+        usage(2, 100, EXPIRY + timedelta(hours=3), EXPIRY + timedelta(hours=3)),
+    ]
+    notice_at = EXPIRY - POLICY.expiring_notice
+    # Never stopped: the timer ran on time, each time after what had arrived was applied.
+    live = await run(
+        [setup(), backlog[:1], backlog[1:2], backlog[2:]],
+        sweeps={1: notice_at, 3: EXPIRY + LATENESS},
+    )
+    # Down for a day: the timer's first run is a day late and the whole backlog comes at once.
+    # The timer only sweeps once the backlog is applied (the end-offset gate), so it finds
+    # nothing left to do; the stream forfeited in place.
+    down = await run([setup(), backlog], sweeps={})
+    await sweep_expiry(down, EXPIRY + timedelta(days=1), POLICY, ENCODER)
+    await sweep_expiry(live, EXPIRY + timedelta(days=1), POLICY, ENCODER)
+
+    assert outcome(down) == outcome(live)
+    kinds = [(e.kind, e.amount_jpy) for e in down.db.ledger]
+    assert kinds == [
+        ("grant", 1_000),
+        ("charge", -200),
+        ("charge", -300),
+        ("forfeit", -500),
+        ("charge", -100),
+    ]
+    expiring = [m for m in down.db.outbox if m.message_id.endswith("credits_expiring:lot:a0")]
+    assert b'"created_at":"' in expiring[0].payload

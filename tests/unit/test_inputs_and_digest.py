@@ -1,0 +1,35 @@
+"""Why inputs are unusable, and the digest's view of an outbox payload."""
+
+from __future__ import annotations
+
+import orjson
+
+from worker.adapters.digest import payload_digest_form
+from worker.service.inputs import input_problem
+
+
+def test_inputs_partitioned_alike_are_usable() -> None:
+    assert input_problem({"usage": 6, "account": 6}) is None
+
+
+def test_a_missing_input_topic_is_named() -> None:
+    assert input_problem({"usage": 6, "account": None}) == "input topic missing: account"
+
+
+def test_different_partition_counts_name_both_topics_and_counts() -> None:
+    problem = input_problem({"usage": 8, "account": 6})
+    assert problem is not None
+    assert "account has 6, usage has 8" in problem
+
+
+def test_the_digest_ignores_wall_clock_fields_and_topic_names_only() -> None:
+    roles = {"run-1.usage": "usage", "run-2.usage": "usage"}
+    first = {"source_topic": "run-1.usage", "failed_at": "2026-01-01T00:00:00Z", "reason": "x"}
+    second = {**first, "source_topic": "run-2.usage", "failed_at": "2026-02-02T00:00:00Z"}
+    other = {**first, "reason": "y"}
+
+    def form(body: dict[str, str]) -> bytes:
+        return payload_digest_form(orjson.dumps(body), roles)
+
+    assert form(first) == form(second)
+    assert form(first) != form(other)
