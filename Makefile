@@ -15,8 +15,14 @@ DEMO_ARGS ?=
 BENCH_ARGS ?=
 # e.g. CHAOS_ARGS="--events 200000 --accounts 2000 --seed 7"; python -m chaos.runner -h
 CHAOS_ARGS ?=
+# The official AsyncAPI parser, installed from its lock file into a project-local folder.
+ASYNCAPI_TOOLS := tools/asyncapi
+ALERTS := deploy/prometheus
 
-.PHONY: help install services secure-services migrate run worker demo test bench lint format down status env chaos
+# e.g. MUTANTS='worker.domain.lots*' for one module (the CI-sized run); empty = all of worker/domain
+MUTANTS ?=
+
+.PHONY: help install services secure-services migrate run worker demo test tools alerts bench lint format down status env chaos mutation
 
 help:
 	@echo "make install   create $(VENV) and install the worker with its dev tools"
@@ -28,13 +34,18 @@ help:
 	@echo "               and a live view; Ctrl-C stops both (DEMO_ARGS='--rate 100')"
 	@echo "make worker    install, start services, migrate, run only the worker"
 	@echo "make demo      only the demo traffic, for a worker already running"
-	@echo "make test      install, start both pairs of services, run the test suite (PYTEST_ARGS=...)"
+	@echo "make test      install, start both pairs of services, check the alert rules (promtool),"
+	@echo "               run the test suite (PYTEST_ARGS=...)"
+	@echo "make alerts    promtool check rules and promtool test rules on $(ALERTS)"
+	@echo "make tools     install promtool and the AsyncAPI parser when missing"
 	@echo "make bench     start services, measure ceilings, throughput, latency, memory, scaling;"
 	@echo "               append to benchmarks/RESULTS.md (BENCH_ARGS='--events 20000 --accounts 500')"
 	@echo "make lint      ruff, mypy, import-linter"
 	@echo "make chaos     kills, outages and restarts against its own Kafka and PostgreSQL"
 	@echo "               (.local-chaos, ports 29092/25432), checked against a reference model;"
 	@echo "               results in benchmarks/chaos/ (CHAOS_ARGS='--events 200000 --seed 7')"
+	@echo "make mutation  mutation testing of worker/domain under its unit tests (slow: ~45 min);"
+	@echo "               MUTANTS='worker.domain.lots*' runs one module; survivors listed at the end"
 	@echo "make down      stop the local services"
 
 install: $(VENV)/.installed
@@ -66,8 +77,21 @@ worker: install services migrate
 demo: install services migrate
 	$(WITH_ENV) exec $(BIN)/billing-worker demo $(DEMO_ARGS)
 
-test: install services secure-services
+test: install services secure-services alerts
 	$(WITH_ENV) $(BIN)/pytest $(PYTEST_ARGS)
+
+# Test tools that are not Python packages: promtool (Debian's prometheus package, installed
+# when missing) and the AsyncAPI parser (npm, pinned by its package-lock.json).
+tools: $(ASYNCAPI_TOOLS)/node_modules/.installed
+	scripts/install-promtool
+
+$(ASYNCAPI_TOOLS)/node_modules/.installed: $(ASYNCAPI_TOOLS)/package.json $(ASYNCAPI_TOOLS)/package-lock.json
+	npm ci --prefix $(ASYNCAPI_TOOLS) --no-audit --no-fund --loglevel=error
+	@touch $@
+
+alerts: tools
+	promtool check rules $(ALERTS)/alerts.yml
+	promtool test rules $(ALERTS)/alerts_test.yml
 
 # Uses the services of scripts/services (BILLING_SERVICES_* select another pair).
 bench: install services
@@ -96,3 +120,10 @@ env:
 # Starts and stops its own services (never the shared ones); results in benchmarks/chaos/.
 chaos: install
 	$(BIN)/python -m chaos.runner $(CHAOS_ARGS)
+
+# mutmut copies the code to mutants/ and runs the domain's unit tests against each mutant.
+# Exit status 1 when a mutant in MUTANTS survived (so CI can gate on one module).
+mutation: install
+	rm -rf mutants
+	HYPOTHESIS_PROFILE=mutation $(BIN)/mutmut run --max-children 2 $(MUTANTS) > /dev/null
+	$(BIN)/python -m benchmarks.mutation_report $(MUTANTS)

@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from chaos import check, duplicates, model
+from chaos import check, duplicates, model, oracle_feed
 from chaos.faulty_worker import (
     EXIT_AFTER_COMMIT,
     EXIT_FILE,
@@ -468,6 +468,21 @@ async def _verify(run: Run) -> dict[str, Any]:
     expected = model.replay(
         records, policy_from(s), scenario.layout.period, scenario.close_seq, end
     )
+    # The expectation above is built by the domain; the reference model (chaos/oracle.py)
+    # shares no code with it and must agree, or the run fails whatever the worker did.
+    disagreements = oracle_feed.disagreements(
+        records,
+        expected,
+        oracle_feed.replay(
+            records, policy_from(s), scenario.layout.period, scenario.close_seq, end
+        ),
+    )
+    pending = [d for d in disagreements if oracle_feed.pending_in_domain(d)]
+    disagreements = [d for d in disagreements if not oracle_feed.pending_in_domain(d)]
+    run.figures["oracle_disagreements"] = len(disagreements)
+    run.figures["oracle_pending_spec"] = len(pending)
+    if disagreements:
+        run.note("oracle_disagreement", examples=disagreements[:5])
     actual = check.Actual(
         reminders=check.index_outputs(logs[s.topic_reminders], "reminder_id"),
         invoice_messages=check.index_outputs(logs[s.topic_invoices], "invoice_id"),
@@ -540,6 +555,7 @@ def _results(
     dups = figures["duplicates_read_committed"]
     passed = (
         report.mismatches == 0
+        and figures.get("oracle_disagreements", 0) == 0
         and not preconditions
         and sum(dups.values()) == 0
         and figures["lag"] == 0

@@ -23,7 +23,14 @@ class DeadLetter(OutputModel):
     source_partition: int = Field(strict=True, ge=0, description="Its partition.")
     source_offset: int = Field(strict=True, ge=0, description="Its offset.")
     key: str | None = Field(
-        None, description="Its key decoded as UTF-8 (invalid bytes replaced); null when absent."
+        None,
+        description="Its key decoded as UTF-8 (invalid bytes replaced), for reading; "
+        "null when absent.",
+    )
+    key_base64: str | None = Field(
+        None,
+        description="Its key exactly as received, base64-encoded (use this to replay); "
+        "null when absent.",
     )
     payload: str = Field(
         description="Its value decoded as UTF-8 (invalid bytes replaced), for reading."
@@ -67,6 +74,7 @@ class DeadLetter(OutputModel):
             source_partition=partition,
             source_offset=offset,
             key=None if key is None else key.decode("utf-8", errors="replace"),
+            key_base64=None if key is None else base64.b64encode(key).decode("ascii"),
             payload=raw.decode("utf-8", errors="replace"),
             payload_base64=base64.b64encode(raw).decode("ascii"),
             payload_size=len(whole),
@@ -75,6 +83,12 @@ class DeadLetter(OutputModel):
             reason=reason,
             failed_at=failed_at,
         )
+
+    def original_key(self) -> bytes | None:
+        """The record key exactly as it was consumed (from the readable form for old letters)."""
+        if self.key_base64 is not None:
+            return base64.b64decode(self.key_base64, validate=True)
+        return None if self.key is None else self.key.encode("utf-8")
 
     def original_payload(self) -> bytes:
         """The record value exactly as it was consumed."""
@@ -90,4 +104,11 @@ class DeadLetter(OutputModel):
             raise ValueError("payload does not match payload_base64")
         if (self.payload_size > len(raw)) != self.payload_truncated:
             raise ValueError("payload_size and payload_truncated disagree with the payload")
+        if self.key_base64 is not None:
+            try:
+                key = self.original_key()
+            except binascii.Error as exc:
+                raise ValueError("key_base64 is not valid base64") from exc
+            if key is None or key.decode("utf-8", errors="replace") != self.key:
+                raise ValueError("key does not match key_base64")
         return self

@@ -43,9 +43,27 @@ TOPICS: dict[str, Callable[[], dict[str, Any]]] = {
 }
 
 
+def portable(schema: Any) -> Any:
+    """The schema with every OpenAPI-style discriminator object reduced to its property name.
+
+    pydantic writes `{"propertyName": ..., "mapping": ...}`; AsyncAPI 3 Schema Objects only
+    accept the property name as a string, and JSON Schema 2020-12 ignores the keyword either
+    way. The `oneOf` branches already pin that property with `const`, so nothing is lost.
+    """
+    if isinstance(schema, list):
+        return [portable(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: portable(value) for key, value in schema.items()}
+    discriminator = out.get("discriminator")
+    if isinstance(discriminator, dict):
+        out["discriminator"] = discriminator["propertyName"]
+    return out
+
+
 def render(topic: str) -> str:
     """The JSON Schema document for a topic, byte-for-byte deterministic."""
-    schema = {"$schema": DIALECT, **TOPICS[topic]()}
+    schema = {"$schema": DIALECT, **portable(TOPICS[topic]())}
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from hypothesis import settings as hypothesis_settings
 
 from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.migrate import create_database, drop_database
@@ -19,6 +20,10 @@ from worker.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 HOW_TO_START = "start them with `scripts/services up` (or run the whole suite with `make test`)"
+
+# Mutation runs (make mutation) trace every call: timings mean nothing there.
+hypothesis_settings.register_profile("mutation", deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def _service_env() -> dict[str, str]:

@@ -15,8 +15,7 @@ from worker.adapters.migrate import prepare_schema
 from worker.adapters.postgres import PgStore
 from worker.adapters.reach import database_unreachable
 from worker.adapters.relay import OutboxRelay, drain
-from worker.adapters.wire import Decoder
-from worker.builders import create_pool, encoder_from, policy_from, rates_from
+from worker.builders import create_pool, decoder_from, encoder_from, policy_from
 from worker.config import Settings
 from worker.entrypoints.expiry_sweep import ExpirySweep
 from worker.entrypoints.monitor import Monitor
@@ -54,7 +53,7 @@ class Worker:
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT, then finish the batch, commit, drain the outbox, exit."""
         s = self.settings
-        rates = rates_from(s)
+        decoder = decoder_from(s)  # reads the rate table: a bad one stops the start here
         policy = policy_from(s)
         encoder = encoder_from(s)
         if self.handle_signals:
@@ -76,7 +75,7 @@ class Worker:
         self.stream = StreamProcessor(
             s,
             store,
-            Decoder(rates),
+            decoder,
             encoder,
             policy,
             self.metrics,

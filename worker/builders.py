@@ -8,7 +8,7 @@ import asyncpg
 from pydantic import ValidationError
 
 from worker.adapters.rates import load_rate_table
-from worker.adapters.wire import Encoder
+from worker.adapters.wire import Decoder, Encoder
 from worker.config import Settings, SettingsError
 from worker.domain.account import Policy
 from worker.domain.rating import RateTable
@@ -29,6 +29,10 @@ def rates_from(settings: Settings) -> RateTable:
         return load_rate_table(settings.rate_table_path)
     except (ValidationError, ValueError, OSError) as exc:
         raise SettingsError(f"BILLING_RATE_TABLE_PATH: unusable rate table: {exc}") from exc
+
+
+def decoder_from(settings: Settings) -> Decoder:
+    return Decoder(rates_from(settings), timedelta(seconds=settings.max_clock_skew_s))
 
 
 def encoder_from(settings: Settings) -> Encoder:

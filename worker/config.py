@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     business_timezone: str = "Asia/Tokyo"
     month_close_grace_s: int = Field(900, ge=0)
     lateness_allowance_s: int = Field(3600, ge=0)
+    # How far an event's occurred_at may be ahead of its record's Kafka timestamp.
+    max_clock_skew_s: int = Field(86_400, ge=0, le=10 * 365 * 86_400)
     test_credits_jpy: int = Field(100, ge=0)
     lot_validity_days: int = Field(90, ge=1)
     expiring_notice_days: int = Field(7, ge=0)

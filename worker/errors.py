@@ -92,6 +92,8 @@ _RETRIABLE_PG = (
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
+    # lock_timeout; statement_timeout is a QueryCanceledError, an OperatorInterventionError.
+    asyncpg.exceptions.LockNotAvailableError,
     # What asyncpg raises instead of a connection error when the server ends a session that
     # is mid-operation (e.g. PostgreSQL shutting down); the next connection is fine.
     asyncpg.exceptions.InternalClientError,

@@ -74,6 +74,13 @@ class Metrics:
             ["consumergroup", "topic", "partition"],
             registry=r,
         )
+        self.lag_seconds = Gauge(
+            "kafka_consumergroup_lag_seconds",
+            "How long ago the oldest record the group has not committed reached Kafka"
+            " (0 without lag)",
+            ["consumergroup", "topic", "partition"],
+            registry=r,
+        )
         self.since_commit = Gauge(
             "billing_seconds_since_last_commit",
             "Seconds since this process last committed a partition it owns"
@@ -81,15 +88,33 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.ready = Gauge(
+            "billing_ready",
+            "1 when this process's /ready checks pass, 0 otherwise (evaluated at scrape time)",
+            registry=r,
+        )
+        self.month_close_due = Gauge(
+            "billing_month_close_due_timestamp_seconds",
+            "When the oldest month not closed yet is due to close: its end in the business"
+            " time zone plus the grace, Unix time",
+            registry=r,
+        )
+        # Unknown until the closer's first tick: NaN compares false, so no alert fires on it.
+        self.month_close_due.set(float("nan"))
         self.assigned = Gauge(
             "billing_assigned_partitions", "Partitions assigned to this process", registry=r
         )
 
     def set_lag(self, group: str, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Replace the lag series with one reading (partitions that vanished disappear)."""
+        """Replace the lag series with one reading (partitions that vanished disappear; a time
+        lag that could not be read is left out rather than shown as 0)."""
         self.lag.clear()
+        self.lag_seconds.clear()
         for row in rows:
-            self.lag.labels(group, row["topic"], str(row["partition"])).set(row["lag"])
+            labels = (group, row["topic"], str(row["partition"]))
+            self.lag.labels(*labels).set(row["lag"])
+            if row.get("lag_seconds") is not None:
+                self.lag_seconds.labels(*labels).set(row["lag_seconds"])
 
     def set_since_commit(
         self,

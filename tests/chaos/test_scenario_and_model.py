@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from chaos import check, model
+from chaos import check, model, oracle_feed
 from chaos.kafka_io import waves
-from chaos.scenario import Params, Scenario, build
+from chaos.scenario import Params, Scenario, ScenarioError, build
 from worker.adapters.rates import load_rate_table
 from worker.adapters.wire import Decoder
 from worker.domain.account import Policy
@@ -131,6 +131,8 @@ def test_no_wave_holds_one_account_on_both_topics(sc: Scenario) -> None:
 
 def test_the_records_decode_to_what_the_model_applies(sc: Scenario) -> None:
     decoder = Decoder(load_rate_table(None))
+    # Records reach Kafka once the scenario starts, after every event of it occurred.
+    sent_ms = int(sc.layout.start.timestamp() * 1000)
     fingerprints: dict[tuple[str, str], dict[int, bytes]] = defaultdict(dict)
     for item in sc.items():
         got = decoder(
@@ -141,7 +143,7 @@ def test_the_records_decode_to_what_the_model_applies(sc: Scenario) -> None:
                 0,
                 None if item.key is None else item.key.encode(),
                 item.value,
-                0,
+                sent_ms,
             )
         )
         if item.dead_code is not None:
@@ -346,5 +348,15 @@ def test_a_conflict_without_its_original_is_a_scenario_error(sc: Scenario) -> No
     conflict = next(i for i in sc.items() if i.label == "conflict")
     alone = [model.Record(replace(conflict, seq=0), conflict.source, 0, 0)]
 
-    with pytest.raises(Exception, match="would be applied"):
+    with pytest.raises(ScenarioError, match="would be applied"):
         model.replay(alone, POLICY, sc.layout.period, 10**9, None)
+
+
+def test_the_reference_model_agrees_with_the_chaos_expectation(
+    sc: Scenario, expected: model.Expected
+) -> None:
+    outcomes = oracle_feed.replay(
+        records(sc), POLICY, sc.layout.period, sc.close_seq, START + timedelta(hours=1)
+    )
+    assert sum(len(o.ledger) for o in outcomes) == len(expected.ledger) > 0
+    assert oracle_feed.disagreements(records(sc), expected, outcomes) == []

@@ -1,4 +1,4 @@
-"""kill -9 in the middle of a stream, restart, and compare every account with a pure model.
+"""kill -9 in the middle of a stream, restart, and compare every account with the reference model.
 
 The worker runs as a real `billing-worker run` process. Events for ~50 accounts are
 produced while it runs; it is SIGKILLed once some (never all) are applied, the rest is
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,6 +21,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from chaos import oracle
 from tests.integration.kit import (
     CLI,
     ago,
@@ -36,9 +37,6 @@ from tests.integration.kit import (
 from worker.adapters.kafka_connection import kafka_client_args
 from worker.builders import policy_from, rates_from
 from worker.config import Settings
-from worker.domain.account import Account
-from worker.domain.commands import ChargeUsage, Command, OpenAccount, PurchaseCredits
-from worker.domain.events import Effects
 from worker.domain.rating import rate_usage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -111,49 +109,69 @@ def scenario(settings: Settings, prefix: str, seed: str) -> list[Sent]:
     return out
 
 
-def to_command(settings: Settings, sent: Sent) -> Command:
+def to_event(settings: Settings, sent: Sent) -> oracle.Event:
+    """The record as the reference model reads it; only the price comes from the rate table."""
     e = sent.event
     at = datetime.fromisoformat(e["occurred_at"])
+    common = (sent.source, e["event_id"], e["account_id"], at, at)
     if sent.source == "usage":
         rated = rate_usage(
             rates_from(settings), e.get("country"), e["destination"], e["segments"], at
         )
-        return ChargeUsage(e["event_id"], e["account_id"], at, rated)
+        return oracle.Event(
+            sent.source,
+            "usage",
+            *common[1:],
+            amount_jpy=rated.unit_price_jpy * e["segments"],
+            country=rated.country,
+            unit_price_jpy=rated.unit_price_jpy,
+            segments=e["segments"],
+        )
     if e["type"] == "account_opened":
-        return OpenAccount(e["event_id"], e["account_id"], at, e.get("test_credits"))
-    return PurchaseCredits(
-        e["event_id"], e["account_id"], at, e["purchase_id"], e["amount"], e["payment_method"]
+        return oracle.Event(
+            sent.source, e["type"], *common[1:], test_credits_jpy=e.get("test_credits")
+        )
+    return oracle.Event(
+        sent.source,
+        e["type"],
+        *common[1:],
+        amount_jpy=e["amount"],
+        payment_method=e["payment_method"],
     )
 
 
-def model(settings: Settings, sent: list[Sent]) -> dict[str, dict[str, Any]]:
-    """Each distinct event applied once, per account in event-time order."""
+def model(settings: Settings, sent: list[Sent]) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """The reference model (chaos/oracle.py): each account's records in event-time order
+    (ties: account events first, then production order); returns the accounts and the ids of
+    every reminder they must produce."""
     policy = policy_from(settings)
+    rules = oracle.Rules(
+        test_credits_jpy=policy.test_credits_jpy,
+        validity=policy.lot_validity,
+        lateness=policy.lateness,
+        expiring_notice=policy.expiring_notice,
+    )
     rank = {"account": 0, "usage": 1}
-    per_account: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-    seen: set[tuple[str, str]] = set()
-    for s in sent:
-        key = (s.source, s.event["event_id"])
-        if key in seen:
-            continue
-        seen.add(key)
-        command = to_command(settings, s)
-        per_account[command.account_id].append(
-            (command.occurred_at, rank[s.source], s.seq, command)
-        )
+    ordered = sorted(
+        sent,
+        key=lambda s: (
+            s.event["account_id"],
+            datetime.fromisoformat(s.event["occurred_at"]),
+            rank[s.source],
+            s.seq,
+        ),
+    )
+    outcome = oracle.run([to_event(settings, s) for s in ordered], rules)
+    assert not outcome.dead, outcome.dead
     out = {}
-    for account_id, items in per_account.items():
-        account = Account(account_id)
-        effects = Effects()
-        for *_, command in sorted(items, key=lambda t: t[:3]):
-            account.apply(command, policy, effects)
+    for account_id, acct in outcome.accounts.items():
         out[account_id] = {
-            "balance": account.balance_jpy,
-            "overdraft": account.overdraft_jpy,
-            "lots": {lot.lot_id: lot.remaining_jpy for lot in account.lots},
-            "entries": len(effects.ledger),
+            "balance": oracle.balance(acct),
+            "overdraft": acct.overdraft_jpy,
+            "lots": {lot.lot_id: lot.remaining_jpy for lot in acct.lots},
+            "entries": sum(1 for e in outcome.ledger if e.account_id == account_id),
         }
-    return out
+    return out, {r.reminder_id for r in outcome.reminders}
 
 
 async def start_worker(settings: Settings, log: Path) -> asyncio.subprocess.Process:
@@ -182,7 +200,7 @@ async def produce_paced(settings: Settings, items: list[Sent], chunk: int = 100)
                     s.topic, orjson.dumps(s.event), key=s.event["account_id"].encode()
                 )
             await producer.flush()
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # pacing the producer so the kill lands mid-stream
     finally:
         await producer.stop()
 
@@ -193,7 +211,7 @@ async def test_sigkill_mid_stream_then_restart_matches_the_model(
     prefix = f"e2e-{unique}"
     sent = scenario(settings, prefix, unique)
     distinct = len({(s.source, s.event["event_id"]) for s in sent})
-    expected = model(settings, sent)
+    expected, expected_reminders = model(settings, sent)
     assert sum(1 for s in sent if s.source == "usage") > 2000
     assert len(sent) > distinct  # there are redeliveries
     cut = len(sent) * 2 // 3
@@ -258,7 +276,7 @@ async def test_sigkill_mid_stream_then_restart_matches_the_model(
         outbox_reminders = await conn.fetch(
             "SELECT message_id, sent_at FROM outbox WHERE topic = $1 AND key LIKE $2",
             settings.topic_reminders,
-            prefix + "-%",
+            (prefix + "-%").encode(),  # keys are bytea: LIKE on bytes
         )
         assert await applied_count() == distinct
 
@@ -291,4 +309,5 @@ async def test_sigkill_mid_stream_then_restart_matches_the_model(
         )
         if m["account_id"].startswith(prefix + "-")
     )
-    assert set(published) == {r["message_id"] for r in outbox_reminders}
+    assert {r["message_id"] for r in outbox_reminders} == expected_reminders
+    assert set(published) == expected_reminders

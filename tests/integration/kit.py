@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import SecretStr
 
+from tests.waiting import wait_until
 from worker.adapters.kafka_connection import kafka_client_args
 from worker.app import Worker
 from worker.config import Settings
@@ -93,17 +94,6 @@ async def read_topic(
         return out
     finally:
         await consumer.stop()
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 @contextlib.asynccontextmanager
@@ -264,7 +254,7 @@ async def wait_outbox_sent(
         nonlocal count
         row = await conn.fetchrow(
             "SELECT count(*) AS n, count(*) FILTER (WHERE sent_at IS NULL) AS unsent"
-            " FROM outbox WHERE key = $1",
+            " FROM outbox WHERE key = convert_to($1, 'UTF8')",
             key,
         )
         count = row["n"]

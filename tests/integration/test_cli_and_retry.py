@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta
 
 import orjson
 import pytest
@@ -52,7 +53,7 @@ async def test_account_json_shows_balance_overdraft_reminder_and_lots(
         )
         await wait_applied(conn, [f"u-{unique}"])
     code, out, err = await run_cli(settings, "account", account, "--json")
-    assert code == 0, err.decode()
+    assert code == 0, err
     view = orjson.loads(out)
     assert view["account_id"] == account
     assert view["plan"] == "prepay"
@@ -66,8 +67,18 @@ async def test_account_json_shows_balance_overdraft_reminder_and_lots(
     assert [lot["lot_id"] for lot in view["lots"]] == [f"lot:open-{unique}", f"lot:buy-{unique}"]
     for lot in view["lots"]:
         assert {"granted_at", "expires_at"} <= set(lot)
-    assert test_lot["granted_at"].startswith(opened_at.isoformat()[:19])
-    assert bought["expires_at"] > bought["granted_at"]
+    for lot_view, granted in ((test_lot, opened_at), (bought, bought_at)):
+        assert datetime.fromisoformat(lot_view["granted_at"]) == granted
+        assert datetime.fromisoformat(lot_view["expires_at"]) == granted + timedelta(days=90)
+    ledger = sorted(
+        (e["occurred_at"], e["entry_id"], e["kind"], e["amount"], e["balance_after"])
+        for e in view["ledger"]
+    )
+    assert [row[1:] for row in ledger] == [
+        (f"grant:open-{unique}", "grant", 100, 100),
+        (f"grant:buy-{unique}", "grant", 1000, 1100),
+        (f"charge:u-{unique}", "charge", -150, 950),
+    ]
 
 
 async def test_account_json_exits_2_for_an_unknown_account(settings: Settings, unique: str) -> None:

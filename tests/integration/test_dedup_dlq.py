@@ -54,7 +54,9 @@ async def test_the_same_usage_delivered_three_times_is_charged_once(
             "billing_events_total", {"topic": settings.topic_usage, "outcome": "duplicate"}
         )
         dead = await conn.fetchval(
-            "SELECT count(*) FROM outbox WHERE key = $1 AND topic = $2", account, settings.topic_dlq
+            "SELECT count(*) FROM outbox WHERE key = convert_to($1, 'UTF8') AND topic = $2",
+            account,
+            settings.topic_dlq,
         )
     assert [(c["ref"], c["amount_jpy"]) for c in charges] == [
         (f"u-{unique}", -30),

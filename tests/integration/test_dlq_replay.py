@@ -51,9 +51,10 @@ async def test_replayed_dead_letter_is_charged_once(
         )
     )
     fixed = settings.model_copy(update={"rate_table_path": rates})
-    counts = await replay(fixed, {"no_rate"}, dry_run=False, idle_ms=500)
-    assert counts == {"replayed:no_rate": 1}
-    assert await replay(fixed, set(), dry_run=False, idle_ms=500) == {}
+    report = await replay(fixed, {"no_rate"}, dry_run=False)
+    assert (dict(report.replayed), dict(report.skipped), report.refused) == ({"no_rate": 1}, {}, [])
+    again = await replay(fixed, set(), dry_run=False)
+    assert (dict(again.replayed), dict(again.skipped)) == ({}, {})
     async with running_worker(fixed):
         conn = await asyncpg.connect(settings.database_url)
         try:

@@ -153,7 +153,9 @@ async def test_two_sweeps_at_once_forfeit_each_lot_once(settings: Settings, uniq
             " FROM lots WHERE account_id = ANY($1::text[])",
             ids,
         )
-        outbox = await conn.fetch("SELECT payload FROM outbox WHERE key = ANY($1::text[])", ids)
+        outbox = await conn.fetch(
+            "SELECT payload FROM outbox WHERE key = ANY($1::bytea[])", [i.encode() for i in ids]
+        )
         balances = await conn.fetch(
             "SELECT balance_jpy FROM accounts WHERE account_id = ANY($1::text[])", ids
         )

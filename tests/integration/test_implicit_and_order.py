@@ -78,7 +78,9 @@ async def test_a_backlog_is_applied_in_event_time_order_across_topics(
         row = await account_row(conn, account)
         entries = {e["ref"]: e for e in await ledger(conn, account)}
         remaining = await lot_remaining(conn, account)
-        outbox = await conn.fetchval("SELECT count(*) FROM outbox WHERE key = $1", account)
+        outbox = await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE key = convert_to($1, 'UTF8')", account
+        )
     assert (row["balance_jpy"], row["overdraft_jpy"]) == (500, 0)
     assert remaining == {f"lot:buy-{unique}": 500}
     assert entries[f"buy-{unique}"]["allocations"] == []  # nothing to repay: no overdraft

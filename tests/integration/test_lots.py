@@ -17,6 +17,7 @@ from tests.integration.kit import (
     running_worker,
     usage,
     wait_applied,
+    wait_until,
 )
 from worker.config import Settings
 
@@ -157,13 +158,23 @@ async def test_far_expired_lot_is_not_used_and_usage_becomes_overdraft(
             ],
         )
         await wait_applied(conn, [f"open-{unique}", f"u-{unique}"])
-        (charge,) = [e for e in await ledger(conn, account) if e["kind"] == "charge"]
+
+        async def forfeited() -> bool:
+            return bool(
+                await conn.fetchval("SELECT forfeited FROM lots WHERE account_id = $1", account)
+            )
+
+        await wait_until(forfeited, 30, "the expiry sweep to forfeit the lot")
+        entries = await ledger(conn, account)
         row = await account_row(conn, account)
         lot = await conn.fetchrow("SELECT * FROM lots WHERE account_id = $1", account)
+    (charge,) = [e for e in entries if e["kind"] == "charge"]
+    (forfeit,) = [e for e in entries if e["kind"] == "forfeit"]
     assert charge["allocations"] == []
     assert row["overdraft_jpy"] == 30
-    # The lot was either still waiting for the sweep or already forfeited; never debited.
-    assert lot["remaining_jpy"] + lot["forfeited_jpy"] == 500
+    # never debited: the sweep forfeits all 500 of it
+    assert (lot["remaining_jpy"], lot["forfeited_jpy"]) == (0, 500)
+    assert forfeit["amount_jpy"] == -500
 
 
 async def test_overdraft_is_repaid_first_by_the_next_purchase(

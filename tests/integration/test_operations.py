@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import io
-from datetime import timedelta
+import math
+import time
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 from rich.console import Console
 
 from tests.integration.kit import (
@@ -73,6 +78,11 @@ async def test_metrics_show_lag_rising_during_a_burst_and_falling_to_zero_after(
         await produce(settings, settings.topic_usage, burst(unique, account, 200))
         await wait_until(lambda: lag_is(200), what="/metrics to show the burst as lag")
 
+        async def late() -> bool:
+            return total(await scrape(worker), LAG + "_seconds", consumergroup=group) > 0.5
+
+        await wait_until(late, what="/metrics to show the held-back burst as time lag")
+
         consumer.resume(*owned)
         await wait_until(lambda: lag_is(0), what="/metrics to show the lag drained")
         samples = await scrape(worker)
@@ -82,6 +92,9 @@ async def test_metrics_show_lag_rising_during_a_burst_and_falling_to_zero_after(
     )
     per_partition = {dict(labels)["partition"] for (name, labels) in samples if name == LAG}
     assert per_partition == {"0", "1", "2"}  # both topics, three partitions each
+    lagged = {labels for (name, labels) in samples if name == LAG}
+    assert {labels for (name, labels) in samples if name == LAG + "_seconds"} == lagged
+    assert total(samples, LAG + "_seconds", consumergroup=group) == 0  # drained: no time lag
     assert total(samples, "billing_batch_size_count") >= 2
     assert total(samples, "billing_batch_duration_seconds_count") >= 2
     assert total(samples, "billing_assigned_partitions") == 6
@@ -136,12 +149,119 @@ async def test_lag_command_reports_the_group_with_and_without_a_running_worker(
     assert "total lag: 0" in text
 
 
+async def test_lag_reports_how_long_ago_the_oldest_uncommitted_record_reached_kafka(
+    settings: Settings, unique: str
+) -> None:
+    await create_topics(settings)
+    usage_topic = settings.topic_usage
+    now_ms = int(time.time() * 1000)
+    # (partition, seconds ago) in offset order; the broker keeps the producer's timestamps
+    records = [(0, 300), (0, 200), (0, 100), (1, 50), (1, 40)]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for partition, ago_s in records:
+            await producer.send_and_wait(
+                usage_topic,
+                b"{}",
+                key=b"k",
+                partition=partition,
+                timestamp_ms=now_ms - ago_s * 1000,
+            )
+    finally:
+        await producer.stop()
+    # The group has applied offset 0 of partition 0 (commits 1) and nothing of partition 1.
+    committer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+    )
+    await committer.start()
+    try:
+        committer.assign([TopicPartition(usage_topic, 0)])
+        await committer.commit({TopicPartition(usage_topic, 0): OffsetAndMetadata(1, "")})
+    finally:
+        await committer.stop()
+
+    code, out, err = await run_cli(settings, "lag", "--json")
+    assert code == 0, err
+    measured_at_ms = int(time.time() * 1000)
+    rows = {(r["topic"], r["partition"]): r for r in orjson.loads(out)["partitions"]}
+    elapsed_s = (measured_at_ms - now_ms) / 1000
+    p0, p1 = rows[(usage_topic, 0)], rows[(usage_topic, 1)]
+    assert (p0["committed"], p0["end"], p0["lag"]) == (1, 3, 2)
+    assert 200 <= p0["lag_seconds"] <= 200 + elapsed_s + 1  # offset 1, sent 200 s ago
+    assert (p1["committed"], p1["end"], p1["lag"]) == (None, 2, 2)
+    assert 50 <= p1["lag_seconds"] <= 50 + elapsed_s + 1  # offset 0, sent 50 s ago
+    others = [r for key, r in rows.items() if key not in {(usage_topic, 0), (usage_topic, 1)}]
+    assert len(others) == 4
+    assert all((r["lag"], r["lag_seconds"]) == (0, 0.0) for r in others)
+
+    code, text, err = await run_cli(settings, "lag")
+    assert code == 0, err
+    header, *table = text.splitlines()
+    assert header.split() == [
+        "GROUP",
+        "TOPIC",
+        "PARTITION",
+        "CURRENT-OFFSET",
+        "LOG-END-OFFSET",
+        "LAG",
+        "LAG-SECONDS",
+    ]
+    cells = {tuple(line.split()[1:3]): line.split() for line in table[:-1]}
+    assert cells[(usage_topic, "1")][3:6] == ["-", "2", "2"]
+    assert float(cells[(usage_topic, "0")][6]) >= 200
+    assert table[-1] == "total lag: 4"
+
+
+async def test_a_transaction_marker_after_the_committed_offset_is_no_time_lag(
+    settings: Settings, unique: str
+) -> None:
+    await create_topics(settings)
+    topic = settings.topic_usage
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, transactional_id=f"tx-{unique}"
+    )
+    await producer.start()
+    try:
+        async with producer.transaction():
+            await producer.send_and_wait(topic, b"{}", key=b"k", partition=0)
+    finally:
+        await producer.stop()
+    # The worker commits last record + 1; the commit marker behind it stays as offset lag.
+    committer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+    )
+    await committer.start()
+    try:
+        committer.assign([TopicPartition(topic, 0)])
+        await committer.commit({TopicPartition(topic, 0): OffsetAndMetadata(1, "")})
+    finally:
+        await committer.stop()
+
+    code, out, err = await run_cli(settings, "lag", "--json")
+    assert code == 0, err
+    row = next(
+        r for r in orjson.loads(out)["partitions"] if (r["topic"], r["partition"]) == (topic, 0)
+    )
+    assert (row["committed"], row["end"], row["lag"], row["lag_seconds"]) == (1, 2, 1, 0.0)
+
+
 async def test_ready_turns_false_when_postgres_stops_and_true_after_it_restarts(
     settings: Settings,
 ) -> None:
     await create_topics(settings)
     async with private_postgres() as pg:
-        own = settings.model_copy(update={"database_url": pg.url, "lag_refresh_interval_s": 0.5})
+        own = settings.model_copy(
+            update={
+                "database_url": pg.url,
+                "lag_refresh_interval_s": 0.5,
+                "month_close_enabled": True,  # a private database: no other test's months
+            }
+        )
         async with running_worker(own) as worker:
 
             async def readiness(expected: bool) -> bool:
@@ -158,15 +278,34 @@ async def test_ready_turns_false_when_postgres_stops_and_true_after_it_restarts(
                 "assignment",
                 "progress",
             }
+            assert total(await scrape(worker), "billing_ready") == 1
+
+            # A fresh database has nothing to invoice: every ended month closes at once and the
+            # running month is next, due at its end in Tokyo plus the grace.
+            async def due_known() -> bool:
+                due = total(await scrape(worker), "billing_month_close_due_timestamp_seconds")
+                return not math.isnan(due)
+
+            await wait_until(due_known, what="the month closer's first tick")
+            tokyo = ZoneInfo("Asia/Tokyo")
+            grace = timedelta(seconds=own.month_close_grace_s)
+            local = (datetime.now(UTC) - grace).astimezone(tokyo)
+            next_start = datetime(
+                local.year + local.month // 12, local.month % 12 + 1, 1, tzinfo=tokyo
+            )
+            due = total(await scrape(worker), "billing_month_close_due_timestamp_seconds")
+            assert due == (next_start + grace).timestamp()
 
             await pg.stop()
             await wait_until(lambda: readiness(False), what="/ready to notice PostgreSQL is gone")
             _, body = await ready(worker)
             assert body["checks"]["postgres"]["ok"] is False
             assert body["checks"]["kafka"]["ok"] is True
+            assert total(await scrape(worker), "billing_ready") == 0
 
             await pg.start()
             await wait_until(lambda: readiness(True), what="/ready to recover with PostgreSQL")
+            assert total(await scrape(worker), "billing_ready") == 1
 
 
 async def test_demo_traffic_is_billed_and_only_its_malformed_events_are_dead_lettered(

@@ -273,14 +273,31 @@ async def test_switch_mid_month_uses_credit_first_then_goes_negative(
     assert invoice["total"] == 25
     assert view["plan"] == "postpay"
     assert view["balance"] == -25
-    reminders = await read_topic(s, s.topic_reminders)
-    # The reminder at configuration time fires; after the switch no low-balance reminders.
-    # The lot's expiry notice moment (July) had passed when these records arrived: the notice
-    # goes out before the first of them that follows it.
-    assert [r["kind"] for r in reminders if r["account_id"] == a] == [
-        "credits_expiring",
-        "low_balance",
-    ]
+    # Every reminder is written with the change that caused it, so once all five events are
+    # applied the outbox holds the account's complete set: the lot's expiry notice (its moment,
+    # in July, had passed when these records arrived: it goes out before the first of them that
+    # follows it), the one at configuration time, and none for the charges after the switch.
+    conn = await asyncpg.connect(s.database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT message_id FROM outbox"
+            " WHERE key = convert_to($1, 'UTF8') AND topic = $2 ORDER BY id",
+            a,
+            s.topic_reminders,
+        )
+    finally:
+        await conn.close()
+    ids = [r["message_id"] for r in rows]
+    assert [i.split(":")[1] for i in ids] == ["credits_expiring", "low_balance"]
+    assert ids[1] == f"{a}:low_balance:configure:rem-{unique}"
+
+    async def relayed() -> list[str]:
+        found = await read_topic(s, s.topic_reminders, settle_s=0.2)
+        mine = [r["reminder_id"] for r in found if r["account_id"] == a]
+        return mine if len(mine) >= len(ids) else []
+
+    published = await wait_until(relayed, 30, "the reminders on the topic")
+    assert sorted(published) == sorted(ids)
 
 
 async def test_payments_settle_an_invoice_in_parts(postpay_settings: Settings, unique: str) -> None:

@@ -45,7 +45,7 @@ def _relay(settings: Settings, url: str, batch_size: int = 1000) -> OutboxRelay:
 async def _insert(conn: asyncpg.Connection, topic: str, ids: list[str]) -> None:
     await conn.executemany(
         "INSERT INTO outbox (message_id, topic, key, payload) VALUES ($1, $2, $3, $4)",
-        [(m, topic, f"acct-{m}", f'{{"id": "{m}"}}'.encode()) for m in ids],
+        [(m, topic, f"acct-{m}".encode(), f'{{"id": "{m}"}}'.encode()) for m in ids],
     )
 
 

@@ -16,6 +16,7 @@ from tests.integration.kit import (
     database,
     opened,
     produce,
+    produce_positions,
     purchased,
     read_topic,
     usage,
@@ -75,12 +76,19 @@ async def test_a_usage_event_with_a_128_char_event_id_that_depletes_the_balance_
         await produce(settings, settings.topic_usage, [usage(long_id, account, ago(hours=1))])
         await produce(settings, settings.topic_usage, [usage(f"m-{unique}", other, ago(hours=1))])
         await wait_applied(conn, [f"m-{unique}"])
-        await asyncio.sleep(1)
+        # the long one is either applied or dead-lettered: wait for whichever it is
+        await wait_until(
+            lambda: _applied_or_dead_lettered(task, conn, long_id, account, settings.topic_dlq),
+            30,
+            "the 128-char event to be applied or dead-lettered",
+        )
         applied = await conn.fetchval(
             "SELECT count(*) FROM processed_events WHERE event_id = $1", long_id
         )
         dead = await conn.fetch(
-            "SELECT payload FROM outbox WHERE key = $1 AND topic = $2", account, settings.topic_dlq
+            "SELECT payload FROM outbox WHERE key = convert_to($1, 'UTF8') AND topic = $2",
+            account,
+            settings.topic_dlq,
         )
         assert _alive(task) == "alive"
     reasons = [orjson.loads(r["payload"])["reason"][:160] for r in dead]
@@ -106,10 +114,19 @@ async def test_the_expiry_sweep_survives_a_purchase_with_a_128_char_event_id(
             ],
         )
         await wait_applied(conn, [long_id])
-        await asyncio.sleep(3)  # a few sweep intervals (0.5 s in tests)
+
+        async def noticed_or_dead() -> bool:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM outbox WHERE key = convert_to($1, 'UTF8') AND topic = $2",
+                account,
+                settings.topic_reminders,
+            )
+            return bool(n) or task.done()
+
+        await wait_until(noticed_or_dead, 30, "the credits_expiring notice (or a crash)")
         status = _alive(task)
         notices = await conn.fetchval(
-            "SELECT count(*) FROM outbox WHERE key = $1 AND topic = $2",
+            "SELECT count(*) FROM outbox WHERE key = convert_to($1, 'UTF8') AND topic = $2",
             account,
             settings.topic_reminders,
         )
@@ -132,7 +149,7 @@ async def test_a_usage_event_with_a_timestamp_out_of_utc_range_is_dead_lettered_
     good_account = f"good-{unique}"
     await create_topics(settings)
     async with worker_task(settings) as task, database(settings) as conn:
-        await produce(settings, settings.topic_usage, [bad])
+        [(partition, offset)] = await produce_positions(settings, settings.topic_usage, [bad])
         await produce(
             settings, settings.topic_usage, [usage(f"g-{unique}", good_account, ago(hours=1))]
         )
@@ -143,8 +160,44 @@ async def test_a_usage_event_with_a_timestamp_out_of_utc_range_is_dead_lettered_
         applied = await conn.fetchval(
             "SELECT count(*) FROM processed_events WHERE event_id = $1", f"g-{unique}"
         )
+        letter = await wait_until(
+            lambda: _dead_letter_at(conn, settings.topic_usage, partition, offset),
+            30,
+            "the dead letter of the out-of-range record",
+        )
+        bad_applied = await conn.fetchval(
+            "SELECT count(*) FROM processed_events WHERE event_id = $1", f"bad-{unique}"
+        )
     assert status == "alive"
     assert applied == 1
+    assert bad_applied == 0
+    assert letter["source_topic"] == settings.topic_usage
+    assert (letter["source_partition"], letter["source_offset"]) == (partition, offset)
+    assert letter["error_code"] in {"schema_violation", "implausible_time"}
+
+
+async def _dead_letter_at(
+    conn: Any, topic: str, partition: int, offset: int
+) -> dict[str, Any] | None:
+    payload = await conn.fetchval(
+        "SELECT payload FROM outbox WHERE message_id = $1", f"dlq:{topic}:{partition}:{offset}"
+    )
+    return None if payload is None else dict(orjson.loads(payload))
+
+
+async def _applied_or_dead_lettered(
+    task: asyncio.Task[None], conn: Any, event_id: str, key: str, dlq: str
+) -> bool:
+    if task.done():
+        return True
+    n = await conn.fetchval(
+        "SELECT (SELECT count(*) FROM processed_events WHERE event_id = $1)"
+        " + (SELECT count(*) FROM outbox WHERE key = convert_to($2, 'UTF8') AND topic = $3)",
+        event_id,
+        key,
+        dlq,
+    )
+    return bool(n)
 
 
 async def _processed_or_dead(task: asyncio.Task[None], conn: Any, event_id: str) -> bool:
@@ -162,7 +215,9 @@ async def test_a_large_bad_record_does_not_stop_the_relay_publishing_reminders(
     account = f"acc-{unique}"
     await create_topics(settings)
     async with worker_task(settings) as task, database(settings) as conn:
-        await produce(settings, settings.topic_usage, [b"x" * 500_000], key=account)
+        [(partition, offset)] = await produce_positions(
+            settings, settings.topic_usage, [b"x" * 500_000], key=account
+        )
         await produce(
             settings,
             settings.topic_account_events,
@@ -172,17 +227,32 @@ async def test_a_large_bad_record_does_not_stop_the_relay_publishing_reminders(
         await wait_until(
             lambda: _processed_or_dead(task, conn, f"u-{unique}"), 30, "the usage or a crash"
         )
-        await asyncio.sleep(3)
+        letter = await wait_until(
+            lambda: _dead_letter_at(conn, settings.topic_usage, partition, offset),
+            30,
+            "the dead letter of the large record",
+        )
+        # the relay got past the oversized dead letter: the reminder after it is on the topic
+        reminders = await wait_until(
+            lambda: _reminders_for(settings, account, task),
+            60,
+            "the balance_depleted reminder on the topic (or a crash)",
+        )
         status = _alive(task)
         # Defuse the oversized dead letter, or every later relay of this session stops on it.
         await conn.execute(
             "UPDATE outbox SET sent_at = now() WHERE topic = $1 AND length(payload) > 1000000",
             settings.topic_dlq,
         )
-    reminders = [
-        m
-        for m in await read_topic(settings, settings.topic_reminders, settle_s=1)
-        if m.get("account_id") == account
-    ]
     assert status == "alive"
+    assert letter["error_code"] == "malformed_json"
     assert [m["kind"] for m in reminders] == ["balance_depleted"]
+
+
+async def _reminders_for(
+    settings: Settings, account: str, task: asyncio.Task[None]
+) -> list[dict[str, Any]] | bool:
+    if task.done():
+        return True
+    found = await read_topic(settings, settings.topic_reminders, settle_s=0.2)
+    return [m for m in found if m.get("account_id") == account]

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
+from tests.waiting import wait_until
 from worker.adapters.postgres import PgCloseUnitOfWork, PgStore
 from worker.adapters.wire import Encoder
 from worker.config import Settings
@@ -79,14 +80,15 @@ async def test_concurrent_closes_of_two_months_put_each_usage_on_one_invoice(
             # the first is still open; let the first go on once the second waits on a lock.
             await read.wait()
             async with pool.acquire() as probe:
-                for _ in range(100):
+
+                async def someone_waits_on_a_lock() -> bool:
                     waiting = await probe.fetchval(
                         "SELECT count(*) FROM pg_stat_activity"
                         " WHERE datname = current_database() AND wait_event_type = 'Lock'"
                     )
-                    if waiting:
-                        break
-                    await asyncio.sleep(0.05)
+                    return bool(waiting)
+
+                await wait_until(someone_waits_on_a_lock, 5, "the earlier close to wait on a lock")
             go.set()
 
         await asyncio.gather(close_later(), close_earlier(), release_later_once_earlier_waits())
@@ -96,10 +98,13 @@ async def test_concurrent_closes_of_two_months_put_each_usage_on_one_invoice(
                 account,
             )
             published = await conn.fetchval(
-                "SELECT count(*) FROM outbox WHERE key = $1 AND topic = 'i'", account
+                "SELECT count(*) FROM outbox WHERE key = convert_to($1, 'UTF8') AND topic = 'i'",
+                account,
             )
             await conn.execute(
-                "UPDATE outbox SET sent_at = now() WHERE topic = 'i' AND key = $1", account
+                "UPDATE outbox SET sent_at = now()"
+                " WHERE topic = 'i' AND key = convert_to($1, 'UTF8')",
+                account,
             )
     finally:
         await pool.close()

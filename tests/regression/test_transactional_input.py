@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.integration.kit import ago, create_topics, database, running_worker, usage, wait_applied
+from tests.integration.kit import (
+    ago,
+    create_topics,
+    database,
+    running_worker,
+    usage,
+    wait_applied,
+    wait_until,
+)
 from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.postgres import PgStore
 from worker.builders import create_pool, encoder_from
@@ -42,11 +48,7 @@ async def test_the_group_counts_as_caught_up_after_applying_a_transactional_prod
         pool = await create_pool(settings, size=2)
         try:
             closer = MonthCloser(settings, PgStore(pool), encoder_from(settings), Metrics())
-            caught_up = False
-            for _ in range(40):  # 10 s: several commits later
-                if caught_up := await closer.caught_up(period):
-                    break
-                await asyncio.sleep(0.25)
+            # several commits later (10 s) the close gate must see the group caught up
+            await wait_until(lambda: closer.caught_up(period), 10, "the close gate to pass")
         finally:
             await pool.close()
-    assert caught_up

@@ -62,3 +62,26 @@ def test_the_worker_refuses_to_start_with_a_bad_setting(tmp_path: Path) -> None:
     )
     assert done.returncode == 78
     assert "BILLING_INPUT_PARTITIONS" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("now", "due"),
+    [
+        # June begins in Tokyo at 2026-05-31T15:00Z; with one hour's grace May is due at 16:00Z
+        ("2026-05-31T15:59:59.999999+00:00", "2026-04"),
+        ("2026-05-31T16:00:00+00:00", "2026-05"),
+        ("2026-06-30T15:59:59+00:00", "2026-05"),  # July 1, 00:59:59 in Tokyo
+        ("2026-06-30T16:00:00+00:00", "2026-06"),
+    ],
+)
+def test_month_close_waits_out_a_configured_grace_period(
+    monkeypatch: pytest.MonkeyPatch, now: str, due: str
+) -> None:
+    from datetime import datetime
+
+    from worker.entrypoints.month_close import due_period
+
+    monkeypatch.setenv("BILLING_MONTH_CLOSE_GRACE_S", "3600")
+    settings = load_settings()
+    assert settings.month_close_grace_s == 3600
+    assert due_period(datetime.fromisoformat(now), settings) == due

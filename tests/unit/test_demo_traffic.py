@@ -19,13 +19,14 @@ def test_only_the_events_meant_to_be_malformed_are_refused() -> None:
     decoder = Decoder(load_rate_table(None))
     traffic = Traffic("t1", 12, random.Random(3), malformed_share=0.05)
     now = datetime(2026, 11, 2, 3, 0, tzinfo=UTC)
+    sent_ms = int(now.timestamp() * 1000)  # the records reach Kafka when they are made
     events = traffic.opening(now) + [traffic.next(now) for _ in range(5000)]
     accounts = {a: Account(a) for a in traffic.account_ids}
     wrong = []
     countries: Counter[str] = Counter()
     for offset, event in enumerate(events):
         record = InputRecord(
-            event.source, "t", 0, offset, event.account_id.encode(), event.value, 0
+            event.source, "t", 0, offset, event.account_id.encode(), event.value, sent_ms
         )
         decoded = decoder(record)
         refused = isinstance(decoded, Dead)

@@ -152,3 +152,35 @@ async def test_a_worker_down_for_a_day_bills_what_one_that_never_stopped_bills()
     ]
     expiring = [m for m in down.db.outbox if m.message_id.endswith("credits_expiring:lot:a0")]
     assert b'"created_at":"' in expiring[0].payload
+
+
+async def test_a_late_account_event_released_first_does_not_forfeit_credit_owed_to_usage() -> None:
+    # The lot (1,000 test credits) expires at EXPIRY. Usage u occurred a minute before and
+    # reached Kafka 30 minutes after (within the hour's lateness): the lot owes it 100.
+    # A reminder setting r occurred two minutes before expiry but reached Kafka two hours
+    # after; released first (earlier event time), it must not forfeit the lot ahead of u.
+    r = record(
+        "account",
+        2,
+        ConfigureReminder("a2", "acc-1", EXPIRY - timedelta(minutes=2), True, 100, "o@x"),
+        EXPIRY + timedelta(hours=2),
+    )
+    u = usage(0, 100, EXPIRY - timedelta(minutes=1), EXPIRY + timedelta(minutes=30))
+
+    store = await run([setup(), [r, u]])
+    await sweep_expiry(store, EXPIRY + timedelta(hours=3), POLICY, ENCODER)
+
+    entries = [(e.kind, e.amount_jpy, e.balance_after_jpy) for e in store.db.ledger]
+    assert entries == [("grant", 1_000, 1_000), ("charge", -100, 900), ("forfeit", -900, 0)]
+
+
+async def test_nothing_is_forfeited_in_front_of_a_record_while_the_other_input_is_unknown() -> None:
+    # Arrived three hours after expiry, but the account input of its partition has not been
+    # read: a record that arrived in time may still come from there. Only the timer forfeits.
+    late = usage(5, 100, EXPIRY + timedelta(hours=2), EXPIRY + timedelta(hours=3))
+    store = FakeStore()
+    await apply_batch(store, setup(), POLICY, ENCODER, T0)
+    await apply_batch(store, [late], POLICY, ENCODER, T0, pending={0: None})
+
+    kinds = [(e.kind, e.amount_jpy) for e in store.db.ledger]
+    assert kinds == [("grant", 1_000), ("charge", -100)]  # the expired lot did not pay either

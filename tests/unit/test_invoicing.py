@@ -14,11 +14,13 @@ from worker.domain.events import PostpayCharge
 from worker.domain.invoicing import (
     InvoiceLine,
     build_invoice,
+    closing_window,
     due_date,
     invoice_id,
     next_period,
     period_bounds,
     period_of,
+    previous_period,
 )
 from worker.domain.rating import Rated
 
@@ -216,3 +218,17 @@ def test_usage_at_the_instant_of_the_switch_is_postpay() -> None:
 
     assert [c.event_id for c in book.effects.postpay] == [charge]
     assert book.effects.postpay[0].period == "2026-10"
+
+
+@pytest.mark.parametrize(
+    ("period", "before"), [("2026-01", "2025-12"), ("2026-02", "2026-01"), ("2026-12", "2026-11")]
+)
+def test_the_month_before(period: str, before: str) -> None:
+    assert previous_period(period) == before
+
+
+def test_a_close_catches_up_on_exactly_the_twelve_months_up_to_the_due_one() -> None:
+    window = closing_window("2026-05")
+    assert window[0] == "2025-06"
+    assert window[-1] == "2026-05"
+    assert len(window) == 12

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.builders import T0, Book, at
-from worker.domain.lots import Lot, debit, debit_order, new_lot
+from worker.domain.lots import Lot, debit, debit_order, forfeit, new_lot, notice_passed
 
 
 def lot(lot_id: str, amount: int, granted_at: datetime, expires_at: datetime) -> Lot:
@@ -18,6 +18,8 @@ def lot(lot_id: str, amount: int, granted_at: datetime, expires_at: datetime) ->
 def test_new_lot_expires_after_its_validity_with_all_credit_remaining() -> None:
     fresh = new_lot("lot:a", 1_000, T0, timedelta(days=90), "purchase")
     assert fresh.expires_at == T0 + timedelta(days=90)
+    assert (fresh.lot_id, fresh.amount_jpy, fresh.granted_at) == ("lot:a", 1_000, T0)
+    assert fresh.source == "purchase"
     assert (fresh.remaining_jpy, fresh.consumed_jpy, fresh.forfeited_jpy) == (1_000, 0, 0)
 
 
@@ -136,16 +138,41 @@ def test_debit_takes_exactly_the_amount_in_soonest_expiry_order(
         for i, (size, granted, life) in enumerate(specs)
     ]
     before = {x.lot_id: x.remaining_jpy for x in lots}
-    order = [x.lot_id for x in debit_order(lots, at(when))]
+    # the expected split, worked out here: unexpired lots with credit, soonest expiry first,
+    # then oldest grant, then lot id; each gives what it has until the amount is covered
+    usable = [
+        (g + life, g, f"l{i}", size) for i, (size, g, life) in enumerate(specs) if when < g + life
+    ]
+    expected, left = [], amount
+    for _, _, lot_id, size in sorted(usable):
+        if left and size:
+            expected.append((lot_id, min(left, size)))
+            left -= min(left, size)
 
     allocations, uncovered = debit(lots, amount, at(when))
 
-    assert sum(taken for _, taken in allocations) + uncovered == amount
-    assert [lot_id for lot_id, _ in allocations] == order[: len(allocations)]
+    assert allocations == expected
+    assert uncovered == left
     for x in lots:
         taken = sum(t for lot_id, t in allocations if lot_id == x.lot_id)
-        assert x.remaining_jpy == before[x.lot_id] - taken >= 0
-        if taken:
-            assert x.expires_at > at(when)
-    if uncovered:
-        assert all(not x.usable_at(at(when)) for x in lots)
+        assert x.remaining_jpy == before[x.lot_id] - taken
+
+
+def test_forfeiting_marks_the_lot_changed_so_the_store_writes_it() -> None:
+    spent = lot("a", 300, at(0), at(1))
+    spent.dirty = False
+
+    assert forfeit(spent) == 300
+
+    assert spent.dirty is True
+    assert (spent.remaining_jpy, spent.forfeited_jpy, spent.forfeited) == (0, 300, True)
+
+
+NOTICE = timedelta(days=7)
+
+
+def test_the_expiring_notice_is_due_exactly_seven_days_before_expiry() -> None:
+    x = lot("a", 1, at(0), at(90))  # even JPY 1 left is worth a notice
+    assert notice_passed(x, at(83), NOTICE, inclusive=True)
+    assert not notice_passed(x, at(83), NOTICE, inclusive=False)
+    assert not notice_passed(x, at(83) - timedelta(microseconds=1), NOTICE, inclusive=True)

@@ -65,6 +65,7 @@ def test_number_without_a_country_is_an_unknown_destination(destination: str) ->
         rate_usage(TABLE, None, destination, 1, T0)
 
     assert refused.value.code == "unknown_destination"
+    assert destination in refused.value.reason  # the dead letter says which number
 
 
 def test_country_without_a_rate_is_refused_with_no_rate() -> None:
@@ -110,3 +111,10 @@ def test_amount_is_unit_price_in_force_times_segments(segments: int, offset_s: i
     rated = rate_usage(TABLE, "US", "+12127365000", segments, when)
 
     assert rated.amount_jpy == (15 if when >= CHANGE else 12) * segments
+
+
+def test_a_free_destination_is_a_valid_rate() -> None:
+    free = RateTable([Rate("XX", 0, T0)])
+    assert free.unit_price("XX", T0) == 0
+    with pytest.raises(ValueError, match="negative price"):
+        RateTable([Rate("XX", -1, T0)])

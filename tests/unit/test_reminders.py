@@ -101,6 +101,7 @@ def test_enabling_while_already_at_or_below_sends_one_at_once() -> None:
     assert reminder.kind == "low_balance"
     assert reminder.reminder_id == f"acc-1:low_balance:configure:{configure}"
     assert reminder.balance_jpy == 300
+    assert reminder.created_at == at(2)
 
 
 def test_changing_the_setting_while_at_or_below_sends_one_at_once() -> None:

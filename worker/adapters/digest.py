@@ -11,6 +11,7 @@ Left out, because they are wall-clock or delivery facts, not billing:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Mapping
 
@@ -72,6 +73,16 @@ def _row(row: asyncpg.Record) -> bytes:
     return orjson.dumps({k: str(v) for k, v in row.items()}, option=orjson.OPT_SORT_KEYS)
 
 
+def _key_form(key: bytes | None) -> str | None:
+    """A key as text: UTF-8 as it reads (as when keys were text), other bytes as base64."""
+    if key is None:
+        return None
+    try:
+        return bytes(key).decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(key).decode("ascii")
+
+
 async def state_digest(conn: asyncpg.Connection, roles: Mapping[str, str]) -> str:
     """Hex SHA-256 of the billing state; `roles` names each topic's role
     (e.g. {"bench-1-out.reminders": "reminders", "bench-1.usage": "usage"})."""
@@ -86,6 +97,6 @@ async def state_digest(conn: asyncpg.Connection, roles: Mapping[str, str]) -> st
     ):
         role = roles.get(row["topic"], row["topic"])
         message_id = _message_id(row["message_id"], roles)
-        sha.update(orjson.dumps([message_id, role, row["key"]]) + b"\n")
+        sha.update(orjson.dumps([message_id, role, _key_form(row["key"])]) + b"\n")
         sha.update(payload_digest_form(bytes(row["payload"]), roles) + b"\n")
     return sha.hexdigest()

@@ -80,7 +80,7 @@ WHERE i.invoice_id = u.invoice_id
 """
 _SAVE_OUTBOX = """
 INSERT INTO outbox (message_id, topic, key, payload)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[])
 ON CONFLICT (message_id) DO NOTHING
 """
 

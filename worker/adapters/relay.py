@@ -247,7 +247,7 @@ class OutboxRelay:
             future: asyncio.Future[Any] = await producer.send(
                 row["topic"],
                 value=bytes(row["payload"]),
-                key=None if row["key"] is None else row["key"].encode(),
+                key=None if row["key"] is None else bytes(row["key"]),
                 headers=[
                     ("message_id", row["message_id"].encode()),
                     (SEQ_HEADER, str(seq).encode()),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
 import orjson
 from pydantic import ValidationError
@@ -36,6 +36,15 @@ from worker.domain.invoicing import Invoice, period_bounds
 from worker.domain.rating import RateTable, rate_usage
 from worker.service.ports import Dead, Decoded, InputRecord, OutboxMessage
 
+_Model = (
+    UsageEvent
+    | AccountOpened
+    | CreditsPurchased
+    | ReminderConfigured
+    | SwitchedToPostpay
+    | InvoicePaid
+)
+
 
 def _summarise(exc: ValidationError) -> tuple[str, str]:
     errors = exc.errors(include_url=False, include_input=False)
@@ -50,24 +59,51 @@ def _summarise(exc: ValidationError) -> tuple[str, str]:
     return "schema_violation", "; ".join(parts)
 
 
-def _fingerprint(
-    model: UsageEvent
-    | AccountOpened
-    | CreditsPurchased
-    | ReminderConfigured
-    | SwitchedToPostpay
-    | InvoicePaid,
-) -> bytes:
+def _fingerprint(model: _Model) -> bytes:
     """A digest of the validated payload: re-serialised, so whitespace and key order don't count."""
     canonical = orjson.dumps(model.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).digest()
 
 
-class Decoder:
-    """Validates a record against its topic's schema and rates usage."""
+EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
+"""Nothing the product bills happened before this."""
+LATEST_OCCURRED_AT = datetime(9000, 1, 1, tzinfo=UTC)
+"""A ceiling whatever the record timestamp says: every date derived from an event (lot expiry,
+billing periods, due dates) stays representable."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 
-    def __init__(self, rates: RateTable) -> None:
+
+def _misplaced(record: InputRecord, model: _Model, max_clock_skew: timedelta) -> Dead | None:
+    """Key and time checks every input passes before it reaches an account."""
+    expected = model.account_id.encode("utf-8")
+    if record.key != expected:
+        shown = "null" if record.key is None else repr(record.key[:80])
+        return Dead(
+            record,
+            "key_mismatch",
+            f"record key {shown} is not the account_id {model.account_id!r} of its payload",
+        )
+    at = model.occurred_at
+    # Whole milliseconds as ints: no datetime arithmetic on an untrusted timestamp can overflow.
+    at_ms = (at - _EPOCH) // _MS
+    latest_ms = record.timestamp_ms + max_clock_skew // _MS
+    if at < EARLIEST_OCCURRED_AT or at >= LATEST_OCCURRED_AT or at_ms > latest_ms:
+        return Dead(
+            record,
+            "implausible_time",
+            f"occurred_at {at.isoformat()} is before {EARLIEST_OCCURRED_AT.date()} or more than "
+            f"{max_clock_skew} after the record timestamp ({record.timestamp_ms} ms)",
+        )
+    return None
+
+
+class Decoder:
+    """Validates a record against its topic's schema, its key and its time, and rates usage."""
+
+    def __init__(self, rates: RateTable, max_clock_skew: timedelta = timedelta(days=1)) -> None:
         self.rates = rates
+        self.max_clock_skew = max_clock_skew
 
     def __call__(self, record: InputRecord) -> Decoded | Dead:
         """Never raises: whatever a record holds, it becomes a command or a dead letter."""
@@ -86,11 +122,17 @@ class Decoder:
             return Dead(record, "malformed_json", f"not valid JSON: {exc}")
         if not isinstance(payload, dict):
             return Dead(record, "schema_violation", "message: Input should be an object")
+        # PostgreSQL text cannot hold NUL: refused here, not by a failing transaction.
+        if b"\\u0000" in raw and _has_nul(payload):
+            return Dead(record, "schema_violation", "a text field contains a NUL character")
         # The schema validates what orjson parsed: the JSON is parsed once, by the stricter
         # parser (it refuses NaN and Infinity, which pydantic's own JSON parser accepts).
         try:
             if record.source == "usage":
                 usage = UsageEvent.model_validate(payload)
+                refused = _misplaced(record, usage, self.max_clock_skew)
+                if refused is not None:
+                    return refused
                 rated = rate_usage(
                     self.rates, usage.country, usage.destination, usage.segments, usage.occurred_at
                 )
@@ -104,7 +146,20 @@ class Decoder:
             return Dead(record, code, reason)
         except Rejected as exc:
             return Dead(record, exc.code, exc.reason)
+        refused = _misplaced(record, event, self.max_clock_skew)
+        if refused is not None:
+            return refused
         return Decoded(record, _account_command(event), _fingerprint(event))
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _account_command(
@@ -144,7 +199,10 @@ class Encoder:
             expires_at=reminder.expires_at,
         )
         return OutboxMessage(
-            reminder.reminder_id, self.reminders_topic, reminder.account_id, wire.to_json_bytes()
+            reminder.reminder_id,
+            self.reminders_topic,
+            reminder.account_id.encode(),
+            wire.to_json_bytes(),
         )
 
     def dead_letter(self, dead: Dead, failed_at: datetime) -> OutboxMessage:
@@ -160,8 +218,7 @@ class Encoder:
             failed_at=failed_at,
         )
         message_id = f"dlq:{record.topic}:{record.partition}:{record.offset}"
-        key = None if record.key is None else record.key.decode("utf-8", errors="replace")
-        return OutboxMessage(message_id, self.dlq_topic, key, wire.to_json_bytes())
+        return OutboxMessage(message_id, self.dlq_topic, record.key, wire.to_json_bytes())
 
     def invoice(self, invoice: Invoice, issued_at: datetime, zone: tzinfo) -> OutboxMessage:
         start, end = period_bounds(invoice.period, zone)
@@ -189,5 +246,8 @@ class Encoder:
             total=invoice.total_jpy,
         )
         return OutboxMessage(
-            invoice.invoice_id, self.invoices_topic, invoice.account_id, wire.to_json_bytes()
+            invoice.invoice_id,
+            self.invoices_topic,
+            invoice.account_id.encode(),
+            wire.to_json_bytes(),
         )

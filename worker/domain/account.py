@@ -104,13 +104,13 @@ class Account:
         elif isinstance(command, OpenAccount):
             if self.opened:
                 raise Rejected("already_opened", f"account {self.account_id} is already open")
-            self.opened = True
             credits = command.test_credits_jpy
             amount = policy.test_credits_jpy if credits is None else credits
             if amount > 0:
                 self._grant(
                     command.event_id, amount, command.occurred_at, "test_credits", policy, effects
                 )
+            self.opened = True
         elif isinstance(command, ConfigureReminder):
             self._configure(command, effects)
         elif isinstance(command, SwitchToPostpay):
@@ -156,7 +156,12 @@ class Account:
         self, ref: str, amount: int, at: datetime, source: str, policy: Policy, effects: Effects
     ) -> None:
         before = self.balance_jpy
-        lot = new_lot(f"lot:{ref}", amount, at, policy.lot_validity, source)
+        try:
+            lot = new_lot(f"lot:{ref}", amount, at, policy.lot_validity, source)
+        except OverflowError as exc:
+            raise Rejected(
+                "implausible_time", f"a lot granted at {at.isoformat()} would never expire"
+            ) from exc
         repaid = lot.take(self.overdraft_jpy)
         self.overdraft_jpy -= repaid
         self.lots.append(lot)
@@ -193,9 +198,10 @@ class Account:
         )
 
     def _configure(self, command: ConfigureReminder, effects: Effects) -> None:
-        self.reminder_enabled = command.enabled
-        self.reminder_threshold_jpy = command.threshold_jpy
-        self.reminder_email = command.email
+        setting = (command.enabled, command.threshold_jpy, command.email)
+        if setting == (self.reminder_enabled, self.reminder_threshold_jpy, self.reminder_email):
+            return  # a setting that changes nothing sends nothing (SPEC §2)
+        self.reminder_enabled, self.reminder_threshold_jpy, self.reminder_email = setting
         effects.reminders.extend(
             reminders.on_configured(
                 self.reminder_settings,

@@ -44,6 +44,15 @@ def suggested_package(rate_jpy_per_day: int, validity_days: int) -> int:
     return max(PACKAGE_JPY, rate_jpy_per_day * validity_days // PACKAGE_JPY * PACKAGE_JPY)
 
 
+def _local_date(at: datetime, zone: tzinfo) -> date:
+    """The business date of `at`; at the very end of the range, where the zone's offset would
+    carry it past year 9999, its UTC date (a lot may expire there; nothing may overflow)."""
+    try:
+        return at.astimezone(zone).date()
+    except OverflowError:
+        return at.date()
+
+
 def _seconds(delta: timedelta) -> int:
     return delta // timedelta(seconds=1)
 
@@ -94,7 +103,7 @@ def forecast(
         runs_out_on=(
             None
             if rate == 0 or balance_jpy <= 0 or runs_out is None
-            else runs_out.astimezone(zone).date()
+            else _local_date(runs_out, zone)
         ),
         expiring_unused_jpy=unused,
         suggested_package_jpy=suggested_package(rate, validity_days),

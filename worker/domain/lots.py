@@ -46,7 +46,10 @@ class Lot:
 def new_lot(
     lot_id: str, amount_jpy: int, granted_at: datetime, validity: timedelta, source: str
 ) -> Lot:
-    """A fresh lot that expires `validity` after it was granted."""
+    """A fresh lot that expires `validity` after it was granted.
+
+    Raises OverflowError when that instant is past the representable range.
+    """
     return Lot(
         lot_id=lot_id,
         amount_jpy=amount_jpy,

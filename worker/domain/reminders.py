@@ -56,7 +56,8 @@ def on_balance_change(
 def on_configured(
     account: ReminderSettings, balance: int, cause: str, at: datetime
 ) -> list[ReminderDue]:
-    """Enabling or changing the setting at or below the threshold sends one at once."""
+    """Enabling or changing the setting at or below the threshold sends one at once
+    (the caller calls this only when the setting changed)."""
     threshold = account.threshold_jpy
     if not account.prepay or not account.enabled or threshold is None:
         return []

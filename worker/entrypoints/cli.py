@@ -195,9 +195,14 @@ def lag(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
     max_lag: Annotated[int | None, typer.Option(help="Exit 1 when the total lag is above.")] = None,
 ) -> None:
-    """Consumer lag of the group from the broker's committed offsets (works with no worker)."""
+    """Consumer lag of the group from the broker's committed offsets (works with no worker).
+
+    Offset lag and time lag (how long ago the oldest uncommitted record reached Kafka) per
+    input partition. Retriable broker errors are retried for 15 s; then it exits 3.
+    """
     from worker.adapters.kafka_admin import group_lag
     from worker.adapters.reach import reach_kafka
+    from worker.entrypoints.views import lag_table
 
     settings = _settings()
     _preflight(settings, postgres=False)
@@ -205,12 +210,7 @@ def lag(
     if as_json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        for row in report["partitions"]:
-            typer.echo(
-                f"{row['topic']:<32} {row['partition']:>4} committed={row['committed']} "
-                f"end={row['end']} lag={row['lag']}"
-            )
-        typer.echo(f"total lag: {report['total']}")
+        typer.echo(lag_table(report))
     if max_lag is not None and report["total"] > max_lag:
         raise typer.Exit(1)
 
@@ -265,16 +265,16 @@ def dlq_replay(
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Count what would be replayed.")] = False,
 ) -> None:
-    """Send dead letters back to their source topic (e.g. after a rate was added)."""
+    """Send the dead letters present at the start back to their source topic."""
     from worker.entrypoints.dlq import replay
 
     settings = _settings()
     _preflight(settings, postgres=False)
-    counts = _run(replay(settings, set(error_code or []), dry_run))
-    for what, n in sorted(counts.items()):
-        typer.echo(f"{what}: {n}")
-    if not counts:
-        typer.echo("nothing to replay")
+    report = _run(replay(settings, set(error_code or []), dry_run))
+    for line in report.lines(dry_run):
+        typer.echo(line, err=line.startswith("refused"))
+    if report.refused:
+        raise typer.Exit(1)
 
 
 def _log_format() -> tuple[str, bool]:

@@ -103,7 +103,7 @@ class ExpirySweep:
                 self.on_swept()
         # `now` was read before these end offsets: every record that arrived by the cutoff is
         # below them.
-        ends = await self.reader.end_offsets(self.topics)
+        ends = await self.reader.end_offsets(self.topics, open_transactions=True)
         self.mark = Mark(now - CLOCK_MARGIN, ends)
         return swept
 

@@ -1,7 +1,8 @@
 """A timer that feeds /metrics and /ready: group lag from committed offsets, outbox backlog.
 
 The lag is what the broker holds for the whole group (committed offsets against log-end
-offsets), so it is right even while this process owns no partition or is still starting.
+offsets, and the timestamp of the record at each lagging committed offset), so it is right
+even while this process owns no partition or is still starting.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from worker import logs
-from worker.adapters.kafka_admin import OffsetReader, lag_rows
+from worker.adapters.kafka_admin import OffsetReader
 from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.observe import outbox_backlog
 from worker.config import Settings
@@ -57,14 +58,13 @@ class Monitor:
     async def refresh_lag(self) -> None:
         group = self.settings.consumer_group
         try:
-            offsets = await self.reader.committed_and_end(group, self.topics)
+            rows = await self.reader.lag(group, self.topics)
         except Exception as exc:
             if not _tolerated(exc):
                 raise
             self._failed("lag", exc)
             return
         self._recovered("lag")
-        rows = lag_rows(offsets)
         self.metrics.set_lag(group, rows)
         self.lag = {TopicPartition(r["topic"], r["partition"]): r["lag"] for r in rows}
         self.lag_at = time.monotonic()

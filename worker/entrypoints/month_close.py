@@ -58,7 +58,10 @@ class MonthCloser:
         first became closable?"""
         s = self.settings
         offsets = await committed_and_end(
-            kafka_client_args(s), s.consumer_group, [s.topic_usage, s.topic_account_events]
+            kafka_client_args(s),
+            s.consumer_group,
+            [s.topic_usage, s.topic_account_events],
+            open_transactions=True,  # usage in a transaction still open has arrived too
         )
         by_key = {f"{tp.topic}:{tp.partition}": (c or 0, end) for tp, (c, end) in offsets.items()}
         behind = await lagging_behind(self.store, period, by_key)
@@ -79,11 +82,19 @@ class MonthCloser:
     async def tick(self, now: datetime) -> list[Invoice] | None:
         """Close every due month in order; stop at the first whose input is not caught up."""
         invoices: list[Invoice] | None = None
-        for period in await unclosed_periods(self.store, due_period(now, self.settings)):
-            if not await self.caught_up(period):
-                break
-            invoices = await self.close(period, now)
+        pending = await unclosed_periods(self.store, due_period(now, self.settings))
+        while pending and await self.caught_up(pending[0]):
+            invoices = await self.close(pending.pop(0), now)
+        self.metrics.month_close_due.set(self.due_at(pending, now).timestamp())
         return invoices
+
+    def due_at(self, pending: list[str], now: datetime) -> datetime:
+        """When the oldest month still open is due to close: the oldest pending one, else the
+        month now running (whose end plus grace is still ahead)."""
+        grace = timedelta(seconds=self.settings.month_close_grace_s)
+        period = pending[0] if pending else period_of(now - grace, self.settings.zone)
+        _, end = period_bounds(period, self.settings.zone)
+        return end + grace
 
     async def _tick_tolerant(self, now: datetime) -> None:
         try:

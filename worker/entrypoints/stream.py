@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from aiokafka.errors import (
     KafkaError,
     RebalanceInProgressError,
 )
-from aiokafka.structs import OffsetAndMetadata
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from worker import logs
 from worker.adapters.kafka_admin import OffsetReader
@@ -28,7 +29,7 @@ from worker.errors import ShuttingDown, is_retriable
 from worker.metrics import Metrics
 from worker.retry import retry
 from worker.service.alignment import Aligner
-from worker.service.billing import BatchReport, apply_batch
+from worker.service.billing import BatchReport, apply_batch, earliest
 from worker.service.inputs import input_problem
 from worker.service.ports import Dead, Decoded, Encoder, InputRecord, Source, Store
 
@@ -222,7 +223,7 @@ class StreamProcessor:
                         # Read and decode the next records while this batch is in the database;
                         # they reach the aligner only once it is committed.
                         ahead = asyncio.create_task(self._fetch(consumer))
-                        await self._handle(consumer, ready, stop)
+                        await self._handle(consumer, ready, self.aligner.pending(), stop)
                     else:
                         await self._commit_settled(consumer, stop)
         finally:
@@ -246,13 +247,7 @@ class StreamProcessor:
         for tp, messages in fetched.items():
             source = self.sources[tp.topic]
             for m in messages:
-                decoded.append(
-                    self.decoder(
-                        InputRecord(
-                            source, tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp
-                        )
-                    )
-                )
+                decoded.append(self.decoder(to_input(source, m)))
                 if len(decoded) % _DECODE_SLICE == 0:
                     await asyncio.sleep(0)  # let the batch in the database take its next step
         return generation, decoded, positions
@@ -270,10 +265,14 @@ class StreamProcessor:
             tp = TopicPartition(self.topics[source], partition)
             if tp not in assigned:
                 continue
-            highwater = consumer.highwater(tp)
-            if highwater is None:
+            # read_committed: the end that can be read is the last stable offset; records of a
+            # transaction still open lie beyond it and cannot be waited for.
+            end = consumer.last_stable_offset(tp)
+            if end is None or end < 0:
+                end = consumer.highwater(tp)
+            if end is None:
                 continue
-            if await consumer.position(tp) >= highwater:
+            if await consumer.position(tp) >= end:
                 done.add((source, partition))
             else:
                 unread.add((source, partition))
@@ -296,10 +295,14 @@ class StreamProcessor:
                 self.throttled.discard(tp)
 
     async def _handle(
-        self, consumer: AIOKafkaConsumer, ready: list[Decoded | Dead], stop: asyncio.Event
+        self,
+        consumer: AIOKafkaConsumer,
+        ready: list[Decoded | Dead],
+        pending: dict[int, datetime | None],
+        stop: asyncio.Event,
     ) -> None:
         started = time.perf_counter()
-        report = await self._apply(ready, stop)
+        report = await self._apply(ready, pending, stop)
         next_offsets: dict[TopicPartition, int] = {}
         for item in ready:
             tp = TopicPartition(item.record.topic, item.record.partition)
@@ -325,13 +328,19 @@ class StreamProcessor:
         if offsets:
             await self._commit(consumer, offsets, stop)
 
-    async def _apply(self, decoded: Sequence[Decoded | Dead], stop: asyncio.Event) -> BatchReport:
+    async def _apply(
+        self,
+        decoded: Sequence[Decoded | Dead],
+        pending: dict[int, datetime | None],
+        stop: asyncio.Event,
+    ) -> BatchReport:
         """Apply the batch; a record that fails for a reason other than infrastructure is
-        isolated by splitting the batch and dead-lettered alone."""
+        isolated by splitting the batch and dead-lettered alone. `pending`: per partition, the
+        earliest arrival among records still to be applied after these."""
 
         async def attempt() -> BatchReport:
             return await apply_batch(
-                self.store, decoded, self.policy, self.encoder, datetime.now(UTC)
+                self.store, decoded, self.policy, self.encoder, datetime.now(UTC), pending
             )
 
         try:
@@ -351,11 +360,12 @@ class StreamProcessor:
                     account=_account(item.record),
                     error=repr(exc),
                 )
-                dead = Dead(item.record, "processing_error", f"could not be applied: {exc!r}")
-                return await self._apply([dead], stop)
+                return await self._apply([_dead_letter_of(item, exc)], pending, stop)
             middle = len(decoded) // 2
-            first = await self._apply(decoded[:middle], stop)
-            second = await self._apply(decoded[middle:], stop)
+            first = await self._apply(
+                decoded[:middle], _with_pending(pending, decoded[middle:]), stop
+            )
+            second = await self._apply(decoded[middle:], pending, stop)
             first.applied += second.applied
             first.duplicates += second.duplicates
             first.dead += second.dead
@@ -411,6 +421,49 @@ class StreamProcessor:
 
     def _topic(self, source: str) -> str:
         return next(t for t, s in self.sources.items() if s == source)
+
+
+def _dead_letter_of(item: Decoded | Dead, exc: Exception) -> Dead:
+    """What a record that failed alone becomes: never a dead letter of a dead letter."""
+    # A failed record is dead-lettered with its key and value; if even that failed, once more
+    # without them (the record stays readable at its source position). The bare letter holds
+    # nothing taken from the record, so this ends after two steps.
+    record = item.record
+    if isinstance(item, Decoded):
+        return Dead(record, "processing_error", f"could not be applied: {exc!r}")
+    if record.key is None and not record.value:
+        raise exc  # a bare dead letter failed: not the record's doing, so not retried here
+    bare = replace(record, key=None, value=None)
+    reason = (
+        f"{item.code}: {item.reason} (key and value left out: the dead letter with them could "
+        f"not be written: {exc!r}; the record is at {record.topic}/{record.partition}/"
+        f"{record.offset})"
+    )
+    return Dead(bare, item.code, reason)
+
+
+def to_input(source: Source, message: ConsumerRecord[bytes, bytes]) -> InputRecord:
+    """A consumed message as the decoder sees it (headers are not part of the contract)."""
+    return InputRecord(
+        source,
+        message.topic,
+        message.partition,
+        message.offset,
+        message.key,
+        message.value,
+        message.timestamp,
+    )
+
+
+def _with_pending(
+    pending: dict[int, datetime | None], items: Sequence[Decoded | Dead]
+) -> dict[int, datetime | None]:
+    """`pending` with `items` still to be applied too (the second half of a split batch)."""
+    out = dict(pending)
+    for item in items:
+        p = item.record.partition
+        out[p] = earliest(item.record.arrived_at, out.get(p))  # absent: not known
+    return out
 
 
 def _account(record: InputRecord) -> str | None:

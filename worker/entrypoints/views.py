@@ -1,7 +1,9 @@
-"""Read-only views for ops: one account's state as JSON-ready data, and its table."""
+"""Read-only views for ops: one account's state as JSON-ready data and its table; the lag
+table of `billing-worker lag`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,3 +122,42 @@ def render_account(view: dict[str, Any]) -> None:
             e["entry_id"], e["kind"], str(e["amount"]), str(e["balance_after"]), e["occurred_at"]
         )
     console.print(ledger)
+
+
+LAG_COLUMNS = (
+    "GROUP",
+    "TOPIC",
+    "PARTITION",
+    "CURRENT-OFFSET",
+    "LOG-END-OFFSET",
+    "LAG",
+    "LAG-SECONDS",
+)
+
+
+def lag_table(report: Mapping[str, Any]) -> str:
+    """The columns of `kafka-consumer-groups.sh --describe`, plus the time lag; `-` where
+    nothing was committed (or the time lag is unknown), then the total."""
+
+    def cell(value: object) -> str:
+        return "-" if value is None else str(value)
+
+    lines = [LAG_COLUMNS]
+    for row in report["partitions"]:
+        seconds = row["lag_seconds"]
+        lines.append(
+            (
+                report["group"],
+                row["topic"],
+                str(row["partition"]),
+                cell(row["committed"]),
+                str(row["end"]),
+                str(row["lag"]),
+                cell(None if seconds is None else f"{seconds:.1f}"),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(LAG_COLUMNS))]
+    text = [
+        " ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    ]
+    return "\n".join([*text, f"total lag: {report['total']}"])

@@ -48,6 +48,9 @@ class Worker(Protocol):
 def build(worker: Worker) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
         observe_commits(worker)
+        # Alerting on "no ready worker" needs readiness as a series, not only as /ready.
+        checks = await readiness(worker)
+        worker.metrics.ready.set(1 if all(c["ok"] for c in checks.values()) else 0)
         body = generate_latest(worker.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -41,12 +41,38 @@ class Aligner:
         # Per side, the fetch position after the last records added: everything below it was
         # handed to the aligner (transaction markers included, which carry no record).
         self.fetched_through: dict[Side, int] = {}
+        # Per side, the latest arrival (Kafka timestamp) among the records added: with
+        # LogAppendTime, every record not yet read arrived at or after it.
+        self.last_arrival: dict[Side, datetime | None] = {}
 
     def add(self, items: Iterable[Item]) -> None:
         """Items of one partition in offset order (several partitions may be mixed)."""
         for item in items:
             side = (item.record.source, item.record.partition)
             self.buffers.setdefault(side, deque()).append(item)
+            arrived = item.record.arrived_at
+            last = self.last_arrival.get(side)
+            self.last_arrival[side] = (
+                None if arrived is None else arrived if last is None else max(last, arrived)
+            )
+
+    def pending(self) -> dict[int, datetime | None]:
+        """Per partition, the earliest arrival among records of either input still to be
+        applied: those buffered, and those not read yet (at or after the last one read).
+        None when a side has read nothing yet: its next record may have arrived at any time."""
+        out: dict[int, datetime | None] = {}
+        for partition in {p for _, p in self.buffers} | {p for _, p in self.last_arrival}:
+            floors: list[datetime | None] = []
+            for source in ("usage", "account"):
+                side: Side = (source, partition)
+                buffer = self.buffers.get(side)
+                if buffer:
+                    arrivals = [item.record.arrived_at for item in buffer]
+                    floors.append(None if None in arrivals else min(a for a in arrivals if a))
+                else:
+                    floors.append(self.last_arrival.get(side))
+            out[partition] = None if None in floors else min(f for f in floors if f)
+        return out
 
     def fetched(self, positions: dict[Side, int]) -> None:
         """Fetch positions read right after the records just added were returned."""
@@ -78,6 +104,7 @@ class Aligner:
             for source in ("usage", "account"):
                 self.buffers.pop((source, partition), None)
                 self.fetched_through.pop((source, partition), None)
+                self.last_arrival.pop((source, partition), None)
             self.blocked_since.pop(partition, None)
 
     def release(

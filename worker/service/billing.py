@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from worker.domain.account import Account, Policy
 from worker.domain.commands import ChargeUsage
@@ -38,13 +38,17 @@ async def apply_batch(
     policy: Policy,
     encoder: Encoder,
     now: datetime,
+    pending: Mapping[int, datetime | None] | None = None,
 ) -> BatchReport:
     """Apply what decoded, dead-letter the rest; all in one transaction.
 
     Records are applied in the order given, which is the aligner's: never re-sorted here, so
-    the order does not depend on where one batch ends and the next begins."""
+    the order does not depend on where one batch ends and the next begins. `pending` holds, per
+    input partition, the earliest arrival among records still to be applied after this batch
+    (None: not known); None altogether means nothing is pending."""
     report = BatchReport()
     valid = [d for d in decoded if isinstance(d, Decoded)]
+    bounds = expiry_bounds(valid, pending)
     report.dead.extend(d for d in decoded if isinstance(d, Dead))
     changes = Changes()
     async with store.unit_of_work() as uow:
@@ -52,9 +56,9 @@ async def apply_batch(
         accounts = await uow.lock_accounts(account_ids)
         seen = await uow.seen(sorted({d.key for d in valid}))
         charged: set[str] = set()
-        for item in valid:
+        for item, bound in zip(valid, bounds, strict=True):
             account = accounts[item.command.account_id]
-            applied = _apply_one(item, account, seen, policy, changes, report)
+            applied = _apply_one(item, bound, account, seen, policy, changes, report)
             if applied and isinstance(item.command, ChargeUsage):
                 charged.add(account.account_id)
         # Usage for an account never opened: charged to an implicit prepay account.
@@ -69,8 +73,40 @@ async def apply_batch(
     return report
 
 
+_NOTHING_PENDING = datetime.max.replace(tzinfo=UTC)
+
+
+def earliest(*times: datetime | None) -> datetime | None:
+    """The earliest of `times`; None (not known) wins."""
+    if any(t is None for t in times):
+        return None
+    return min(t for t in times if t is not None)
+
+
+def expiry_bounds(
+    valid: Sequence[Decoded], pending: Mapping[int, datetime | None] | None
+) -> list[datetime | None]:
+    """Per record, the moment before which due notices and forfeitures go in front of it.
+
+    A lot is forfeited only once no record that could still draw from it is waiting: not the
+    record itself, not one after it in this batch, not one still pending on either input of
+    its partition. Records are applied in event-time order across the two inputs, so a record
+    that arrived late can come before one that arrived in time; the bound is the earliest
+    arrival among them all. None: not known, so nothing goes in front (the timer does it)."""
+    bounds: list[datetime | None] = [None] * len(valid)
+    later: dict[int, datetime | None] = {}
+    for i in range(len(valid) - 1, -1, -1):
+        record = valid[i].record
+        p = record.partition
+        if p not in later:
+            later[p] = _NOTHING_PENDING if pending is None else pending.get(p)
+        later[p] = bounds[i] = earliest(record.arrived_at, later[p])
+    return bounds
+
+
 def _apply_one(
     item: Decoded,
+    bound: datetime | None,
     account: Account,
     seen: dict[EventKey, bytes],
     policy: Policy,
@@ -87,10 +123,10 @@ def _apply_one(
             reason = f"event_id {item.command.event_id} was applied before with another payload"
             report.dead.append(Dead(item.record, "conflicting_duplicate", reason))
         return False
-    arrived_at = item.record.arrived_at
-    if arrived_at is not None:
-        # Notices and forfeitures whose moment passed before this record arrived go first.
-        before_arrival(account, arrived_at, policy, changes.effects)
+    if bound is not None:
+        # Notices and forfeitures whose moment passed before every record still to be applied
+        # on this partition arrived go first: none of those records can draw from such a lot.
+        before_arrival(account, bound, policy, changes.effects)
     try:
         account.apply(item.command, policy, changes.effects)
     except Rejected as exc:

@@ -67,7 +67,8 @@ class Dead:
 class OutboxMessage:
     message_id: str
     topic: str
-    key: str | None
+    key: bytes | None
+    """The Kafka key exactly as it will be sent (a dead letter keeps its record's key)."""
     payload: bytes
 
 
