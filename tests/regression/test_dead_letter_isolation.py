@@ -4,7 +4,7 @@ letters of dead letters until RecursionError (the NUL-key failure of the text ou
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
@@ -34,7 +34,9 @@ class KeyRefusingStore:
         self.attempts += 1
         yield self
 
-    async def lock_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
+    async def lock_accounts(
+        self, account_ids: Sequence[str], partitions: Mapping[str, int] | None = None
+    ) -> dict[str, Account]:
         return {a: Account(a) for a in account_ids}
 
     async def seen(self, keys: Sequence[EventKey]) -> dict[EventKey, bytes]:

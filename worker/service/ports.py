@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -86,8 +86,11 @@ class UnitOfWork(Protocol):
     created: set[str]
     """Accounts that `lock_accounts` had to create: seen for the first time."""
 
-    async def lock_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
-        """Create missing accounts, lock all of them and load their state."""
+    async def lock_accounts(
+        self, account_ids: Sequence[str], partitions: Mapping[str, int] | None = None
+    ) -> dict[str, Account]:
+        """Create missing accounts, lock all of them and load their state; `partitions`: the
+        input partition of each account's records, stored with it."""
 
     async def seen(self, keys: Sequence[EventKey]) -> dict[EventKey, bytes]:
         """Fingerprints of the events among `keys` that were applied before."""
