@@ -153,7 +153,7 @@ class Bench:
         wanted = {t: 3 for t in topics.outputs}
         if inputs:
             wanted.update({t: self.args.partitions for t in topics.inputs})
-        await create_topics(self.services.bootstrap, wanted)
+        await create_topics(self.services.bootstrap, wanted, frozenset({topics.balances}))
 
     def processes(self, topics: Topics, db_url: str, name: str, count: int) -> Processes:
         procs = Processes(

@@ -69,12 +69,22 @@ def _pid_file(path: Path) -> int | None:
 # ----------------------------------------------------------------------------- Kafka
 
 
-async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    """Create topics (name → partitions) and wait until the broker lists them."""
+async def create_topics(
+    bootstrap: str, topics: dict[str, int], compacted: frozenset[str] = frozenset()
+) -> None:
+    """Create topics (name → partitions; those in `compacted` compacted) and wait until the
+    broker lists them."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(t, n, 1) for t, n in topics.items()])
+        await admin.create_topics(
+            [
+                NewTopic(
+                    t, n, 1, topic_configs={"cleanup.policy": "compact"} if t in compacted else {}
+                )
+                for t, n in topics.items()
+            ]
+        )
         for _ in range(100):
             # Every partition has a leader: a producer started now gets no NotLeader retries.
             described = await admin.describe_topics(list(topics))

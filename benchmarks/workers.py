@@ -48,6 +48,7 @@ class Topics:
     reminders: str
     invoices: str
     dlq: str
+    balances: str
 
     @classmethod
     def named(cls, inputs: str, outputs: str) -> Topics:
@@ -57,6 +58,7 @@ class Topics:
             f"{outputs}.reminders",
             f"{outputs}.invoices",
             f"{outputs}.dlq",
+            f"{outputs}.balances",
         )
 
     @property
@@ -65,7 +67,7 @@ class Topics:
 
     @property
     def outputs(self) -> list[str]:
-        return [self.reminders, self.invoices, self.dlq]
+        return [self.reminders, self.invoices, self.dlq, self.balances]
 
 
 @dataclass
@@ -97,6 +99,7 @@ class Processes:
                 "BILLING_TOPIC_REMINDERS": t.reminders,
                 "BILLING_TOPIC_INVOICES": t.invoices,
                 "BILLING_TOPIC_DLQ": t.dlq,
+                "BILLING_TOPIC_BALANCES": t.balances,
                 "BILLING_HTTP_PORT": "0",
                 "BILLING_LOG_JSON": "true",
                 **self.extra_env,
@@ -279,7 +282,9 @@ async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> Bac
         )
         t = procs.topics
         roles = {t.usage: "usage", t.account: "account", t.reminders: "reminders"}
-        digest = await state_digest(conn, {**roles, t.invoices: "invoices", t.dlq: "dlq"})
+        digest = await state_digest(
+            conn, {**roles, t.invoices: "invoices", t.dlq: "dlq", t.balances: "balances"}
+        )
     finally:
         await reader.close()
         await conn.close()

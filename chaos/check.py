@@ -14,6 +14,7 @@ import orjson
 
 from chaos.model import EventKey, Expected, Position
 from worker.domain.account import Account
+from worker.domain.balance import balance_state
 from worker.domain.events import LedgerEntry, ReminderDue
 from worker.domain.invoicing import Invoice
 
@@ -84,6 +85,7 @@ class Actual:
     reminders: Published = field(default_factory=dict)
     invoice_messages: Published = field(default_factory=dict)
     dead_letters: dict[Position, list[bytes]] = field(default_factory=dict)
+    balances: dict[str, dict[str, Any]] = field(default_factory=dict)  # account -> newest
 
 
 async def read_database(conn: asyncpg.Connection, out: Actual) -> None:
@@ -165,6 +167,23 @@ def index_outputs(
     return dict(out)
 
 
+def newest_balances(
+    records: Iterable[tuple[int, int, bytes | None, bytes | None]],
+) -> dict[str, dict[str, Any]]:
+    """What a consumer of the compacted balance topic holds: per key, the highest version."""
+    out: dict[str, dict[str, Any]] = {}
+    for _, _, key, value in records:
+        assert value is not None
+        assert key is not None
+        m = orjson.loads(value)
+        if key.decode() != m["account_id"]:
+            m = {**m, "key_mismatch": key.decode()}
+        held = out.get(m["account_id"])
+        if held is None or m["version"] > held["version"]:
+            out[m["account_id"]] = m
+    return out
+
+
 def index_dead_letters(
     records: Iterable[tuple[int, int, bytes | None, bytes | None]],
 ) -> dict[Position, list[bytes]]:
@@ -222,7 +241,42 @@ def compare(
     _invoices(expected, actual, report)
     _postpay(expected, actual, report)
     _outbox(expected, actual, topics, report)
+    _balances(expected, actual, report)
     return report
+
+
+def _balance_fields(account: Account) -> dict[str, Any]:
+    state = balance_state(account)
+    expiry = state.next_expiry
+    return {
+        "account_id": state.account_id,
+        "plan": state.plan,
+        "balance": state.balance_jpy,
+        "overdraft": state.overdraft_jpy,
+        "postpay_due": state.postpay_due_jpy,
+        "credit": state.credit_jpy,
+        "next_expiry": None
+        if expiry is None
+        else {"expires_at": _iso(expiry.expires_at), "amount": expiry.amount_jpy},
+        "status": state.status,
+        "version": state.version,
+    }
+
+
+def _balances(expected: Expected, actual: Actual, report: Report) -> None:
+    """The newest snapshot per account on the balance topic against the model's final state
+    (`as_of` left out: within one batch the worker and the model may order ties apart)."""
+    for account_id in sorted(set(expected.accounts) | set(actual.balances)):
+        account = expected.accounts.get(account_id)
+        want = None if account is None or account.version == 0 else _balance_fields(account)
+        got = actual.balances.get(account_id)
+        if got is not None:
+            got = {k: v for k, v in got.items() if k != "as_of"}
+            if got.get("next_expiry"):
+                at = datetime.fromisoformat(got["next_expiry"]["expires_at"])
+                got["next_expiry"] = {**got["next_expiry"], "expires_at": _iso(at)}
+        if want != got:
+            report.add("balances", f"{account_id}: model {want}, topic {got}")
 
 
 def _accounts(expected: Expected, actual: Actual, report: Report) -> None:

@@ -21,6 +21,7 @@ class Topics:
     reminders: str
     invoices: str
     dlq: str
+    balances: str
     input_partitions: int = 6
     output_partitions: int = 3
 
@@ -38,6 +39,14 @@ async def create_topics(bootstrap: str, topics: Topics) -> None:
                 NewTopic(t, topics.output_partitions, 1)
                 for t in (topics.reminders, topics.invoices, topics.dlq)
             ]
+            + [
+                NewTopic(
+                    topics.balances,
+                    topics.output_partitions,
+                    1,
+                    topic_configs={"cleanup.policy": "compact"},
+                )
+            ]
         )
     finally:
         await admin.close()
@@ -48,7 +57,14 @@ async def delete_topics(bootstrap: str, topics: Topics) -> None:
     await admin.start()
     try:
         await admin.delete_topics(
-            [topics.usage, topics.account, topics.reminders, topics.invoices, topics.dlq]
+            [
+                topics.usage,
+                topics.account,
+                topics.reminders,
+                topics.invoices,
+                topics.dlq,
+                topics.balances,
+            ]
         )
     finally:
         await admin.close()

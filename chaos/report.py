@@ -68,6 +68,12 @@ def render_markdown(r: dict[str, Any]) -> str:
         ("aborted records (seen by read_uncommitted only)", r["aborted_records_read_uncommitted"]),
         ("expected", r["expected"]),
         ("mismatches", f"{r['mismatches']} {r['mismatches_by_category'] or ''}"),
+        (
+            "disagreements with the independent reference model (chaos/oracle.py)",
+            f"{r.get('oracle_disagreements')} (+ {r.get('oracle_pending_spec')} where the "
+            "domain does not follow SPEC yet)",
+        ),
+        ("state digest", f"`{r.get('digest')}`"),
         ("preconditions violated", len(r["preconditions_violated"])),
         ("consumer lag at the end", r["lag"]),
         ("outbox unsent at the end", r["outbox_unsent"]),

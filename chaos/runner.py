@@ -374,6 +374,7 @@ def _settings(services: Services, url: str, prefix: str) -> Settings:
         topic_reminders=f"{prefix}.billing.reminders.v1",
         topic_invoices=f"{prefix}.billing.invoices.v1",
         topic_dlq=f"{prefix}.billing.dlq.v1",
+        topic_balances=f"{prefix}.billing.balances.v1",
         input_partitions=6,
         output_partitions=3,
         lateness_allowance_s=5,
@@ -444,6 +445,7 @@ async def _verify(run: Run) -> dict[str, Any]:
             s.topic_reminders: 3,
             s.topic_invoices: 3,
             s.topic_dlq: 3,
+            s.topic_balances: 3,
         },
     )
     outputs = {"reminders": s.topic_reminders, "invoices": s.topic_invoices, "dlq": s.topic_dlq}
@@ -487,6 +489,7 @@ async def _verify(run: Run) -> dict[str, Any]:
         reminders=check.index_outputs(logs[s.topic_reminders], "reminder_id"),
         invoice_messages=check.index_outputs(logs[s.topic_invoices], "invoice_id"),
         dead_letters=check.index_dead_letters(logs[s.topic_dlq]),
+        balances=check.newest_balances(logs[s.topic_balances]),
     )
     roles = {
         s.topic_usage: "usage",
@@ -494,6 +497,7 @@ async def _verify(run: Run) -> dict[str, Any]:
         s.topic_reminders: "reminders",
         s.topic_invoices: "invoices",
         s.topic_dlq: "dlq",
+        s.topic_balances: "balances",
     }
     conn = await asyncpg.connect(s.database_url)
     try:
@@ -596,6 +600,8 @@ def _results(
         },
         "mismatches": report.mismatches,
         "digest": figures.get("digest"),
+        "oracle_disagreements": figures.get("oracle_disagreements"),
+        "oracle_pending_spec": figures.get("oracle_pending_spec"),
         "mismatches_by_category": dict(report.counts),
         "mismatch_lines": report.lines[:50],
         "account_diffs": [
@@ -634,6 +640,7 @@ async def main_async(o: Options) -> dict[str, Any]:
             settings.topic_reminders,
             settings.topic_invoices,
             settings.topic_dlq,
+            settings.topic_balances,
         )
         await create_topics(services.bootstrap, topics)
         run = Run(o, services, run_dir, settings, topics, t0=t0)

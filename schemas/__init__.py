@@ -11,9 +11,11 @@ from schemas.account_events import (
     ReminderConfigured,
     SwitchedToPostpay,
 )
+from schemas.balances import Balance, BalanceStatus
+from schemas.balances import NextExpiry as BalanceNextExpiry
 from schemas.dlq import DeadLetter
 from schemas.invoices import Invoice, InvoiceLine
-from schemas.reminders import Reminder, ReminderKind
+from schemas.reminders import Forecast, Reminder, ReminderKind
 from schemas.usage import UsageEvent
 
 __all__ = [
@@ -21,8 +23,12 @@ __all__ = [
     "AccountEvent",
     "AccountEventBase",
     "AccountOpened",
+    "Balance",
+    "BalanceNextExpiry",
+    "BalanceStatus",
     "CreditsPurchased",
     "DeadLetter",
+    "Forecast",
     "InputModel",
     "Invoice",
     "InvoiceLine",

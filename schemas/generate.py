@@ -9,6 +9,7 @@ from typing import Any
 
 from schemas._types import InputModel, OutputModel
 from schemas.account_events import ACCOUNT_EVENT_ADAPTER
+from schemas.balances import Balance
 from schemas.dlq import DeadLetter
 from schemas.invoices import Invoice
 from schemas.reminders import Reminder
@@ -40,6 +41,7 @@ TOPICS: dict[str, Callable[[], dict[str, Any]]] = {
     "billing.reminders.v1": _output(Reminder),
     "billing.invoices.v1": _output(Invoice),
     "billing.dlq.v1": _output(DeadLetter),
+    "billing.balances.v1": _output(Balance),
 }
 
 

@@ -4,10 +4,47 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
-from schemas._types import OutputModel, Timestamp
+from schemas._types import CalendarDate, OutputModel, Timestamp
 
 ReminderKind = Literal["low_balance", "balance_depleted", "credits_expiring", "credits_expired"]
 LOT_KINDS: frozenset[str] = frozenset({"credits_expiring", "credits_expired"})
+FORECAST_KINDS: frozenset[str] = frozenset({"low_balance", "balance_depleted", "credits_expiring"})
+
+
+class Forecast(OutputModel):
+    """The account's recent spending and what it means, as of the reminder's event time."""
+
+    usage_jpy_per_day: int = Field(
+        strict=True,
+        ge=0,
+        description=(
+            "Charges with occurred_at on the business date of the reminder and the 6 before "
+            "(Asia/Tokyo by default), divided by 7, rounded half up."
+        ),
+    )
+    runs_out_on: CalendarDate | None = Field(
+        description=(
+            "Business date on which the balance reaches 0 at that rate (spending and expiries "
+            "together); null when the rate is 0 or the balance is already <= 0."
+        )
+    )
+    expiring_unused_jpy: int = Field(
+        strict=True,
+        ge=0,
+        description=(
+            "Credit that, spent at that rate soonest expiry first, would still be in its lot "
+            "when the lot expires."
+        ),
+    )
+    suggested_package_jpy: int = Field(
+        strict=True,
+        ge=1000,
+        multiple_of=1000,
+        description=(
+            "The largest multiple of JPY 1,000 (at least 1,000) the rate uses up within a "
+            "lot's validity (90 days)."
+        ),
+    )
 
 
 class Reminder(OutputModel):
@@ -51,6 +88,10 @@ class Reminder(OutputModel):
     expires_at: Timestamp | None = Field(
         None, description="When the lot expires or expired, for lot kinds only."
     )
+    forecast: Forecast | None = Field(
+        None,
+        description="For low_balance, balance_depleted and credits_expiring; null otherwise.",
+    )
 
     @model_validator(mode="after")
     def _lot_fields_match_kind(self) -> Self:
@@ -59,6 +100,10 @@ class Reminder(OutputModel):
             raise ValueError(f"{self.kind} needs lot_id, amount and expires_at")
         if self.kind not in LOT_KINDS and lot_fields != (None, None, None):
             raise ValueError(f"{self.kind} takes no lot_id, amount or expires_at")
+        if self.kind in FORECAST_KINDS and self.forecast is None:
+            raise ValueError(f"{self.kind} needs a forecast")
+        if self.kind not in FORECAST_KINDS and self.forecast is not None:
+            raise ValueError(f"{self.kind} takes no forecast")
         if self.kind == "low_balance" and (self.threshold is None or self.email is None):
             raise ValueError("low_balance needs threshold and email")
         return self

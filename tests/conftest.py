@@ -100,6 +100,7 @@ async def settings(
         topic_reminders=f"test-{unique}.billing.reminders.v1",
         topic_invoices=f"test-{unique}.billing.invoices.v1",
         topic_dlq=f"test-{unique}.billing.dlq.v1",
+        topic_balances=f"test-{unique}.billing.balances.v1",
         input_partitions=3,
         output_partitions=2,
         batch_timeout_ms=50,
@@ -129,6 +130,7 @@ async def _delete_topics(settings: Settings) -> None:
                 settings.topic_reminders,
                 settings.topic_invoices,
                 settings.topic_dlq,
+                settings.topic_balances,
             )
             if t in existing
         ]

@@ -36,7 +36,12 @@ def decoder_from(settings: Settings) -> Decoder:
 
 
 def encoder_from(settings: Settings) -> Encoder:
-    return Encoder(settings.topic_reminders, settings.topic_invoices, settings.topic_dlq)
+    return Encoder(
+        settings.topic_reminders,
+        settings.topic_invoices,
+        settings.topic_dlq,
+        settings.topic_balances,
+    )
 
 
 async def create_pool(settings: Settings, size: int = 4) -> asyncpg.Pool:

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     topic_reminders: str = Field("billing.reminders.v1", min_length=1)
     topic_invoices: str = Field("billing.invoices.v1", min_length=1)
     topic_dlq: str = Field("billing.dlq.v1", min_length=1)
+    topic_balances: str = Field("billing.balances.v1", min_length=1)
     input_partitions: int = Field(6, ge=1, le=1000)
     output_partitions: int = Field(3, ge=1, le=1000)
 
@@ -137,9 +138,10 @@ class Settings(BaseSettings):
             self.topic_reminders,
             self.topic_invoices,
             self.topic_dlq,
+            self.topic_balances,
         ]
         if len(set(names)) != len(names):
-            raise ValueError("BILLING_TOPIC_* must name five different topics")
+            raise ValueError("BILLING_TOPIC_* must name six different topics")
         return self
 
     @property

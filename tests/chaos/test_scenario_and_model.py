@@ -15,8 +15,9 @@ from chaos import check, model, oracle_feed
 from chaos.kafka_io import waves
 from chaos.scenario import Params, Scenario, ScenarioError, build
 from worker.adapters.rates import load_rate_table
-from worker.adapters.wire import Decoder
+from worker.adapters.wire import Decoder, wire_balance
 from worker.domain.account import Policy
+from worker.domain.balance import balance_state
 from worker.domain.invoicing import previous_period
 from worker.service.ports import Dead, Decoded, InputRecord
 
@@ -247,6 +248,12 @@ def actual_from(
         ]
         for k, r in expected.reminders.items()
     }
+    # The newest snapshot per account, as the worker encodes it for the compacted topic.
+    a.balances = {
+        k: wire_balance(balance_state(acc)).model_dump(mode="json")
+        for k, acc in expected.accounts.items()
+        if acc.version
+    }
     a.invoice_messages = {
         k: [
             orjson.dumps(
@@ -331,6 +338,8 @@ def test_each_kind_of_difference_is_found(
     invoice = next(iter(actual.invoices))
     actual.invoices[invoice][3] += 1
     actual.outbox_unsent = 1
+    snapshot = next(iter(actual.balances.values()))
+    snapshot["credit"] += 1
 
     report = check.compare(expected, actual, inputs, TOPICS)
 
@@ -342,6 +351,7 @@ def test_each_kind_of_difference_is_found(
     assert report.counts["dlq"] >= 1
     assert report.counts["invoice"] == 1
     assert report.counts["outbox"] >= 1
+    assert report.counts["balances"] == 1
 
 
 def test_a_conflict_without_its_original_is_a_scenario_error(sc: Scenario) -> None:

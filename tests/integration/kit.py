@@ -30,9 +30,15 @@ async def create_topics(settings: Settings) -> None:
     try:
         inputs = [settings.topic_usage, settings.topic_account_events]
         outputs = [settings.topic_reminders, settings.topic_invoices, settings.topic_dlq]
+        compacted = {"cleanup.policy": "compact"}
         await admin.create_topics(
             [NewTopic(t, settings.input_partitions, 1) for t in inputs]
             + [NewTopic(t, settings.output_partitions, 1) for t in outputs]
+            + [
+                NewTopic(
+                    settings.topic_balances, settings.output_partitions, 1, topic_configs=compacted
+                )
+            ]
         )
     finally:
         await admin.close()
@@ -245,17 +251,23 @@ async def wait_applied(
 
 
 async def wait_outbox_sent(
-    conn: asyncpg.Connection, key: str, at_least: int = 1, timeout_s: float = 30.0
+    conn: asyncpg.Connection,
+    key: str,
+    at_least: int = 1,
+    timeout_s: float = 30.0,
+    topic: str | None = None,
 ) -> int:
-    """Until at least `at_least` outbox rows keyed `key` exist and all are sent; returns count."""
+    """Until at least `at_least` outbox rows keyed `key` (on `topic`, if given) exist and all
+    are sent; returns count."""
     count = 0
 
     async def sent() -> bool:
         nonlocal count
         row = await conn.fetchrow(
             "SELECT count(*) AS n, count(*) FILTER (WHERE sent_at IS NULL) AS unsent"
-            " FROM outbox WHERE key = convert_to($1, 'UTF8')",
+            " FROM outbox WHERE key = convert_to($1, 'UTF8') AND ($2::text IS NULL OR topic = $2)",
             key,
+            topic,
         )
         count = row["n"]
         return bool(row["n"] >= at_least and row["unsent"] == 0)

@@ -64,7 +64,7 @@ async def test_dlq_replay_command_sends_a_fixed_dead_letter_back_to_be_charged_o
     assert "no_rate: 1" in out
     code, out, err = await run_cli(fixed, "dlq", "replay", "--error-code", "no_rate")
     assert code == 0, err
-    assert out.strip() == "replayed:no_rate: 1"
+    assert out.strip().splitlines() == ["replayed 1 (no_rate: 1)", "skipped 0"]
 
     async with running_worker(fixed), database(settings) as conn:
 

@@ -81,7 +81,7 @@ async def test_a_conflicting_duplicate_goes_to_the_dlq(settings: Settings, uniqu
         await produce(settings, settings.topic_usage, [first])
         await wait_applied(conn, [f"u-{unique}"])
         ((partition, offset),) = await produce_positions(settings, settings.topic_usage, [conflict])
-        sent = await wait_outbox_sent(conn, account)
+        sent = await wait_outbox_sent(conn, account, topic=settings.topic_dlq)
         row = await account_row(conn, account)
     assert row["balance_jpy"] == 80  # the first one only
     (dead,) = await messages_for(settings, settings.topic_dlq, account, at_least=sent)

@@ -154,7 +154,15 @@ async def test_two_sweeps_at_once_forfeit_each_lot_once(settings: Settings, uniq
             ids,
         )
         outbox = await conn.fetch(
-            "SELECT payload FROM outbox WHERE key = ANY($1::bytea[])", [i.encode() for i in ids]
+            "SELECT payload FROM outbox WHERE key = ANY($1::bytea[]) AND topic = $2",
+            [i.encode() for i in ids],
+            settings.topic_reminders,
+        )
+        snapshots = await conn.fetch(
+            "SELECT convert_from(key, 'UTF8') AS key, payload FROM outbox"
+            " WHERE key = ANY($1::bytea[]) AND topic = $2",
+            [i.encode() for i in ids],
+            settings.topic_balances,
         )
         balances = await conn.fetch(
             "SELECT balance_jpy FROM accounts WHERE account_id = ANY($1::text[])", ids
@@ -174,6 +182,9 @@ async def test_two_sweeps_at_once_forfeit_each_lot_once(settings: Settings, uniq
     kinds = sorted(orjson.loads(m["payload"])["kind"] for m in outbox)
     # Each test-credit lot is announced (its notice moment passed too) and then forfeited.
     assert kinds == ["credits_expired"] * 20 + ["credits_expiring"] * 40
+    # One balance snapshot per account: the forfeit; the notices alone change nothing.
+    assert sorted(r["key"] for r in snapshots) == ids
+    assert {orjson.loads(r["payload"])["balance"] for r in snapshots} == {1000}
 
     # Relay them: each reminder reaches the topic once.
     await create_topics(settings)

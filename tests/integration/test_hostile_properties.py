@@ -193,7 +193,7 @@ async def test_any_record_is_applied_or_dead_lettered_with_its_key_and_value_int
     store: PgStore, message: ConsumerRecord[bytes, bytes]
 ) -> None:
     decoder = Decoder(load_rate_table(None))
-    encoder = Encoder(f"hyp-{RUN}.reminders", f"hyp-{RUN}.invoices", DLQ)
+    encoder = Encoder(f"hyp-{RUN}.reminders", f"hyp-{RUN}.invoices", DLQ, f"hyp-{RUN}.balances")
     record = to_input("usage" if message.partition % 2 else "account", message)
 
     outcome = decoder(record)

@@ -25,7 +25,7 @@ from worker.config import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-OWNED = ("accounts", "lots", "ledger_entries", "processed_events")
+OWNED = ("accounts", "lots", "ledger_entries", "processed_events", "usage_daily")
 
 
 def kafka_partition(key: str, partitions: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from tests.integration.kit import (
@@ -54,7 +55,15 @@ async def test_low_balance_once_per_crossing_and_rearmed_by_a_purchase(
         await step(settings.topic_usage, usage(f"u6-{unique}", account, ago(hours=2), 10))  # 450
         await step(settings.topic_usage, usage(f"u7-{unique}", account, ago(hours=1), 10))  # 350
         assert (await account_row(conn, account))["balance_jpy"] == 350
-        sent = await wait_outbox_sent(conn, account, at_least=2)
+        sent = await wait_outbox_sent(conn, account, at_least=2, topic=settings.topic_reminders)
+        # Every step was a batch of its own: one balance snapshot each, versions 1 to 10.
+        snapshots = await conn.fetch(
+            "SELECT payload FROM outbox WHERE key = convert_to($1, 'UTF8') AND topic = $2"
+            " ORDER BY id",
+            account,
+            settings.topic_balances,
+        )
+        assert [orjson.loads(r["payload"])["version"] for r in snapshots] == list(range(1, 11))
     reminders = await messages_for(settings, settings.topic_reminders, account, at_least=sent)
     assert sent == 2
     assert [(r["kind"], r["balance"], r["threshold"], r["email"]) for r in reminders] == [
@@ -87,7 +96,7 @@ async def test_enabling_the_reminder_below_the_threshold_sends_one_at_once(
             settings, settings.topic_usage, [usage(f"u-{unique}", account, ago(hours=1), 1)]
         )
         await wait_applied(conn, [f"u-{unique}"])
-        sent = await wait_outbox_sent(conn, account)
+        sent = await wait_outbox_sent(conn, account, topic=settings.topic_reminders)
     reminders = await messages_for(settings, settings.topic_reminders, account, at_least=sent)
     assert [(r["kind"], r["balance"]) for r in reminders] == [("low_balance", 100)]
 
@@ -120,8 +129,8 @@ async def test_balance_depleted_when_the_balance_reaches_zero(
             ],
         )
         await wait_applied(conn, [f"u1-{unique}", f"u2-{unique}", f"v1-{unique}", f"v2-{unique}"])
-        sent = await wait_outbox_sent(conn, account)
-        sent_other = await wait_outbox_sent(conn, other)
+        sent = await wait_outbox_sent(conn, account, topic=settings.topic_reminders)
+        sent_other = await wait_outbox_sent(conn, other, topic=settings.topic_reminders)
         rows = [await account_row(conn, a) for a in (account, other)]
     assert [(r["balance_jpy"], r["overdraft_jpy"]) for r in rows] == [(-10, 10), (-20, 20)]
     reminders = await messages_for(settings, settings.topic_reminders, account, at_least=sent)

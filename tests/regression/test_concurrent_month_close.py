@@ -63,7 +63,7 @@ async def test_concurrent_closes_of_two_months_put_each_usage_on_one_invoice(
                 datetime(year, 1, 15, tzinfo=UTC),
             )
         store = PgStore(pool)
-        encoder = Encoder("r", "i", "d")
+        encoder = Encoder("r", "i", "d", "b")
         now = datetime.now(UTC)
         read, go = asyncio.Event(), asyncio.Event()
 

@@ -28,7 +28,12 @@ async def test_missing_and_lopsided_inputs_wait_not_ready_then_resume(
 ) -> None:
     admin = await _admin(settings)
     try:
-        outputs = [settings.topic_reminders, settings.topic_invoices, settings.topic_dlq]
+        outputs = [
+            settings.topic_reminders,
+            settings.topic_invoices,
+            settings.topic_dlq,
+            settings.topic_balances,
+        ]
         await admin.create_topics(
             [NewTopic(settings.topic_usage, 3, 1)] + [NewTopic(t, 2, 1) for t in outputs]
         )

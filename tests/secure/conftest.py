@@ -105,6 +105,7 @@ def secure_settings(
         topic_reminders=f"test-{unique}.billing.reminders.v1",
         topic_invoices=f"test-{unique}.billing.invoices.v1",
         topic_dlq=f"test-{unique}.billing.dlq.v1",
+        topic_balances=f"test-{unique}.billing.balances.v1",
         input_partitions=3,
         output_partitions=2,
         batch_timeout_ms=50,
@@ -131,6 +132,7 @@ async def grant(settings: Settings, principal: str, *options: str) -> None:
         "BILLING_TOPIC_REMINDERS": settings.topic_reminders,
         "BILLING_TOPIC_INVOICES": settings.topic_invoices,
         "BILLING_TOPIC_DLQ": settings.topic_dlq,
+        "BILLING_TOPIC_BALANCES": settings.topic_balances,
         "BILLING_CONSUMER_GROUP": settings.consumer_group,
     }
     proc = await asyncio.create_subprocess_exec(
@@ -145,9 +147,11 @@ async def create_topics(admin: Settings) -> None:
     try:
         inputs = [admin.topic_usage, admin.topic_account_events]
         outputs = [admin.topic_reminders, admin.topic_invoices, admin.topic_dlq]
+        compacted = {"cleanup.policy": "compact"}
         await client.create_topics(
             [NewTopic(t, admin.input_partitions, 1) for t in inputs]
             + [NewTopic(t, admin.output_partitions, 1) for t in outputs]
+            + [NewTopic(admin.topic_balances, admin.output_partitions, 1, topic_configs=compacted)]
         )
     finally:
         await client.close()
@@ -163,6 +167,7 @@ async def delete_topics(admin: Settings) -> None:
             admin.topic_reminders,
             admin.topic_invoices,
             admin.topic_dlq,
+            admin.topic_balances,
         }
         existing = mine & set(await client.list_topics())
         if existing:

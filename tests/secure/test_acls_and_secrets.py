@@ -110,7 +110,8 @@ async def test_no_write_on_reminders_is_retried_and_the_outbox_keeps_the_message
 
                 await wait_until(retried, 60, "the relay to retry the refused send")
                 unsent = await conn.fetchval(
-                    "SELECT count(*) FROM outbox WHERE key = $1 AND sent_at IS NULL"
+                    "SELECT count(*) FROM outbox"
+                    " WHERE key = convert_to($1, 'UTF8') AND sent_at IS NULL"
                     " AND failed_at IS NULL",
                     a,
                 )
@@ -127,7 +128,9 @@ async def test_no_write_on_reminders_is_retried_and_the_outbox_keeps_the_message
 
                 async def sent() -> bool:
                     return not await conn.fetchval(
-                        "SELECT count(*) FROM outbox WHERE key = $1 AND sent_at IS NULL", a
+                        "SELECT count(*) FROM outbox"
+                        " WHERE key = convert_to($1, 'UTF8') AND sent_at IS NULL",
+                        a,
                     )
 
                 await wait_until(sent, 90, "the relay to publish once the ACL allows it")

@@ -6,9 +6,12 @@ import copy
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+
+import orjson
 
 from worker.domain.account import Account
+from worker.domain.balance import BalanceState
 from worker.domain.events import LedgerEntry, PostpayCharge, ReminderDue
 from worker.domain.invoicing import Invoice
 from worker.service.ports import Changes, Dead, EventKey, OutboxMessage
@@ -27,6 +30,8 @@ class Committed:
     invoices: list[Invoice] = field(default_factory=list)
     closes: dict[str, int] = field(default_factory=dict)  # period -> invoices
     marks: dict[str, dict[str, int]] = field(default_factory=dict)
+    usage: dict[tuple[str, date], int] = field(default_factory=dict)  # (account, day) -> JPY
+    usage_loads: list[dict[str, date]] = field(default_factory=list)  # what each load asked
 
 
 class FakeUnitOfWork:
@@ -48,6 +53,14 @@ class FakeUnitOfWork:
 
     async def seen(self, keys: Sequence[EventKey]) -> dict[EventKey, bytes]:
         return {k: self.db.processed[k] for k in keys if k in self.db.processed}
+
+    async def load_usage(self, since: Mapping[str, date]) -> dict[str, dict[date, int]]:
+        self.db.usage_loads.append(dict(since))
+        usage: dict[str, dict[date, int]] = {}
+        for (account_id, day), amount in self.db.usage.items():
+            if account_id in since and day >= since[account_id]:
+                usage.setdefault(account_id, {})[day] = amount
+        return usage
 
     async def accounts_due_for_expiry(
         self, cutoff: datetime, lateness: timedelta, notice: timedelta, limit: int
@@ -73,6 +86,8 @@ class FakeUnitOfWork:
         for item in changes.processed:
             self.db.processed[item.key] = item.fingerprint
         self.db.ledger.extend(changes.effects.ledger)
+        for key, amount in changes.effects.usage.items():
+            self.db.usage[key] = self.db.usage.get(key, 0) + amount
         for charge in changes.effects.postpay:
             self.db.postpay[charge.event_id] = charge
         self.db.outbox.extend(changes.outbox)
@@ -145,12 +160,17 @@ class FakeEncoder:
     """Outbox messages that name what they carry, so tests can read them back."""
 
     def reminder(self, reminder: ReminderDue) -> OutboxMessage:
-        return OutboxMessage(reminder.reminder_id, "reminders", reminder.account_id, b"")
+        payload = orjson.dumps(reminder)
+        return OutboxMessage(reminder.reminder_id, "reminders", reminder.account_id, payload)
 
     def dead_letter(self, dead: Dead, failed_at: datetime) -> OutboxMessage:
         record = dead.record
         message_id = f"dlq:{record.topic}:{record.partition}:{record.offset}"
         return OutboxMessage(message_id, "dlq", dead.code, b"")
+
+    def balance(self, state: BalanceState) -> OutboxMessage:
+        message_id = f"{state.account_id}:balance:{state.version}"
+        return OutboxMessage(message_id, "balances", state.account_id, orjson.dumps(state))
 
     def invoice(self, invoice: Invoice, issued_at: datetime, zone: object) -> OutboxMessage:
         return OutboxMessage(invoice.invoice_id, "invoices", invoice.account_id, b"")

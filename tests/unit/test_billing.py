@@ -17,7 +17,7 @@ from worker.domain.commands import (
 )
 from worker.domain.rating import Rated
 from worker.service.billing import BatchReport, apply_batch, sweep_expiry
-from worker.service.ports import Dead, Decoded, InputRecord, Source
+from worker.service.ports import Dead, Decoded, InputRecord, OutboxMessage, Source
 
 T0 = datetime(2026, 1, 5, 3, 0, tzinfo=UTC)
 POLICY = Policy()  # 100 JPY of test credits on open, lots valid 90 days
@@ -53,6 +53,11 @@ async def apply(store: FakeStore, *items: Decoded | Dead) -> BatchReport:
     return await apply_batch(store, list(items), POLICY, FakeEncoder(), NOW)
 
 
+def outputs(store: FakeStore) -> list[OutboxMessage]:
+    """The outbox without the balance snapshots (tests/unit/test_balances.py covers those)."""
+    return [m for m in store.db.outbox if m.topic != "balances"]
+
+
 def balance(store: FakeStore, account: str = "acc-1") -> int:
     return store.db.accounts[account].balance_jpy
 
@@ -80,7 +85,7 @@ async def test_a_redelivered_batch_changes_nothing() -> None:
     assert again.duplicates == {"account": 2, "usage": 1}
     assert balance(store) == 1094
     assert len(store.db.ledger) == 3
-    assert store.db.outbox == []
+    assert [m.message_id for m in store.db.outbox] == ["acc-1:balance:3"]  # the first time only
 
 
 async def test_the_same_event_id_with_another_payload_is_dead_lettered() -> None:
@@ -90,7 +95,7 @@ async def test_the_same_event_id_with_another_payload_is_dead_lettered() -> None
     assert report.applied == {}
     assert [d.code for d in report.dead] == ["conflicting_duplicate"]
     assert balance(store) == 100 - 6
-    assert [m.message_id for m in store.db.outbox] == ["dlq:in.usage:0:1"]
+    assert [m.message_id for m in outputs(store)] == ["dlq:in.usage:0:1"]
 
 
 async def test_a_rejected_event_is_dead_lettered_and_the_rest_applied() -> None:
@@ -99,7 +104,7 @@ async def test_a_rejected_event_is_dead_lettered_and_the_rest_applied() -> None:
     assert report.applied == {"account": 1}
     assert [(d.code, d.record.offset) for d in report.dead] == [("invalid_amount", 1)]
     assert balance(store) == 100
-    assert [(m.topic, m.key) for m in store.db.outbox] == [("dlq", "invalid_amount")]
+    assert [(m.topic, m.key) for m in outputs(store)] == [("dlq", "invalid_amount")]
     assert ("account", "p1") not in store.db.processed
 
 
@@ -143,7 +148,7 @@ async def test_crossing_the_threshold_queues_one_reminder() -> None:
     )
     assert report.reminders == 1
     assert balance(store) == 1040
-    assert [m.message_id for m in store.db.outbox] == ["acc-1:low_balance:charge:u1"]
+    assert [m.message_id for m in outputs(store)] == ["acc-1:low_balance:charge:u1"]
 
 
 async def test_a_failed_unit_of_work_leaves_nothing_behind() -> None:

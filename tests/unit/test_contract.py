@@ -17,6 +17,7 @@ from pydantic import TypeAdapter
 
 from schemas import generate
 from schemas.account_events import ACCOUNT_EVENT_ADAPTER
+from schemas.balances import Balance
 from schemas.dlq import DeadLetter
 from schemas.invoices import Invoice
 from schemas.reminders import Reminder
@@ -36,6 +37,7 @@ MODELS: dict[str, TypeAdapter[Any]] = {
     "Reminder": TypeAdapter(Reminder),
     "Invoice": TypeAdapter(Invoice),
     "DeadLetter": TypeAdapter(DeadLetter),
+    "Balance": TypeAdapter(Balance),
 }
 
 

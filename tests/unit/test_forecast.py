@@ -116,3 +116,20 @@ def test_forfeited_lots_are_ignored() -> None:
 )
 def test_suggested_package_is_a_whole_number_of_packages(rate: int, package: int) -> None:
     assert suggested_package(rate, 90) == package
+
+
+def test_a_lot_past_expiry_awaiting_its_forfeit_runs_out_at_once_not_in_the_past() -> None:
+    # Expired 2026-11-29 23:30 Tokyo; the forecast is made on the 30th, before the forfeit.
+    at = datetime(2026, 11, 29, 15, 10, tzinfo=UTC)  # 2026-11-30 00:10 in Tokyo
+    expired = Lot(
+        lot_id="a",
+        amount_jpy=1_000,
+        granted_at=at - timedelta(days=90, minutes=40),
+        expires_at=at - timedelta(minutes=40),
+        source="purchase",
+        remaining_jpy=100,
+    )
+    got = forecast({date(2026, 11, 29): 70}, [expired], 100, at, TOKYO)
+    assert got.usage_jpy_per_day == 10
+    assert got.expiring_unused_jpy == 100
+    assert got.runs_out_on == date(2026, 11, 30)  # not the 29th, which is already over

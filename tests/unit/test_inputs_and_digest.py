@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from worker.adapters.digest import payload_digest_form
+from worker.adapters.digest import newest_snapshots, payload_digest_form
 from worker.service.inputs import input_problem
 
 
@@ -33,3 +33,14 @@ def test_the_digest_ignores_wall_clock_fields_and_topic_names_only() -> None:
 
     assert form(first) == form(second)
     assert form(first) != form(other)
+
+
+def test_the_digest_keeps_the_newest_balance_snapshot_per_account_whatever_the_batches() -> None:
+    def snap(account: str, version: int) -> tuple[str, str, bytes]:
+        body = {"account_id": account, "version": version}
+        return (f"{account}:balance:{version}", account, orjson.dumps(body))
+
+    one_batch_each = [snap("a", 1), snap("a", 2), snap("a", 3), snap("b", 1)]
+    all_in_one = [snap("b", 1), snap("a", 3)]
+    assert newest_snapshots(one_batch_each) == {"a:balance:3", "b:balance:1"}
+    assert newest_snapshots(all_in_one) == newest_snapshots(one_batch_each)

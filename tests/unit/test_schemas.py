@@ -6,6 +6,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 from schemas import (
     ACCOUNT_EVENT_ADAPTER,
     AccountOpened,
+    Balance,
     CreditsPurchased,
     DeadLetter,
     Invoice,
@@ -34,6 +36,7 @@ TOPICS = {
     "billing.reminders.v1",
     "billing.invoices.v1",
     "billing.dlq.v1",
+    "billing.balances.v1",
 }
 T0 = datetime(2024, 7, 9, 3, 0, tzinfo=UTC)
 
@@ -84,6 +87,14 @@ def account_event(kind: str, **overrides: Any) -> dict[str, Any]:
     return payload
 
 
+FORECAST = {
+    "usage_jpy_per_day": 100,
+    "runs_out_on": "2024-07-13",
+    "expiring_unused_jpy": 0,
+    "suggested_package_jpy": 9000,
+}
+
+
 def reminder(**overrides: Any) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "reminder_id": "acct-1:low_balance:1",
@@ -95,6 +106,8 @@ def reminder(**overrides: Any) -> dict[str, Any]:
         "created_at": T0,
     }
     payload.update(overrides)
+    if payload["kind"] != "credits_expired":
+        payload.setdefault("forecast", FORECAST)
     return payload
 
 
@@ -530,6 +543,7 @@ def test_asyncapi_document_describes_every_topic() -> None:
         "reminders": "send",
         "invoices": "send",
         "dlq": "send",
+        "balances": "send",
     }
     for message in doc["components"]["messages"].values():
         ref = message["payload"]["$ref"]
@@ -580,3 +594,41 @@ def test_a_dead_letter_of_a_small_value_keeps_it_whole() -> None:
     )
     assert not letter.payload_truncated
     assert (letter.payload_size, letter.original_payload()) == (4, b"{bad")
+
+
+def test_forecast_kinds_need_a_forecast_and_the_others_take_none() -> None:
+    for kind in ("low_balance", "balance_depleted"):
+        with pytest.raises(ValidationError, match="needs a forecast"):
+            Reminder(**reminder(kind=kind, forecast=None))
+    expired = reminder(
+        kind="credits_expired", lot_id="lot:p1", amount=100, expires_at=T0, forecast=FORECAST
+    )
+    with pytest.raises(ValidationError, match="takes no forecast"):
+        Reminder(**expired)
+
+
+def test_suggested_package_is_whole_packages_on_the_wire() -> None:
+    with pytest.raises(ValidationError):
+        Reminder(**reminder(forecast={**FORECAST, "suggested_package_jpy": 1500}))
+
+
+def test_a_balance_round_trips_with_and_without_next_expiry() -> None:
+    balance = {
+        "account_id": "acct-1",
+        "plan": "prepay",
+        "balance": 300,
+        "overdraft": 0,
+        "postpay_due": 0,
+        "credit": 300,
+        "next_expiry": {"expires_at": T0, "amount": 300},
+        "status": "low",
+        "version": 4,
+        "as_of": T0,
+    }
+    sent = Balance(**balance)
+    assert Balance.model_validate_json(sent.to_json_bytes()) == sent
+    assert orjson.loads(sent.to_json_bytes())["next_expiry"]["expires_at"] == "2024-07-09T03:00:00Z"
+    none = Balance(**{**balance, "next_expiry": None, "status": "depleted", "balance": 0})
+    assert orjson.loads(none.to_json_bytes())["next_expiry"] is None
+    with pytest.raises(ValidationError):
+        Balance(**{**balance, "status": "negative"})

@@ -4,6 +4,8 @@ Covered, each in a stable order: ledger entries (by account, then entry id; ever
 balance after and allocations pin the order it was applied in), lots, accounts, invoices and
 outbox messages (by message id). Topic names, in a message's topic, a dead letter's id and its
 source topic, are replaced by their role, so runs over differently named topics compare.
+Of the balance snapshots (role `balances`) only the newest per account counts, what a reader
+of the compacted topic holds: how many came before it depends on where batches ended.
 Left out, because they are wall-clock or delivery facts, not billing:
 `recorded_at`, `created_at`, `sent_at` and parking columns of rows, a dead letter's
 `failed_at` and an invoice's `issued_at`.
@@ -13,7 +15,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import asyncpg
 import orjson
@@ -34,8 +37,10 @@ _QUERIES = (
     (
         "accounts",
         "SELECT account_id, plan, opened, overdraft_jpy, postpay_due_jpy, balance_jpy,"
-        " reminder_enabled, reminder_threshold_jpy FROM accounts ORDER BY account_id",
+        " reminder_enabled, reminder_threshold_jpy, version, as_of FROM accounts"
+        " ORDER BY account_id",
     ),
+    ("usage_daily", "SELECT * FROM usage_daily ORDER BY account_id, day"),
     (
         "invoices",
         "SELECT invoice_id, account_id, period, total_jpy, paid_jpy, due_date"
@@ -69,6 +74,16 @@ def _message_id(message_id: str, roles: Mapping[str, str]) -> str:
     return message_id
 
 
+def newest_snapshots(rows: Iterable[tuple[str, Any, bytes]]) -> set[str]:
+    """Message ids of the highest `version` per key among (message id, key, payload) rows."""
+    newest: dict[Any, tuple[int, str]] = {}
+    for message_id, key, payload in rows:
+        version = int(orjson.loads(payload)["version"])
+        if key not in newest or version > newest[key][0]:
+            newest[key] = (version, message_id)
+    return {message_id for _, message_id in newest.values()}
+
+
 def _row(row: asyncpg.Record) -> bytes:
     return orjson.dumps({k: str(v) for k, v in row.items()}, option=orjson.OPT_SORT_KEYS)
 
@@ -92,10 +107,15 @@ async def state_digest(conn: asyncpg.Connection, roles: Mapping[str, str]) -> st
         for row in await conn.fetch(query):
             sha.update(_row(row) + b"\n")
     sha.update(b"outbox\n")
-    for row in await conn.fetch(
+    rows = await conn.fetch(
         "SELECT message_id, topic, key, payload FROM outbox ORDER BY message_id"
-    ):
+    )
+    snapshots = [r for r in rows if roles.get(r["topic"], r["topic"]) == "balances"]
+    kept = newest_snapshots((r["message_id"], r["key"], bytes(r["payload"])) for r in snapshots)
+    for row in rows:
         role = roles.get(row["topic"], row["topic"])
+        if role == "balances" and row["message_id"] not in kept:
+            continue
         message_id = _message_id(row["message_id"], roles)
         sha.update(orjson.dumps([message_id, role, _key_form(row["key"])]) + b"\n")
         sha.update(payload_digest_form(bytes(row["payload"]), roles) + b"\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -51,11 +51,12 @@ UPDATE accounts a SET
     postpay_due_jpy = u.postpay_due_jpy, postpay_since = u.postpay_since,
     contract_id = u.contract_id, reminder_enabled = u.reminder_enabled,
     reminder_threshold_jpy = u.reminder_threshold_jpy, reminder_email = u.reminder_email,
-    balance_jpy = u.balance_jpy, updated_at = now()
+    balance_jpy = u.balance_jpy, version = u.version, as_of = u.as_of, updated_at = now()
 FROM unnest($1::text[], $2::text[], $3::bool[], $4::bigint[], $5::bigint[], $6::timestamptz[],
-            $7::text[], $8::bool[], $9::bigint[], $10::text[], $11::bigint[])
+            $7::text[], $8::bool[], $9::bigint[], $10::text[], $11::bigint[], $12::bigint[],
+            $13::timestamptz[])
     AS u(account_id, plan, opened, overdraft_jpy, postpay_due_jpy, postpay_since, contract_id,
-         reminder_enabled, reminder_threshold_jpy, reminder_email, balance_jpy)
+         reminder_enabled, reminder_threshold_jpy, reminder_email, balance_jpy, version, as_of)
 WHERE a.account_id = u.account_id
 """
 _SAVE_LOTS = """
@@ -81,6 +82,19 @@ UPDATE invoices i SET paid_jpy = u.paid_jpy
 FROM unnest($1::text[], $2::bigint[]) AS u(invoice_id, paid_jpy)
 WHERE i.invoice_id = u.invoice_id
 """
+_LOAD_USAGE = """
+SELECT d.account_id, d.day, d.amount_jpy
+FROM usage_daily d
+JOIN unnest($1::text[], $2::date[]) AS s(account_id, since)
+  ON d.account_id = s.account_id AND d.day >= s.since
+"""
+# Rows come sorted by key, and the accounts are locked: concurrent batches never deadlock here.
+_SAVE_USAGE = """
+INSERT INTO usage_daily (account_id, day, amount_jpy, partition)
+SELECT * FROM unnest($1::text[], $2::date[], $3::bigint[], $4::int[])
+ON CONFLICT (account_id, day, partition)
+    DO UPDATE SET amount_jpy = usage_daily.amount_jpy + EXCLUDED.amount_jpy
+"""
 _SAVE_OUTBOX = """
 INSERT INTO outbox (message_id, topic, key, payload)
 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[])
@@ -100,6 +114,8 @@ def _account(row: asyncpg.Record) -> Account:
         reminder_enabled=row["reminder_enabled"],
         reminder_threshold_jpy=row["reminder_threshold_jpy"],
         reminder_email=row["reminder_email"],
+        version=row["version"],
+        as_of=row["as_of"],
     )
 
 
@@ -122,6 +138,8 @@ def _account_values(row: asyncpg.Record) -> tuple[Any, ...]:
         row["reminder_threshold_jpy"],
         row["reminder_email"],
         row["balance_jpy"],
+        row["version"],
+        row["as_of"],
     )
 
 
@@ -138,6 +156,20 @@ def _lot(row: asyncpg.Record) -> Lot:
         expiring_notified=row["expiring_notified"],
         dirty=False,
     )
+
+
+async def load_account(
+    conn: asyncpg.Connection, account_id: str, usage_since: date
+) -> Account | None:
+    """One account with its open lots and its daily usage from `usage_since` on, unlocked."""
+    row = await conn.fetchrow("SELECT * FROM accounts WHERE account_id = $1", account_id)
+    if row is None:
+        return None
+    account = _account(row)
+    account.lots = [_lot(r) for r in await conn.fetch(_LOAD_LOTS, [account_id])]
+    usage = await PgUnitOfWork(conn).load_usage({account_id: usage_since})
+    account.usage_by_day = usage.get(account_id, {})
+    return account
 
 
 class PgUnitOfWork:
@@ -212,6 +244,14 @@ class PgUnitOfWork:
         rows = await self.conn.fetch(_SEEN, [k[0] for k in keys], [k[1] for k in keys])
         return {(row["source"], row["event_id"]): bytes(row["fingerprint"]) for row in rows}
 
+    async def load_usage(self, since: Mapping[str, date]) -> dict[str, dict[date, int]]:
+        if not since:
+            return {}
+        usage: dict[str, dict[date, int]] = {}
+        for row in await self.conn.fetch(_LOAD_USAGE, list(since), list(since.values())):
+            usage.setdefault(row["account_id"], {})[row["day"]] = row["amount_jpy"]
+        return usage
+
     async def accounts_due_for_expiry(
         self, cutoff: datetime, lateness: timedelta, notice: timedelta, limit: int
     ) -> list[str]:
@@ -275,6 +315,8 @@ class PgUnitOfWork:
                 a.reminder_threshold_jpy,
                 a.reminder_email,
                 a.balance_jpy,
+                a.version,
+                a.as_of,
             )
             if self.stored_accounts.get(a.account_id) != values:
                 changed.append(values)
@@ -357,6 +399,15 @@ class PgUnitOfWork:
                     )
                     for e in effects.ledger
                 ],
+            )
+        if effects.usage:
+            rows = sorted(effects.usage.items())
+            await self.conn.execute(
+                _SAVE_USAGE,
+                [key[0] for key, _ in rows],
+                [key[1] for key, _ in rows],
+                [amount for _, amount in rows],
+                [self.partitions[key[0]] for key, _ in rows],
             )
         if effects.postpay:
             await self.conn.copy_records_to_table(

@@ -19,8 +19,12 @@ from schemas import (
     SwitchedToPostpay,
     UsageEvent,
 )
+from schemas import Balance as WireBalance
+from schemas import BalanceNextExpiry as WireNextExpiry
+from schemas import Forecast as WireForecast
 from schemas import Invoice as WireInvoice
 from schemas import InvoiceLine as WireInvoiceLine
+from worker.domain.balance import BalanceState
 from worker.domain.commands import (
     ChargeUsage,
     Command,
@@ -32,6 +36,7 @@ from worker.domain.commands import (
 )
 from worker.domain.errors import Rejected
 from worker.domain.events import ReminderDue
+from worker.domain.forecast import Forecast
 from worker.domain.invoicing import Invoice, period_bounds
 from worker.domain.rating import RateTable, rate_usage
 from worker.service.ports import Dead, Decoded, InputRecord, OutboxMessage
@@ -177,13 +182,60 @@ def _account_command(
     return PayInvoice(*common, event.invoice_id, event.amount)
 
 
+def wire_forecast(forecast: Forecast) -> WireForecast:
+    """The forecast as reminders and `billing-worker account --json` show it."""
+    return WireForecast(
+        usage_jpy_per_day=forecast.usage_jpy_per_day,
+        runs_out_on=forecast.runs_out_on,
+        expiring_unused_jpy=forecast.expiring_unused_jpy,
+        suggested_package_jpy=forecast.suggested_package_jpy,
+    )
+
+
+def wire_balance(state: BalanceState) -> WireBalance:
+    """The balance snapshot as `billing.balances.v1` and `billing-worker account` show it."""
+    expiry = state.next_expiry
+    return WireBalance(
+        account_id=state.account_id,
+        plan=state.plan,
+        balance=state.balance_jpy,
+        overdraft=state.overdraft_jpy,
+        postpay_due=state.postpay_due_jpy,
+        credit=state.credit_jpy,
+        next_expiry=(
+            None
+            if expiry is None
+            else WireNextExpiry(expires_at=expiry.expires_at, amount=expiry.amount_jpy)
+        ),
+        status=state.status,
+        version=state.version,
+        as_of=state.as_of,
+    )
+
+
 class Encoder:
     """Builds outbox messages with deterministic ids."""
 
-    def __init__(self, reminders_topic: str, invoices_topic: str, dlq_topic: str) -> None:
+    def __init__(
+        self,
+        reminders_topic: str,
+        invoices_topic: str,
+        dlq_topic: str,
+        balances_topic: str,
+    ) -> None:
         self.reminders_topic = reminders_topic
         self.invoices_topic = invoices_topic
         self.dlq_topic = dlq_topic
+        self.balances_topic = balances_topic
+
+    def balance(self, state: BalanceState) -> OutboxMessage:
+        """The account's snapshot, keyed by account: compaction keeps the newest."""
+        return OutboxMessage(
+            f"{state.account_id}:balance:{state.version}",
+            self.balances_topic,
+            state.account_id.encode(),
+            wire_balance(state).to_json_bytes(),
+        )
 
     def reminder(self, reminder: ReminderDue) -> OutboxMessage:
         wire = Reminder(
@@ -197,6 +249,7 @@ class Encoder:
             lot_id=reminder.lot_id,
             amount=reminder.amount_jpy,
             expires_at=reminder.expires_at,
+            forecast=None if reminder.forecast is None else wire_forecast(reminder.forecast),
         )
         return OutboxMessage(
             reminder.reminder_id,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -18,7 +18,8 @@ from worker.domain.commands import (
     SwitchToPostpay,
 )
 from worker.domain.errors import Rejected
-from worker.domain.events import Effects, LedgerEntry, LedgerKind, PostpayCharge
+from worker.domain.events import Effects, LedgerEntry, LedgerKind, PostpayCharge, ReminderDue
+from worker.domain.forecast import Forecast, forecast
 from worker.domain.invoicing import period_of
 from worker.domain.lots import Allocation, Lot, debit, new_lot
 
@@ -27,6 +28,7 @@ INVOICE_PURCHASE_MIN_EXCLUSIVE_JPY = 100_000
 
 Plan = Literal["prepay", "postpay"]
 TOKYO = ZoneInfo("Asia/Tokyo")
+FORECAST_KINDS = frozenset({"low_balance", "balance_depleted", "credits_expiring"})
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,12 @@ class Account:
     reminder_email: str | None = None
     lots: list[Lot] = field(default_factory=list)
     invoices: dict[str, OpenInvoice] = field(default_factory=dict)
+    version: int = 0
+    """Counts the changes applied to the account: every applied command and every forfeit."""
+    as_of: datetime | None = None
+    """Event time of the last change."""
+    usage_by_day: dict[date, int] = field(default_factory=dict)
+    """Charges per business date: the days the forecasts of this batch need, kept as applied."""
 
     @property
     def balance_jpy(self) -> int:
@@ -112,7 +120,8 @@ class Account:
                 )
             self.opened = True
         elif isinstance(command, ConfigureReminder):
-            self._configure(command, effects)
+            if not self._configure(command, policy, effects):
+                return  # nothing changed: no new version, no snapshot
         elif isinstance(command, SwitchToPostpay):
             if self.plan == "postpay":
                 raise Rejected("already_postpay", f"account {self.account_id} is already postpay")
@@ -120,7 +129,33 @@ class Account:
             self.postpay_since = command.occurred_at
             self.contract_id = command.contract_id
         else:
-            self._pay(command, effects)
+            self._pay(command, policy, effects)
+        self.changed(command.occurred_at)
+
+    def changed(self, at: datetime) -> None:
+        """Count one change that happened at event time `at`."""
+        self.version += 1
+        self.as_of = at
+
+    def forecast_at(self, at: datetime, policy: Policy) -> Forecast:
+        """The usage forecast as of event time `at`, from the days loaded and charged so far."""
+        return forecast(
+            self.usage_by_day,
+            self.lots,
+            self.balance_jpy,
+            at,
+            policy.zone,
+            policy.lot_validity // timedelta(days=1),
+        )
+
+    def with_forecast(self, due: list[ReminderDue], policy: Policy) -> list[ReminderDue]:
+        """The reminders, the kinds that carry one with the forecast as of their event time."""
+        return [
+            replace(r, forecast=self.forecast_at(r.created_at, policy))
+            if r.kind in FORECAST_KINDS
+            else r
+            for r in due
+        ]
 
     def _record(
         self,
@@ -129,6 +164,7 @@ class Account:
         amount_jpy: int,
         at: datetime,
         before_jpy: int,
+        policy: Policy,
         effects: Effects,
         allocations: list[Allocation] | None = None,
     ) -> None:
@@ -146,11 +182,11 @@ class Account:
             )
         )
         # The cause is the ledger entry id: unique across both input topics.
-        effects.reminders.extend(
-            reminders.on_balance_change(
-                self.reminder_settings, before_jpy, after, f"{kind}:{ref}", at
-            )
+        due = reminders.on_balance_change(
+            self.reminder_settings, before_jpy, after, f"{kind}:{ref}", at
         )
+        if due:
+            effects.reminders.extend(self.with_forecast(due, policy))
 
     def _grant(
         self, ref: str, amount: int, at: datetime, source: str, policy: Policy, effects: Effects
@@ -166,7 +202,14 @@ class Account:
         self.overdraft_jpy -= repaid
         self.lots.append(lot)
         self._record(
-            "grant", ref, amount, at, before, effects, [(lot.lot_id, repaid)] if repaid else None
+            "grant",
+            ref,
+            amount,
+            at,
+            before,
+            policy,
+            effects,
+            [(lot.lot_id, repaid)] if repaid else None,
         )
 
     def _charge(self, command: ChargeUsage, policy: Policy, effects: Effects) -> None:
@@ -193,25 +236,36 @@ class Account:
             )
         else:
             self.overdraft_jpy += uncovered
+        day = command.occurred_at.astimezone(policy.zone).date()
+        self.usage_by_day[day] = self.usage_by_day.get(day, 0) + amount
+        effects.usage[(self.account_id, day)] += amount
         self._record(
-            "charge", command.event_id, -amount, command.occurred_at, before, effects, allocations
+            "charge",
+            command.event_id,
+            -amount,
+            command.occurred_at,
+            before,
+            policy,
+            effects,
+            allocations,
         )
 
-    def _configure(self, command: ConfigureReminder, effects: Effects) -> None:
+    def _configure(self, command: ConfigureReminder, policy: Policy, effects: Effects) -> bool:
+        """Apply the setting; False when it changes nothing (and so sends nothing)."""
         setting = (command.enabled, command.threshold_jpy, command.email)
         if setting == (self.reminder_enabled, self.reminder_threshold_jpy, self.reminder_email):
-            return  # a setting that changes nothing sends nothing (SPEC §2)
+            return False  # a setting that changes nothing sends nothing (SPEC §2)
         self.reminder_enabled, self.reminder_threshold_jpy, self.reminder_email = setting
-        effects.reminders.extend(
-            reminders.on_configured(
-                self.reminder_settings,
-                self.balance_jpy,
-                f"configure:{command.event_id}",
-                command.occurred_at,
-            )
+        due = reminders.on_configured(
+            self.reminder_settings,
+            self.balance_jpy,
+            f"configure:{command.event_id}",
+            command.occurred_at,
         )
+        effects.reminders.extend(self.with_forecast(due, policy))
+        return True
 
-    def _pay(self, command: PayInvoice, effects: Effects) -> None:
+    def _pay(self, command: PayInvoice, policy: Policy, effects: Effects) -> None:
         invoice = self.invoices.get(command.invoice_id)
         if invoice is None:
             raise Rejected(
@@ -229,7 +283,13 @@ class Account:
         invoice.dirty = True
         self.postpay_due_jpy -= command.amount_jpy
         self._record(
-            "payment", command.event_id, command.amount_jpy, command.occurred_at, before, effects
+            "payment",
+            command.event_id,
+            command.amount_jpy,
+            command.occurred_at,
+            before,
+            policy,
+            effects,
         )
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Literal
 
+from worker.domain.forecast import Forecast
 from worker.domain.lots import Allocation
 
 ReminderKind = Literal["low_balance", "balance_depleted", "credits_expiring", "credits_expired"]
@@ -40,6 +42,7 @@ class ReminderDue:
     lot_id: str | None = None
     amount_jpy: int | None = None
     expires_at: datetime | None = None
+    forecast: Forecast | None = None
 
 
 @dataclass(frozen=True)
@@ -64,3 +67,5 @@ class Effects:
     ledger: list[LedgerEntry] = field(default_factory=list)
     reminders: list[ReminderDue] = field(default_factory=list)
     postpay: list[PostpayCharge] = field(default_factory=list)
+    usage: Counter[tuple[str, date]] = field(default_factory=Counter)
+    """JPY charged per (account, business date): what the daily usage buckets grow by."""

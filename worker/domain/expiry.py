@@ -44,26 +44,26 @@ def catch_up(
         return
     for moment, step, _, lot in sorted(due, key=lambda d: d[:3]):
         if step == _NOTICE:
-            _notice(account, lot, moment, effects)
+            _notice(account, lot, moment, policy, effects)
         else:
-            _forfeit(account, lot, effects)
+            _forfeit(account, lot, policy, effects)
 
 
-def _notice(account: Account, lot: Lot, moment: datetime, effects: Effects) -> None:
+def _notice(account: Account, lot: Lot, moment: datetime, policy: Policy, effects: Effects) -> None:
     lot.expiring_notified = True
     lot.dirty = True
     if lot.remaining_jpy > 0:
-        effects.reminders.append(
-            _lot_reminder(account, "credits_expiring", lot, lot.remaining_jpy, moment)
-        )
+        notice = _lot_reminder(account, "credits_expiring", lot, lot.remaining_jpy, moment)
+        effects.reminders.extend(account.with_forecast([notice], policy))
 
 
-def _forfeit(account: Account, lot: Lot, effects: Effects) -> None:
+def _forfeit(account: Account, lot: Lot, policy: Policy, effects: Effects) -> None:
     before = account.balance_jpy
     lost = forfeit(lot)
     if lost == 0:
         return
     after = account.balance_jpy
+    account.changed(lot.expires_at)
     effects.ledger.append(
         LedgerEntry(
             entry_id=f"forfeit:{lot.lot_id}",
@@ -77,8 +77,11 @@ def _forfeit(account: Account, lot: Lot, effects: Effects) -> None:
     )
     effects.reminders.append(_lot_reminder(account, "credits_expired", lot, lost, lot.expires_at))
     effects.reminders.extend(
-        reminders.on_balance_change(
-            account.reminder_settings, before, after, f"forfeit:{lot.lot_id}", lot.expires_at
+        account.with_forecast(
+            reminders.on_balance_change(
+                account.reminder_settings, before, after, f"forfeit:{lot.lot_id}", lot.expires_at
+            ),
+            policy,
         )
     )
 

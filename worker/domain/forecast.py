@@ -95,7 +95,8 @@ def forecast(
             continue
         unused += left
         if runs_out is None and 0 < to_go <= left:
-            runs_out = lot.expires_at
+            # A lot already past expiry (its forfeit waits for late usage) is lost at once.
+            runs_out = max(lot.expires_at, cursor)
         to_go -= left
         cursor = max(cursor, lot.expires_at)
     return Forecast(

@@ -13,7 +13,7 @@ import signal
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -26,7 +26,11 @@ from worker.adapters.kafka_admin import OffsetReader
 from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.migrate import check_schema
 from worker.adapters.observe import balances
+from worker.adapters.postgres import load_account
+from worker.builders import policy_from
 from worker.config import Settings
+from worker.domain.balance import Status, status_of
+from worker.domain.forecast import Forecast, window_days
 from worker.entrypoints.traffic import Event, Traffic
 from worker.errors import is_retriable
 
@@ -61,7 +65,11 @@ class Snapshot:
     lag: int | None = None
     published: dict[str, int] = field(default_factory=dict)  # output topic -> end offset
     balances: list[asyncpg.Record] = field(default_factory=list)
+    forecasts: dict[str, tuple[Status, Forecast]] = field(default_factory=dict)
     error: str | None = None
+
+
+_FORECASTS_SHOWN = 5
 
 
 class DemoError(Exception):
@@ -216,6 +224,7 @@ class _View:
                 self.conn = await asyncpg.connect(self.settings.database_url, timeout=2)
                 await check_schema(self.conn)  # a database it cannot read ends the demo: exit 5
             snap.balances = await balances(self.conn, self.shown)
+            snap.forecasts = await self._forecasts(self.conn)
         except Exception as exc:
             if not is_retriable(exc) and not isinstance(exc, asyncpg.PostgresError):
                 raise
@@ -223,6 +232,18 @@ class _View:
             snap.error = (snap.error + ", " if snap.error else "") + f"database: {exc!r}"
         self.previous, self.last = self.last, snap
         return snap
+
+    async def _forecasts(self, conn: asyncpg.Connection) -> dict[str, tuple[Status, Forecast]]:
+        """Status and forecast of the first few accounts shown, as of now."""
+        now = datetime.now(UTC)
+        policy = policy_from(self.settings)
+        since = window_days(now, policy.zone)[-1]
+        forecasts = {}
+        for account_id in self.shown[:_FORECASTS_SHOWN]:
+            account = await load_account(conn, account_id, since)
+            if account is not None:
+                forecasts[account_id] = (status_of(account), account.forecast_at(now, policy))
+        return forecasts
 
     def _rate(self, value: int | None, before: int | None, seconds: float) -> str:
         if value is None or before is None or seconds <= 0:
@@ -271,15 +292,32 @@ class _View:
             "balance JPY",
             "overdraft JPY",
             "postpay due JPY",
-            title="a few accounts (from PostgreSQL)",
+            "status",
+            "JPY/day",
+            "runs out on",
+            "expiring unused",
+            "package",
+            title="a few accounts (from PostgreSQL) and their forecasts",
         )
         for row in snap.balances:
+            status, f = snap.forecasts.get(row["account_id"], ("", None))
             accounts.add_row(
                 row["account_id"],
                 row["plan"],
                 f"{row['balance_jpy']:,}",
                 f"{row['overdraft_jpy']:,}",
                 f"{row['postpay_due_jpy']:,}",
+                status,
+                *(
+                    ("", "", "", "")
+                    if f is None
+                    else (
+                        f"{f.usage_jpy_per_day:,}",
+                        "–" if f.runs_out_on is None else f.runs_out_on.isoformat(),
+                        f"{f.expiring_unused_jpy:,}",
+                        f"{f.suggested_package_jpy:,}",
+                    )
+                ),
             )
         parts: list[Table | str] = [flow, accounts]
         if snap.error:

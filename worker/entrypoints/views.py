@@ -10,8 +10,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from worker.adapters.postgres import load_account
 from worker.adapters.reach import connect_database
+from worker.adapters.wire import wire_balance, wire_forecast
+from worker.builders import policy_from
 from worker.config import Settings
+from worker.domain.balance import balance_state
+from worker.domain.forecast import window_days
 from worker.domain.invoicing import period_of
 
 
@@ -26,6 +31,10 @@ async def account_view(settings: Settings, account_id: str, entries: int) -> dic
         row = await conn.fetchrow("SELECT * FROM accounts WHERE account_id = $1", account_id)
         if row is None:
             return None
+        now = datetime.now(UTC)
+        policy = policy_from(settings)
+        state = await load_account(conn, account_id, window_days(now, settings.zone)[-1])
+        assert state is not None  # the row above exists and accounts are never deleted
         lots = await conn.fetch(
             "SELECT * FROM lots WHERE account_id = $1 ORDER BY expires_at, granted_at, lot_id",
             account_id,
@@ -40,7 +49,7 @@ async def account_view(settings: Settings, account_id: str, entries: int) -> dic
             "SELECT coalesce(sum(amount_jpy), 0) FROM ledger_entries WHERE account_id = $1",
             account_id,
         )
-        open_period = period_of(datetime.now(UTC), settings.zone)
+        open_period = period_of(now, settings.zone)
         running = await conn.fetchval(
             "SELECT coalesce(sum(amount_jpy - from_lots_jpy), 0) FROM postpay_usage"
             " WHERE account_id = $1 AND invoice_id IS NULL AND period = $2",
@@ -49,12 +58,21 @@ async def account_view(settings: Settings, account_id: str, entries: int) -> dic
         )
     finally:
         await conn.close()
+    feed = wire_balance(balance_state(state)).model_dump(mode="json")
     return {
         "account_id": row["account_id"],
         "plan": row["plan"],
         "opened": row["opened"],
         "balance": int(ledger_sum),
         "overdraft": row["overdraft_jpy"],
+        # The fields of its billing.balances.v1 snapshot, and the forecast as of now.
+        "postpay_due": feed["postpay_due"],
+        "credit": feed["credit"],
+        "next_expiry": feed["next_expiry"],
+        "status": feed["status"],
+        "version": feed["version"],
+        "as_of": feed["as_of"],
+        "forecast": wire_forecast(state.forecast_at(now, policy)).model_dump(mode="json"),
         "postpay": {
             "since": _iso(row["postpay_since"]),
             "contract_id": row["contract_id"],
@@ -98,6 +116,13 @@ def render_account(view: dict[str, Any]) -> None:
         f"[bold]{view['account_id']}[/bold]  plan={view['plan']}  balance=JPY {view['balance']}"
         f"  overdraft=JPY {view['overdraft']}  reminder="
         + (f"at JPY {reminder['threshold']}" if reminder["enabled"] else "off")
+        + f"  status={view['status']}  version={view['version']}"
+    )
+    f = view["forecast"]
+    console.print(
+        f"forecast: JPY {f['usage_jpy_per_day']}/day  runs out on {f['runs_out_on'] or '-'}"
+        f"  expiring unused JPY {f['expiring_unused_jpy']}"
+        f"  suggested package JPY {f['suggested_package_jpy']}"
     )
     if view["plan"] == "postpay":
         p = view["postpay"]

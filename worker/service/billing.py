@@ -5,19 +5,23 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from worker.domain.account import Account, Policy
+from worker.domain.balance import balance_state
 from worker.domain.commands import ChargeUsage
 from worker.domain.errors import Rejected
 from worker.domain.expiry import before_arrival, sweep
+from worker.domain.forecast import window_days
 from worker.service.ports import (
     Changes,
     Dead,
     Decoded,
     Encoder,
     EventKey,
+    OutboxMessage,
     Store,
+    UnitOfWork,
 )
 
 
@@ -56,6 +60,11 @@ async def apply_batch(
         # The input partition each account's records came on: stored on its rows (ADR 0002).
         partitions = {d.command.account_id: d.record.partition for d in valid}
         accounts = await uow.lock_accounts(account_ids, partitions)
+        first_at: dict[str, datetime] = {}
+        for d in valid:
+            at = d.command.occurred_at
+            first_at[d.command.account_id] = min(first_at.get(d.command.account_id, at), at)
+        versions = await _prepare(uow, accounts, first_at, policy)
         seen = await uow.seen(sorted({d.key for d in valid}))
         charged: set[str] = set()
         for item, bound in zip(valid, bounds, strict=True):
@@ -69,6 +78,7 @@ async def apply_batch(
         )
         changes.accounts = list(accounts.values())
         changes.outbox = [encoder.reminder(r) for r in changes.effects.reminders]
+        changes.outbox += _balances(accounts, versions, encoder)
         changes.outbox += [encoder.dead_letter(d, now) for d in report.dead]
         report.reminders = len(changes.effects.reminders)
         await uow.save(changes)
@@ -104,6 +114,39 @@ def expiry_bounds(
             later[p] = _NOTHING_PENDING if pending is None else pending.get(p)
         later[p] = bounds[i] = earliest(record.arrived_at, later[p])
     return bounds
+
+
+async def _prepare(
+    uow: UnitOfWork,
+    accounts: Mapping[str, Account],
+    first_at: Mapping[str, datetime],
+    policy: Policy,
+) -> dict[str, int]:
+    """Load the daily usage the forecasts may need; return each account's version as loaded."""
+    starts: dict[str, date] = {}
+    for account_id, account in accounts.items():
+        first = first_at.get(account_id)
+        for lot in account.lots:
+            # An expiry notice or a forfeit of this lot may be raised at an earlier moment.
+            notice = lot.expires_at - policy.expiring_notice
+            first = notice if first is None else min(first, notice)
+        if first is not None:
+            starts[account_id] = window_days(first, policy.zone)[-1]
+    if starts:
+        for account_id, usage in (await uow.load_usage(starts)).items():
+            accounts[account_id].usage_by_day = usage
+    return {account_id: account.version for account_id, account in accounts.items()}
+
+
+def _balances(
+    accounts: Mapping[str, Account], versions: Mapping[str, int], encoder: Encoder
+) -> list[OutboxMessage]:
+    """One balance snapshot per account that changed: its state after the batch."""
+    return [
+        encoder.balance(balance_state(account))
+        for account_id, account in sorted(accounts.items())
+        if account.version != versions[account_id]
+    ]
 
 
 def _apply_one(
@@ -152,9 +195,11 @@ async def sweep_expiry(
         if not ids:
             return 0
         accounts = await uow.lock_accounts(ids)
+        versions = await _prepare(uow, accounts, dict.fromkeys(ids, cutoff), policy)
         changes = Changes(accounts=list(accounts.values()))
         for account in changes.accounts:
             sweep(account, cutoff, policy, changes.effects)
         changes.outbox = [encoder.reminder(r) for r in changes.effects.reminders]
+        changes.outbox += _balances(accounts, versions, encoder)
         await uow.save(changes)
     return len(ids)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Literal, Protocol
 
 from worker.domain.account import Account
+from worker.domain.balance import BalanceState
 from worker.domain.commands import Command
 from worker.domain.events import Effects, PostpayCharge, ReminderDue
 from worker.domain.invoicing import Invoice
@@ -95,6 +96,9 @@ class UnitOfWork(Protocol):
     async def seen(self, keys: Sequence[EventKey]) -> dict[EventKey, bytes]:
         """Fingerprints of the events among `keys` that were applied before."""
 
+    async def load_usage(self, since: Mapping[str, date]) -> dict[str, dict[date, int]]:
+        """Daily charges of each account from its `since` date on (business dates)."""
+
     async def accounts_due_for_expiry(
         self, cutoff: datetime, lateness: timedelta, notice: timedelta, limit: int
     ) -> list[str]:
@@ -146,3 +150,5 @@ class Encoder(Protocol):
     def reminder(self, reminder: ReminderDue) -> OutboxMessage: ...
 
     def dead_letter(self, dead: Dead, failed_at: datetime) -> OutboxMessage: ...
+
+    def balance(self, state: BalanceState) -> OutboxMessage: ...
