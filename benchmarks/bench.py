@@ -36,7 +36,14 @@ from benchmarks.kit import (
     partition_of,
     produce,
 )
-from benchmarks.workers import BenchError, Processes, Topics, run_backlog, run_latency
+from benchmarks.workers import (
+    BenchError,
+    LatencyLevel,
+    Processes,
+    Topics,
+    run_backlog,
+    run_latency,
+)
 from benchmarks.workload import (
     Generator,
     Mix,
@@ -47,8 +54,13 @@ from benchmarks.workload import (
 )
 from worker.config import Settings
 
-PHASES = ("kafka", "postgres", "one", "two", "three", "hot", "latency", "rss")
+PHASES = ("kafka", "postgres", "one", "ab", "two", "three", "hot", "latency", "rss")
+# "ab" needs a checkout of the revision to compare with: only when asked for.
+DEFAULT_PHASES = tuple(phase for phase in PHASES if phase != "ab")
 BACKLOGS = (("one", 1), ("two", 2), ("three", 3))
+# The old revision's worker, run from a checkout of it on PYTHONPATH by this interpreter
+# (`-P`: the working directory, this checkout, must not come first on sys.path).
+_BASE_CLI = "import sys; from worker.entrypoints.cli import main; sys.exit(main())"
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -67,13 +79,26 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--latency-seconds",
         type=float,
         default=30.0,
-        help="how long usage is sent at half the measured rate (30)",
+        help="how long usage is sent at each load level (30)",
+    )
+    ap.add_argument(
+        "--latency-levels",
+        default="10,25,50,90",
+        help="load levels of the latency run, in %% of the 1-process rate (10,25,50,90)",
     )
     ap.add_argument(
         "--latency-rate",
         type=float,
         default=0.0,
-        help="send rate of the latency run when the 1-process run is skipped",
+        help="the 1-process rate the load levels are shares of, when that run is skipped",
+    )
+    ap.add_argument(
+        "--ab-base",
+        type=Path,
+        help="phase ab: a checkout of the revision to compare with (its worker/ is run)",
+    )
+    ap.add_argument(
+        "--ab-rounds", type=int, default=2, help="phase ab: base, this, base, this ... (2)"
     )
     ap.add_argument("--partitions", type=int, default=6, help="input partitions (6)")
     ap.add_argument(
@@ -84,7 +109,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--hot-processes", type=int, default=3, help="hot phase: worker processes (3)")
     ap.add_argument(
-        "--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}"
+        "--phases",
+        default=",".join(DEFAULT_PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (default: all but ab)",
     )
     ap.add_argument(
         "--worker-env",
@@ -110,6 +137,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = set(args.phases.split(",")) - set(PHASES)
     if unknown:
         ap.error(f"unknown phases: {sorted(unknown)}")
+    if "ab" in args.phases.split(",") and args.ab_base is None:
+        ap.error("phase ab needs --ab-base")
     return args
 
 
@@ -185,6 +214,7 @@ class Bench:
             say(f"loaded into {main.usage} and {main.account} in {time.perf_counter() - t:.1f} s")
             await self.ceilings(work, main)
             await self.backlogs(work, main)
+            await self.ab(work, main)
             del work
             gc.collect()
             await self.hot()
@@ -255,44 +285,75 @@ class Bench:
         )
         say(f"hot account: {self.results.hot.rate:,.0f} ev/s in {self.results.hot.seconds:.1f} s")
 
+    async def ab(self, work: Workload, main: Topics) -> None:
+        """The old revision's worker and this one on the same backlog, alternating."""
+        if "ab" not in self.phases:
+            return
+        timeout = max(300.0, work.total / 500)
+        for round_ in range(self.args.ab_rounds):
+            for side in ("base", "this"):
+                name = f"ab{round_}{side}"
+                topics = Topics(main.usage, main.account, *self.topics("", f"{name}-out").outputs)
+                await self.make_topics(topics, inputs=False)
+                procs = await self.side(side, topics, name)
+                say(f"A/B round {round_ + 1}: {side} worker on the backlog ...")
+                result = await run_backlog(procs, work, timeout)
+                self.results.ab.append((side, result))
+                say(f"A/B round {round_ + 1}: {side} {result.rate:,.0f} ev/s")
+
+    async def side(self, side: str, topics: Topics, name: str) -> Processes:
+        """One process of this revision's worker, or of the base's, with a fresh database."""
+        db = await create_database(
+            self.services, f"{self.db_prefix}_{name}", migrated=side == "this"
+        )
+        procs = self.processes(topics, db, name, 1)
+        if side == "base":
+            procs.command = [sys.executable, "-P", "-c", _BASE_CLI, "run"]
+            procs.extra_env = {**procs.extra_env, "PYTHONPATH": str(self.args.ab_base.resolve())}
+            await _run_checked([sys.executable, "-P", "-c", _BASE_CLI, "migrate"], procs.env(0))
+        return procs
+
     async def latency(self, gen: Generator) -> None:
         if "latency" not in self.phases:
             return
         full = self.results.one.rate if self.results.one else self.args.latency_rate
         if full <= 0:
             raise BenchError("the latency run needs the 1-process run or --latency-rate")
-        rate = full / 2
-        count = int(rate * self.args.latency_seconds)
         accounts = self.args.accounts
-        # The same skewed mix as the rate it is half of.
-        setup, ids = latency_setup(gen, accounts, count)
-        usage = Workload()
-        gen.usage(
-            usage,
-            ids,
-            count,
-            begin=datetime.now(UTC),
-            span_s=self.args.latency_seconds,
-            skewed=True,
-        )
-        topics = self.topics("lat", "lat-out")
-        await self.make_topics(topics, inputs=True)
-        db = await create_database(self.services, f"{self.db_prefix}_lat")
-        say(f"latency: {count:,} usage events at {rate:,.0f} ev/s over {accounts:,} accounts")
-        self.results.latency = await run_latency(
-            self.processes(topics, db, "lat", 1),
-            setup,
-            usage.usage,
-            usage.usage_ids,
-            rate,
-            (self.args.partitions, 3),
-            timeout_s=max(300.0, count / 200),
-        )
-        lat = self.results.latency
+        levels = []
+        for pct in (float(x) for x in self.args.latency_levels.split(",")):
+            rate = full * pct / 100
+            count = max(int(rate * self.args.latency_seconds), 1)
+            # The same skewed mix as the rate it is a share of; fresh accounts per level.
+            setup, ids = latency_setup(gen, accounts, count, tag=f"{pct:g}")
+            usage = Workload()
+            begin = datetime.now(UTC)
+            gen.usage(usage, ids, count, begin=begin, span_s=self.args.latency_seconds, skewed=True)
+            levels.append(LatencyLevel(pct / 100, rate, setup, usage.usage, usage.usage_ids))
+        sides = ("base", "this") if self.args.ab_base is not None else ("this",)
         say(
-            f"latency: p50 {lat.percentile(0.5):.0f} ms, p99 {lat.percentile(0.99):.0f} ms "
-            f"over {len(lat.latencies_ms):,} reminders"
+            f"latency: levels {self.args.latency_levels} % of {full:,.0f} ev/s, "
+            f"{self.args.latency_seconds:g} s each, {accounts:,} accounts per level, "
+            f"worker(s) {' and '.join(sides)} alternating"
         )
+        for level in levels:
+            for side in sides:
+                name = f"lat{level.share * 100:g}{side}"
+                topics = self.topics(name, f"{name}-out")
+                await self.make_topics(topics, inputs=True)
+                procs = await self.side(side, topics, name)
+                (lat,) = await run_latency(
+                    procs,
+                    [level],
+                    (self.args.partitions, 3),
+                    timeout_s=max(300.0, len(level.usage) / 200),
+                )
+                (self.results.latency if side == "this" else self.results.latency_base).append(lat)
+                say(
+                    f"latency at {lat.share:.0%} ({lat.target_rate:,.0f} ev/s), {side}: "
+                    f"p50 {lat.percentile(0.5):.0f} ms, p99 {lat.percentile(0.99):.0f} ms "
+                    f"over {len(lat.latencies_ms):,} reminders; load {lat.load}"
+                )
 
     async def memory(self, gen: Generator) -> None:
         if "rss" not in self.phases:
@@ -324,7 +385,6 @@ def raw(results: report.Results) -> dict[str, object]:
     def runs(run: object) -> object:
         return None if run is None else {**vars(run), "cpu": vars(run.cpu)}  # type: ignore[attr-defined]
 
-    lat = results.latency
     return {
         "started": results.started.isoformat(),
         "commit": results.commit,
@@ -338,15 +398,38 @@ def raw(results: report.Results) -> dict[str, object]:
         "hot": runs(results.hot),
         "hot_partitions": results.hot_partitions,
         "rss": runs(results.rss),
-        "latency": lat
-        and {
-            "target_rate": lat.target_rate,
-            "achieved_rate": lat.achieved_rate,
-            "n": len(lat.latencies_ms),
-            "p50_ms": lat.percentile(0.5),
-            "p99_ms": lat.percentile(0.99),
-        },
+        "ab": [{"side": side, **(runs(run) or {})} for side, run in results.ab],
+        "latency_base": [
+            {
+                "share": lat.share,
+                "achieved_rate": lat.achieved_rate,
+                "n": len(lat.latencies_ms),
+                "p50_ms": lat.percentile(0.5),
+                "p99_ms": lat.percentile(0.99),
+                "load": lat.load,
+            }
+            for lat in results.latency_base
+        ],
+        "latency": [
+            {
+                "share": lat.share,
+                "target_rate": lat.target_rate,
+                "achieved_rate": lat.achieved_rate,
+                "n": len(lat.latencies_ms),
+                "p50_ms": lat.percentile(0.5),
+                "p99_ms": lat.percentile(0.99),
+                "load": lat.load,
+                "stages": {k: vars(v) for k, v in lat.stages.items()},
+            }
+            for lat in results.latency
+        ],
     }
+
+
+async def _run_checked(command: list[str], env: dict[str, str]) -> None:
+    proc = await asyncio.create_subprocess_exec(*command, env=env, stdin=asyncio.subprocess.DEVNULL)
+    if await proc.wait() != 0:
+        raise BenchError(f"{shlex.join(command)} exited with {proc.returncode}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -356,6 +439,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"[bench] FAILED: {exc}", file=sys.stderr)
         return 1
+    if results.latency and str(args.results) != "-":
+        from benchmarks.plot import draw_latency  # matplotlib: only when there is a curve
+
+        draw_latency(
+            results.latency,
+            results.latency_base,
+            args.results.parent / "latency.png",
+            report.LATENCY_TARGETS,
+        )
+        say(f"drew {args.results.parent / 'latency.png'}")
     text = report.entry(results)
     print("\n" + text)
     if str(args.results) != "-":

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
+import socket
 import statistics
 import sys
 import time
@@ -15,9 +17,11 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
+import aiohttp
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.kit import (
     CpuSnapshot,
@@ -373,14 +377,31 @@ async def verify(conn: asyncpg.Connection, work: Workload, topics: Topics) -> di
     return counts
 
 
+@dataclass(frozen=True)
+class StageStats:
+    """One stage of `billing_stage_seconds` over a measured window (from bucket counts)."""
+
+    count: int
+    mean_ms: float
+    p50_ms: float
+    p99_ms: float
+
+
 @dataclass
 class LatencyRun:
+    """One load level: usage sent at `target_rate`, each reminder's delay after its cause."""
+
     target_rate: float
     achieved_rate: float
     events: int
     latencies_ms: list[float]
     cpu: CpuSnapshot | None = None
     seconds: float = 0.0
+    share: float = 0.0
+    """Of the measured 1-process rate."""
+    stages: dict[str, StageStats] = field(default_factory=dict)
+    load: str = ""
+    """The machine's load average at the end of the level."""
 
     def percentile(self, q: float) -> float:
         if not self.latencies_ms:
@@ -392,36 +413,71 @@ class LatencyRun:
         ]
 
 
+@dataclass
+class LatencyLevel:
+    """What one load level sends: accounts to set up first, then usage at `rate`."""
+
+    share: float
+    rate: float
+    setup: Workload
+    usage: Sequence[Record]
+    usage_ids: Sequence[str]
+
+
 async def run_latency(
     procs: Processes,
-    setup: Workload,
-    usage: Sequence[Record],
-    usage_ids: Sequence[str],
-    rate: float,
+    levels: Sequence[LatencyLevel],
     partitions: tuple[int, int],
     timeout_s: float,
-) -> LatencyRun:
-    """Accounts set up and applied first; then usage at `rate` events/s, each send stamped,
-    against the moment its reminder can be read from the reminders topic."""
+) -> list[LatencyRun]:
+    """One worker for every level, lowest first: per level its accounts set up and applied,
+    then usage at the level's rate, each send stamped, against the moment its reminder can be
+    read from the reminders topic; the worker's stage histograms are read around each level."""
     services, topics = procs.services, procs.topics
     inputs, outputs = partitions
-    await produce(services.bootstrap, topics.account, inputs, setup.account)
+    port = _free_port()
+    procs.extra_env = {**procs.extra_env, "BILLING_HTTP_PORT": str(port)}
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
     conn = await asyncpg.connect(procs.database_url)
     reader = OffsetReader({"bootstrap_servers": services.bootstrap}, timeout_s=10)
+    runs: list[LatencyRun] = []
     await procs.start()
     try:
-        await _wait(lambda: drained(conn, reader, procs.group, topics), procs, timeout_s)
         received: list[tuple[str, float]] = []
         listener = await _listen(services.bootstrap, topics.reminders, outputs, received)
         try:
             database = urlsplit(procs.database_url).path.lstrip("/")
-            cpu_start = CpuSnapshot.take(services, procs.pids, database)
-            started = time.monotonic()
-            sent_at, achieved = await _paced(services.bootstrap, topics.usage, inputs, usage, rate)
-            await _wait(lambda: drained(conn, reader, procs.group, topics), procs, timeout_s)
-            cpu = CpuSnapshot.take(services, procs.pids, database).minus(cpu_start)
-            seconds = time.monotonic() - started
-            await asyncio.sleep(1.0)
+            for level in levels:
+                await produce(services.bootstrap, topics.account, inputs, level.setup.account)
+                await _wait(lambda: drained(conn, reader, procs.group, topics), procs, timeout_s)
+                before = await scrape_stages(metrics_url)
+                mark = len(received)
+                cpu_start = CpuSnapshot.take(services, procs.pids, database)
+                started = time.monotonic()
+                sent_at, achieved = await _paced(
+                    services.bootstrap, topics.usage, inputs, level.usage, level.rate
+                )
+                await _wait(lambda: drained(conn, reader, procs.group, topics), procs, timeout_s)
+                cpu = CpuSnapshot.take(services, procs.pids, database).minus(cpu_start)
+                seconds = time.monotonic() - started
+                # The last reminders are committed; give the reader a moment to see them.
+                await asyncio.sleep(1.0)
+                stages = stage_stats(before, await scrape_stages(metrics_url))
+                latencies = _matched(level.usage_ids, sent_at, received[mark:])
+                load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+                runs.append(
+                    LatencyRun(
+                        level.rate,
+                        achieved,
+                        len(level.usage),
+                        latencies,
+                        cpu,
+                        seconds,
+                        level.share,
+                        stages,
+                        load,
+                    )
+                )
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
@@ -429,6 +485,13 @@ async def run_latency(
         await reader.close()
         await conn.close()
         await procs.stop()
+    return runs
+
+
+def _matched(
+    usage_ids: Sequence[str], sent_at: Sequence[float], received: Sequence[tuple[str, float]]
+) -> list[float]:
+    """Milliseconds from the first send of each usage event to its reminder's arrival."""
     first_send: dict[str, float] = {}
     for event_id, at in zip(usage_ids, sent_at, strict=True):
         if event_id:
@@ -438,7 +501,67 @@ async def run_latency(
         _, _, event_id = reminder_id.partition(":charge:")
         if event_id in first_send:
             latencies.append((at - first_send[event_id]) * 1000)
-    return LatencyRun(rate, achieved, len(usage), latencies, cpu, seconds)
+    return latencies
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# stage -> (cumulative count per bucket upper bound, count, sum)
+Buckets = dict[str, tuple[dict[float, float], float, float]]
+
+
+async def scrape_stages(url: str) -> Buckets:
+    """The worker's `billing_stage_seconds` histogram as it stands."""
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
+    out: Buckets = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "billing_stage_seconds":
+            continue
+        for sample in family.samples:
+            stage = sample.labels["stage"]
+            buckets, count, total = out.get(stage, ({}, 0.0, 0.0))
+            if sample.name.endswith("_bucket"):
+                buckets[float(sample.labels["le"])] = sample.value
+            elif sample.name.endswith("_count"):
+                count = sample.value
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+            out[stage] = (buckets, count, total)
+    return out
+
+
+def stage_stats(before: Buckets, after: Buckets) -> dict[str, StageStats]:
+    """What each stage observed between two scrapes; quantiles interpolated in a bucket."""
+    stats = {}
+    for stage, (buckets, count, total) in after.items():
+        old_buckets, old_count, old_total = before.get(stage, ({}, 0.0, 0.0))
+        n = count - old_count
+        if n <= 0:
+            continue
+        cumulative = sorted((le, c - old_buckets.get(le, 0.0)) for le, c in buckets.items())
+        stats[stage] = StageStats(
+            int(n),
+            (total - old_total) / n * 1000,
+            _quantile(cumulative, 0.5 * n) * 1000,
+            _quantile(cumulative, 0.99 * n) * 1000,
+        )
+    return stats
+
+
+def _quantile(cumulative: list[tuple[float, float]], rank: float) -> float:
+    lower, below = 0.0, 0.0
+    for le, count in cumulative:
+        if count >= rank:
+            if math.isinf(le) or count == below:
+                return lower
+            return lower + (le - lower) * (rank - below) / (count - below)
+        lower, below = le, count
+    return lower
 
 
 async def _wait(condition: object, procs: Processes, timeout_s: float) -> None:
@@ -458,7 +581,9 @@ async def _listen(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         isolation_level="read_committed",
-        fetch_max_wait_ms=50,
+        # As the worker's own consumer: the reader must not add a fetch wait of its own to
+        # what it measures (records of a partition left out of a fetch in flight wait for it).
+        fetch_max_wait_ms=10,
     )
     await consumer.start()
     consumer.assign(topic_partitions(topic, partitions))

@@ -267,12 +267,14 @@ def skewed_share(index: int, accounts: int) -> float:
     return math.sqrt((index + 1) / accounts) - math.sqrt(index / accounts)
 
 
-def latency_setup(gen: Generator, accounts: int, events: int) -> tuple[Workload, list[str]]:
+def latency_setup(
+    gen: Generator, accounts: int, events: int, tag: str = ""
+) -> tuple[Workload, list[str]]:
     """Accounts whose balance sits a random number of charges above a 100 JPY threshold (up
     to twice the charges each should get from `events` skewed usage events), so low-balance
-    and depleted reminders keep coming while usage flows."""
+    and depleted reminders keep coming while usage flows. `tag` keeps load levels apart."""
     work = Workload()
-    ids = account_ids(f"{gen.run_id}-lat", accounts)
+    ids = account_ids(f"{gen.run_id}-lat{tag}", accounts)
     credits = []
     for index in range(accounts):
         reach = max(int(2 * events * skewed_share(index, accounts)), 2)

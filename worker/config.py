@@ -66,7 +66,14 @@ class Settings(BaseSettings):
     # Large batches amortise the per-transaction cost and load each busy account once for many
     # events (benchmarks/RESULTS.md); at lower load batches are smaller, so latency stays low.
     batch_max_records: int = Field(10_000, ge=1, le=100_000)
+    # How long the stream waits for records when none are buffered: not a batching delay
+    # (a fetch returns as soon as the broker has records), the idle poll of the aligner's clock.
     batch_timeout_ms: int = Field(200, ge=1)
+    # How long the broker may hold one fetch with no new records: bounds how long records of a
+    # partition left out of the fetch in flight wait (consumer `fetch_max_wait_ms`; Kafka's
+    # default is 500). While any assigned partition is idle (the account topic, mostly) the
+    # consumer sends 1000 / this fetches a second, which costs worker CPU on a busy machine.
+    fetch_max_wait_ms: int = Field(50, ge=0, le=10_000)
     # How long records of one input wait for the other co-partitioned input to catch up.
     align_max_wait_ms: int = Field(1000, ge=0)
     expiry_sweep_interval_s: float = Field(30.0, gt=0)

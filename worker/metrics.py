@@ -51,6 +51,17 @@ class Metrics:
             registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.stage_seconds = Histogram(
+            "billing_stage_seconds",
+            "Time one traced event (the first of each batch and of each relay round) spent"
+            " in each stage from the broker to its output's Kafka commit",
+            ["stage"],
+            registry=r,
+            buckets=(
+                *(0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25),
+                *(0.5, 1, 2.5, 5, 10),
+            ),
+        )
         self.outbox_sent = Counter(
             "billing_outbox_sent", "Outbox messages the broker acked", ["topic"], registry=r
         )

@@ -93,7 +93,9 @@ async def test_demo_command_produces_traffic_the_worker_bills(settings: Settings
             "--malformed",
             "0",
             "--seed",
-            "7",
+            # Not test_operations' seed: the same seed gives the same event ids, and both
+            # tests share the session's database (they would be conflicting duplicates).
+            "11",
         )
         assert code == 0, err
         sent = await read_topic(settings, settings.topic_usage) + await read_topic(

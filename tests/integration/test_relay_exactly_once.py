@@ -49,8 +49,7 @@ async def _insert(conn: asyncpg.Connection, topic: str, ids: list[str]) -> None:
     )
 
 
-async def _read(settings: Settings, topic: str, isolation: str) -> list[tuple[str, int]]:
-    """(message_id, outbox_seq) of every message of `topic`, as a consumer of `isolation` sees."""
+async def _consumer(settings: Settings, isolation: str) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         enable_auto_commit=False,
@@ -58,19 +57,20 @@ async def _read(settings: Settings, topic: str, isolation: str) -> list[tuple[st
     )
     await consumer.start()
     await asyncio.sleep(0)  # aiokafka 0.14: lets a background task start before stop()
+    return consumer
+
+
+async def _read(settings: Settings, topic: str, isolation: str) -> list[tuple[str, int]]:
+    """(message_id, outbox_seq) of every message of `topic`, as a consumer of `isolation` sees."""
+    consumer = await _consumer(settings, isolation)
     try:
         await consumer._client.force_metadata_update()
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        enable_auto_commit=False,
-        isolation_level=isolation,
-    )
-    await consumer.start()
-    await asyncio.sleep(0)  # aiokafka 0.14: lets a background task start before stop()
+    # A second consumer reads: on aiokafka 0.14 end_offsets() can leave the first fetching nothing.
+    consumer = await _consumer(settings, isolation)
     try:
         consumer.assign(tps)
         for tp in tps:
@@ -232,3 +232,44 @@ async def test_a_producer_with_another_database_id_does_not_fence(
     finally:
         await a.close()
         await b.close()
+
+
+async def _until(condition: Any, timeout_s: float) -> bool:
+    """Poll `condition` (an async callable) until it holds or the time is up."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        if await condition():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_a_commit_by_another_process_wakes_the_leading_relay(
+    settings: Settings, own_db: str
+) -> None:
+    await create_topics(settings)
+    # Its poll would come only after ten minutes: the row must be published on the NOTIFY.
+    relay = OutboxRelay(
+        own_db, kafka_client_args(settings), settings.client_id, Metrics(), poll_interval_s=600
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    conn = await asyncpg.connect(own_db)
+    try:
+
+        async def leading() -> bool:
+            return relay.leader
+
+        assert await _until(leading, 60), "the relay never took the lead"
+        # Written and committed on a connection of its own, as another worker process would:
+        # nothing calls relay.wake().
+        await _insert(conn, settings.topic_reminders, ["n1"])
+
+        async def sent() -> bool:
+            return bool(await conn.fetchval("SELECT sent_at IS NOT NULL FROM outbox"))
+
+        assert await _until(sent, 30), "the relay did not publish the row on the notification"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+        await conn.close()

@@ -112,8 +112,9 @@ async def test_no_write_on_reminders_is_retried_and_the_outbox_keeps_the_message
                 unsent = await conn.fetchval(
                     "SELECT count(*) FROM outbox"
                     " WHERE key = convert_to($1, 'UTF8') AND sent_at IS NULL"
-                    " AND failed_at IS NULL",
+                    " AND failed_at IS NULL AND topic = $2",
                     a,
+                    settings.topic_reminders,
                 )
                 assert unsent == 1  # kept, not parked, not lost
                 assert settings.topic_reminders in str(refusals()[0]["error"])

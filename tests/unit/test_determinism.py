@@ -195,3 +195,16 @@ async def test_nothing_is_forfeited_in_front_of_a_record_while_the_other_input_i
 
     kinds = [(e.kind, e.amount_jpy) for e in store.db.ledger]
     assert kinds == [("grant", 1_000), ("charge", -100)]  # the expired lot did not pay either
+
+
+def test_records_read_again_after_a_reset_replace_what_was_buffered_from_there_on() -> None:
+    # Offsets 5 and 6 were buffered; the position is reset to 3 (a rebalance gave the
+    # partition back from its committed offset) and 3..6 are read again. Releasing the old 5
+    # and 6 first would let their commit pass 3 and 4 before those were applied.
+    aligner = Aligner(max_wait_s=0.0)
+    aligner.add([usage(5, 10, at(1), at(1)), usage(6, 10, at(1), at(1))])
+    aligner.add([usage(n, 10, at(1), at(1)) for n in (3, 4, 5, 6)])
+
+    released = aligner.release({("account", 0)}, 0.0, 10)
+
+    assert [item.record.offset for item in released] == [3, 4, 5, 6]

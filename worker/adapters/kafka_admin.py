@@ -4,7 +4,6 @@ the oldest record the group has not committed yet is (time lag)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
@@ -71,8 +70,11 @@ class OffsetReader:
         if heads is not None:
             # Bounded: see _read_heads on aiokafka's fetch task; a stop that hangs must not
             # hold up the worker's shutdown.
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(heads.stop(), self.timeout_s)
+            except TimeoutError:
+                # The stop hung and was cancelled: close its connections, or they stay open.
+                await heads._client.close()
         if consumer is not None:
             await consumer.stop()
         if admin is not None:

@@ -29,6 +29,8 @@ from worker.metrics import Metrics
 log = logs.get("worker.relay")
 
 RELAY_LOCK_KEY = 0x5B111_0002
+# Every commit that writes outbox rows notifies this channel (migration 0008).
+NOTIFY_CHANNEL = "billing_outbox"
 
 # Rows numbered by an earlier round that did not end in a marked commit come first, in
 # their numbers' order; then new rows in id order.
@@ -54,6 +56,8 @@ _ANY_UNSENT = "SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL AND fai
 # A parked row loses its number: if ops release it, it is numbered again when it is sent, so
 # a number at or below the log's highest always means "published".
 _PARK = "UPDATE outbox SET failed_at = now(), failure = $2, relay_seq = NULL WHERE id = $1"
+# The backlog gauges are read at most this often: one more query per round is latency.
+_BACKLOG_EVERY_S = 1.0
 # Errors that no retry can cure for this one message: it is parked, the rest flows.
 _UNSENDABLE = (MessageSizeTooLargeError, RecordTooLargeError)
 _BACKLOG = """
@@ -88,7 +92,11 @@ def build_transactional_producer(
         transactional_id=transactional_id,
         # The broker aborts a transaction left open longer (a relay that hangs mid-round).
         transaction_timeout_ms=60_000,
-        linger_ms=5,
+        # A round sends its whole page at once, then commits: lingering only delays the commit.
+        linger_ms=0,
+        # AddPartitionsToTxn right after a commit may meet CONCURRENT_TRANSACTIONS while the
+        # broker writes the markers; the 100 ms default retry would stall the next round.
+        retry_backoff_ms=10,
         request_timeout_ms=15_000,
     )
 
@@ -123,11 +131,19 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
         self._wakeup = asyncio.Event()
+        # When the first wake-up not yet served by a round came (for the relay_wake stage).
+        self._woken_at: float | None = None
+        self._backlog_read_at = -_BACKLOG_EVERY_S
         self.leader = False
         self._failing_since: float | None = None
 
     def wake(self) -> None:
+        if self._woken_at is None:
+            self._woken_at = time.monotonic()
         self._wakeup.set()
+
+    def _notified(self, *_: object) -> None:
+        self.wake()
 
     def _recovered(self) -> None:
         if self._failing_since is not None:
@@ -169,6 +185,8 @@ class OutboxRelay:
                 return
             # Only the lock holder starts a producer: starting one fences the one in use.
             producer = await self._start(conn)
+            # Another process's commits wake this leader too; the poll is only a safety net.
+            await conn.add_listener(NOTIFY_CHANNEL, self._notified)
             self.leader = True
             while not stop.is_set():
                 sent = await self.relay_once(conn, producer)
@@ -271,7 +289,7 @@ class OutboxRelay:
         )
 
     async def _idle(self, stop: asyncio.Event) -> None:
-        self._wakeup.clear()
+        # Not cleared here: a wake-up that came during the round just ended starts the next.
         waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
         try:
             await asyncio.wait(
@@ -283,9 +301,18 @@ class OutboxRelay:
 
     async def relay_once(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
         """Publish one page of unsent rows in one transaction; mark them sent after the commit."""
+        # Cleared before the read: a commit after this point wakes the next round.
+        woken, self._woken_at = self._woken_at, None
+        self._wakeup.clear()
+        started = time.monotonic()
         rows = await conn.fetch(_PENDING, self.batch_size)
         if rows:
-            await self._publish(conn, producer, rows)
+            if woken is not None:
+                self.metrics.stage_seconds.labels("relay_wake").observe(started - woken)
+            await self._publish(conn, producer, rows, started)
+        if rows and time.monotonic() - self._backlog_read_at < _BACKLOG_EVERY_S:
+            return len(rows)
+        self._backlog_read_at = time.monotonic()
         backlog = await conn.fetchrow(_BACKLOG)
         assert backlog is not None  # an aggregate always returns one row
         self.metrics.outbox_backlog.set(backlog["n"])
@@ -296,9 +323,16 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(
-        self, conn: asyncpg.Connection, producer: AIOKafkaProducer, rows: list[asyncpg.Record]
+        self,
+        conn: asyncpg.Connection,
+        producer: AIOKafkaProducer,
+        rows: list[asyncpg.Record],
+        started: float,
     ) -> None:
+        stage = self.metrics.stage_seconds
         seqs = await self._number(conn, rows)
+        numbered = time.monotonic()
+        stage.labels("relay_read").observe(numbered - started)
         await producer.begin_transaction()
         # Any exception from here leaves the transaction open: run() starts a new producer,
         # which aborts it, and recovers from the log before sending again.
@@ -311,6 +345,8 @@ class OutboxRelay:
         for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(outcome, _UNSENDABLE):
                 raise outcome
+        acked = time.monotonic()
+        stage.labels("relay_produce").observe(acked - numbered)
         # Parked before the commit: a crash after it must not find a numbered row that the
         # log does not hold below the log's highest number.
         for row, outcome in unsendable:
@@ -321,6 +357,7 @@ class OutboxRelay:
             await producer.abort_transaction()
             return
         await producer.commit_transaction()
+        stage.labels("relay_commit").observe(time.monotonic() - acked)
         parked = {row["id"] for row, _ in unsendable}
         sent = [row for row in rows if row["id"] not in parked]
         await conn.execute(_MARK, [row["id"] for row in sent])

@@ -25,6 +25,7 @@ from worker.adapters.kafka_admin import OffsetReader
 from worker.adapters.kafka_connection import kafka_client_args
 from worker.config import Settings
 from worker.domain.account import Policy
+from worker.entrypoints.stages import StageTrace
 from worker.errors import ShuttingDown, is_retriable
 from worker.metrics import Metrics
 from worker.retry import retry
@@ -34,8 +35,9 @@ from worker.service.inputs import input_problem
 from worker.service.ports import Dead, Decoded, Encoder, InputRecord, Source, Store
 
 log = logs.get("worker.stream")
-# (assignment generation, records decoded, fetch position per side just after they came)
-_Fetched = tuple[int, list[Decoded | Dead], dict[tuple[Source, int], int]]
+# (assignment generation, records decoded, fetch position per side just after they came,
+# when they came by the wall clock and by the monotonic one)
+_Fetched = tuple[int, list[Decoded | Dead], dict[tuple[Source, int], int], float, float]
 # Records decoded between two yields to the event loop while a batch is in the database.
 _DECODE_SLICE = 100
 # How often the input topics' partition counts are checked, waiting or consuming.
@@ -83,6 +85,7 @@ class StreamProcessor:
         metrics: Metrics,
         on_applied: Callable[[BatchReport], None] = lambda _: None,
     ) -> None:
+        """`on_applied` runs right after a batch's database commit (e.g. to wake the relay)."""
         self.settings = settings
         self.store = store
         self.decoder = decoder
@@ -101,6 +104,7 @@ class StreamProcessor:
         self.last_commit: dict[TopicPartition, float] = {}
         self.committed: dict[TopicPartition, int] = {}
         self.topics: dict[Source, str] = {source: topic for topic, source in self.sources.items()}
+        self.trace = StageTrace(metrics)
         self.inputs = OffsetReader(kafka_client_args(settings), settings.client_id + "-inputs")
         # For /ready: why the inputs cannot be consumed now (None: they can).
         self.input_problem: str | None = "input topics not checked yet"
@@ -120,6 +124,10 @@ class StreamProcessor:
             # Range assignment keeps partition N of both input topics on one consumer.
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_poll_records=s.batch_max_records,
+            # The broker holds a fetch this long when it has nothing new for it; records that
+            # arrive meanwhile for a partition left out of it (its previous records were still
+            # buffered) wait for it to return, so a long wait is latency at everyday load.
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=3_000,
         )
@@ -207,12 +215,14 @@ class StreamProcessor:
         ahead: asyncio.Task[_Fetched] | None = None
         try:
             while not stop.is_set() and not await self._inputs_changed():
-                generation, decoded, positions = await (ahead or self._fetch(consumer))
+                fetched = await (ahead or self._fetch(consumer))
+                generation, decoded, positions, fetched_wall, fetched_mono = fetched
                 ahead = None
                 async with self.lock:
                     if generation == self.listener.generation:
                         self.aligner.add(decoded)
                         self.aligner.fetched(positions)
+                        self.trace.added(decoded, fetched_wall, fetched_mono)
                     # else: read before a rebalance; whoever owns the partitions reads them again
                     caught_up, behind = await self._other_sides(consumer)
                     ready = self.aligner.release(
@@ -220,6 +230,7 @@ class StreamProcessor:
                     )
                     self._throttle(consumer)
                     if ready:
+                        self.trace.released(ready[0])
                         # Read and decode the next records while this batch is in the database;
                         # they reach the aligner only once it is committed.
                         ahead = asyncio.create_task(self._fetch(consumer))
@@ -238,6 +249,7 @@ class StreamProcessor:
         fetched = await consumer.getmany(
             timeout_ms=self.settings.batch_timeout_ms, max_records=self.settings.batch_max_records
         )
+        fetched_wall, fetched_mono = time.time(), time.monotonic()
         generation = self.listener.generation
         positions = {
             (self.sources[tp.topic], tp.partition): await consumer.position(tp)
@@ -250,7 +262,7 @@ class StreamProcessor:
                 decoded.append(self.decoder(to_input(source, m)))
                 if len(decoded) % _DECODE_SLICE == 0:
                     await asyncio.sleep(0)  # let the batch in the database take its next step
-        return generation, decoded, positions
+        return generation, decoded, positions, fetched_wall, fetched_mono
 
     async def _other_sides(
         self, consumer: AIOKafkaConsumer
@@ -303,13 +315,18 @@ class StreamProcessor:
     ) -> None:
         started = time.perf_counter()
         report = await self._apply(ready, pending, stop)
+        applied = time.perf_counter()
+        # The outputs are committed: the relay may publish them while the offsets commit.
+        self.on_applied(report)
         next_offsets: dict[TopicPartition, int] = {}
         for item in ready:
             tp = TopicPartition(item.record.topic, item.record.partition)
             next_offsets[tp] = max(next_offsets.get(tp, 0), item.record.offset + 1)
         await self._commit(consumer, self._with_settled(next_offsets), stop)
-        self._observe(report, len(ready), time.perf_counter() - started)
-        self.on_applied(report)
+        done = time.perf_counter()
+        self.metrics.stage_seconds.labels("transaction").observe(applied - started)
+        self.metrics.stage_seconds.labels("offset_commit").observe(done - applied)
+        self._observe(report, len(ready), done - started)
 
     def _with_settled(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """Move a partition's commit to its fetch position when nothing of it waits unreleased:

@@ -49,7 +49,13 @@ class Aligner:
         """Items of one partition in offset order (several partitions may be mixed)."""
         for item in items:
             side = (item.record.source, item.record.partition)
-            self.buffers.setdefault(side, deque()).append(item)
+            buffer = self.buffers.setdefault(side, deque())
+            # A position that went back (reset to the committed offset after a rebalance)
+            # reads again what is buffered from there on: keep the buffer in offset order, so
+            # nothing of a higher offset is released, and committed, ahead of lower ones.
+            while buffer and buffer[-1].record.offset >= item.record.offset:
+                buffer.pop()
+            buffer.append(item)
             arrived = item.record.arrived_at
             last = self.last_arrival.get(side)
             self.last_arrival[side] = (
