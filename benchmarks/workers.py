@@ -37,6 +37,7 @@ from benchmarks.kit import (
 from benchmarks.workload import Record, Workload
 from worker.adapters.digest import state_digest
 from worker.adapters.kafka_admin import OffsetReader
+from worker.adapters.strays import stray_rows
 
 WORKER = Path(sys.executable).parent / "billing-worker"
 
@@ -374,6 +375,9 @@ async def verify(conn: asyncpg.Connection, work: Workload, topics: Topics) -> di
     )
     if bad:
         raise BenchError(f"{bad} accounts whose balance is not the sum of their ledger")
+    strays = await stray_rows(conn)
+    if strays:
+        raise BenchError(f"rows of no account in their partition: {strays}")
     return counts
 
 

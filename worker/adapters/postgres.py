@@ -15,10 +15,11 @@ from worker.domain.account import Account, OpenInvoice
 from worker.domain.events import PostpayCharge
 from worker.domain.invoicing import Invoice
 from worker.domain.lots import Lot
+from worker.errors import AccountNotLocked
 from worker.service.ports import Changes, EventKey, OutboxMessage
 
 MONTH_CLOSE_LOCK_KEY = 0x5B111_0003
-# An account stored before migration 0008 with no applied event yet: its next record tells.
+# An account stored before migration 0009 with no applied event yet: its next record tells.
 UNKNOWN_PARTITION = -1
 
 _LOCK_ACCOUNTS = """
@@ -238,6 +239,15 @@ class PgUnitOfWork:
         )
         return list(await self.conn.fetch(_LOCK_ACCOUNTS, [row["account_id"] for row in rows]))
 
+    def _partition(self, account_id: str) -> int:
+        """The partition of an account locked here. Rows of any other account are refused:
+        with no foreign key on the per-charge tables (migration 0009) this is what keeps every
+        row's (account_id, partition) that of an existing account."""
+        try:
+            return self.partitions[account_id]
+        except KeyError:
+            raise AccountNotLocked(account_id) from None
+
     async def seen(self, keys: Sequence[EventKey]) -> dict[EventKey, bytes]:
         if not keys:
             return {}
@@ -363,7 +373,7 @@ class PgUnitOfWork:
                         lot.expires_at,
                         lot.forfeited,
                         lot.expiring_notified,
-                        self.partitions[a.account_id],
+                        self._partition(a.account_id),
                     )
                 )
 
@@ -395,7 +405,7 @@ class PgUnitOfWork:
                         orjson.dumps(
                             [{"lot_id": lot, "amount_jpy": n} for lot, n in e.allocations]
                         ).decode(),
-                        self.partitions[e.account_id],
+                        self._partition(e.account_id),
                     )
                     for e in effects.ledger
                 ],
@@ -407,7 +417,7 @@ class PgUnitOfWork:
                 [key[0] for key, _ in rows],
                 [key[1] for key, _ in rows],
                 [amount for _, amount in rows],
-                [self.partitions[key[0]] for key, _ in rows],
+                [self._partition(key[0]) for key, _ in rows],
             )
         if effects.postpay:
             await self.conn.copy_records_to_table(
@@ -435,7 +445,7 @@ class PgUnitOfWork:
                         p.segments,
                         p.amount_jpy,
                         p.from_lots_jpy,
-                        self.partitions[p.account_id],
+                        self._partition(p.account_id),
                     )
                     for p in effects.postpay
                 ],
