@@ -185,18 +185,16 @@ def _ab_rows(r: Results) -> list[tuple[str, str, str]]:
         else ""
     )
     not_lower = bool(base and this) and statistics.median(this) >= statistics.median(base)
+
     # CPU per event is steadier than a rate on a shared machine: others' load stretches the
     # wall clock, not the work one event costs.
-    cost = {
-        side: statistics.median(run.cpu.worker / run.events * 1e6 for s, run in r.ab if s == side)
-        for side in by_side
-    }
-    broker_db = {
-        side: statistics.median(
-            (run.cpu.kafka + run.cpu.postgres) / run.events * 1e6 for s, run in r.ab if s == side
+    def per_event(side: str, part: str) -> float:
+        return statistics.median(
+            getattr(run.cpu, part) / run.events * 1e6 for s, run in r.ab if s == side
         )
-        for side in by_side
-    }
+
+    parts = ("worker", "postgres", "backends", "kafka")
+    cost = {side: {part: per_event(side, part) for part in parts} for side in by_side}
     rows.append(
         (
             "A/B on the same backlog, 1 process, alternating (base = the older revision)",
@@ -208,13 +206,16 @@ def _ab_rows(r: Results) -> list[tuple[str, str, str]]:
             f"no lower than base: {_verdict(not_lower)}",
         )
     )
+    cheaper = bool(base and this) and cost["this"]["postgres"] <= cost["base"]["postgres"]
     rows.append(
         (
-            "A/B CPU per event (medians): worker; Kafka + PostgreSQL",
+            "A/B CPU per event (medians, µs): worker; PostgreSQL server; the run's own "
+            "PostgreSQL backends; Kafka",
             "; ".join(
-                f"{side} {cost[side]:,.0f} µs; {broker_db[side]:,.0f} µs" for side in by_side
+                f"{side} " + " / ".join(f"{cost[side][part]:,.0f}" for part in parts)
+                for side in by_side
             ),
-            "",
+            f"PostgreSQL no higher than base: {_verdict(cheaper)}",
         )
     )
     return rows
