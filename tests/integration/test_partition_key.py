@@ -163,6 +163,31 @@ async def test_a_unit_of_work_refuses_a_row_for_an_account_it_has_not_locked(
     assert written == 0
 
 
+async def test_the_stray_check_finds_a_row_of_another_partition(
+    settings: Settings, unique: str
+) -> None:
+    account = f"stray-{unique}"
+    async with database(settings) as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            before = await stray_rows(conn)
+            await conn.execute(
+                "INSERT INTO accounts (account_id, partition) VALUES ($1, 1)", account
+            )
+            await conn.execute(
+                "INSERT INTO ledger_entries (entry_id, account_id, kind, amount_jpy,"
+                " balance_after_jpy, occurred_at, ref, partition)"
+                " VALUES ($1, $2, 'grant', 100, 100, now(), $1, 2)",
+                f"grant:{unique}",
+                account,
+            )
+            after = await stray_rows(conn)
+        finally:
+            await transaction.rollback()
+    assert after.get("ledger_entries", 0) - before.get("ledger_entries", 0) == 1
+
+
 @pytest.fixture
 async def database_before_partitions(service_env: dict[str, str]) -> AsyncIterator[str]:
     """A database migrated up to the migration before the partition key, as deployed."""

@@ -38,10 +38,11 @@ FROM accounts a WHERE a.account_id = t.account_id;
 ALTER TABLE usage_daily ALTER COLUMN partition SET NOT NULL;
 
 -- Foreign keys, one by one (ADR 0002, section 3). Those of the rows written per charge go:
--- their checks were a quarter of the database's CPU per event, and what they guarded (no row
--- for an account that does not exist, or of another partition) holds by construction: a
--- unit of work writes rows only for the accounts it has locked, with the partition it read
--- from them (worker/adapters/postgres.py; tests/integration/test_partition_key.py checks it).
+-- foreign-key checks were about a quarter of the database's CPU per event, nearly all of them
+-- on these three tables; and what they guarded (no row for an account that does not exist,
+-- or of another partition) holds by construction: a unit of work writes rows only for the
+-- accounts it has locked, with the partition it read from them (worker/adapters/postgres.py;
+-- tests/integration/test_partition_key.py and worker/adapters/strays.py check it).
 ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_account_id_fkey;
 ALTER TABLE postpay_usage DROP CONSTRAINT postpay_usage_account_id_fkey;
 ALTER TABLE usage_daily DROP CONSTRAINT usage_daily_account_id_fkey;
