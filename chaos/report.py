@@ -86,8 +86,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         ("mismatches", f"{r['mismatches']} {r['mismatches_by_category'] or ''}"),
         (
             "disagreements with the independent reference model (chaos/oracle.py)",
-            f"{r.get('oracle_disagreements')} (+ {r.get('oracle_pending_spec')} where the "
-            "domain does not follow SPEC yet)",
+            r.get("oracle_disagreements"),
         ),
         ("group outage while lots expire", r.get("outage")),
         ("usage of the expiring lots, by arrival", r.get("expiry_usage_arrivals")),

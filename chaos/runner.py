@@ -660,10 +660,7 @@ async def _verify(run: Run) -> dict[str, Any]:
             records, policy_from(s), scenario.layout.period, scenario.close_seq, end
         ),
     )
-    pending = [d for d in disagreements if oracle_feed.pending_in_domain(d)]
-    disagreements = [d for d in disagreements if not oracle_feed.pending_in_domain(d)]
     run.figures["oracle_disagreements"] = len(disagreements)
-    run.figures["oracle_pending_spec"] = len(pending)
     if disagreements:
         run.note("oracle_disagreement", examples=disagreements[:5])
     actual = check.Actual(
@@ -860,7 +857,6 @@ def _results(
         "expiry_usage_arrivals": figures.get("arrivals"),
         "hostile_by_kind": _hostile(scenario),
         "oracle_disagreements": figures.get("oracle_disagreements"),
-        "oracle_pending_spec": figures.get("oracle_pending_spec"),
         "mismatches_by_category": dict(report.counts),
         "mismatch_lines": report.lines[:50],
         "account_diffs": [
