@@ -383,6 +383,8 @@ def _settings(services: Services, url: str, prefix: str) -> Settings:
         month_close_interval_s=2.0,
         # Ordering must come from the caught-up check alone, never from giving up waiting.
         align_max_wait_ms=120_000,
+        # Every offset commit in the worker logs, so a loss can be traced offset by offset.
+        log_debug="worker.stream",
         shutdown_timeout_s=60,
         log_json=True,
     )
