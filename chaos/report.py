@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 
+from chaos import gaps
+
 
 def summary_lines(r: dict[str, Any]) -> list[str]:
     verdict = "PASSED" if r["passed"] else "FAILED"
@@ -29,6 +31,7 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"  state digest: {r.get('digest')}",
     ]
     lines += [f"  precondition violated: {p}" for p in r["preconditions_violated"][:10]]
+    lines += [f"  {gaps.describe(lost)}" for lost in r.get("lost_ranges", [])[:10]]
     lines += [f"  {line}" for line in r["mismatch_lines"][:20]]
     for diff in r["account_diffs"][:5]:
         lines.append(f"  account {diff['account']}:")

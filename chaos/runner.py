@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from chaos import check, duplicates, model, oracle_feed
+from chaos import check, duplicates, gaps, model, oracle_feed
 from chaos.faulty_worker import (
     EXIT_AFTER_COMMIT,
     EXIT_FILE,
@@ -556,6 +556,16 @@ def _results(
     for kind in scenario.categories.values():
         kinds[kind] = kinds.get(kind, 0) + 1
     preconditions = _preconditions(run, actual, end)
+    lost = gaps.explain(
+        gaps.missing_ranges(
+            [(r.topic, r.partition, r.offset) for r in records],
+            set(expected.processed.values()),
+            set(expected.dead),
+            set(actual.processed.values()),
+            set(actual.dead_letters),
+        ),
+        gaps.read_trace(run.run_dir),
+    )
     w = run.workers
     figures = run.figures
     dups = figures["duplicates_read_committed"]
@@ -606,6 +616,8 @@ def _results(
         "oracle_pending_spec": figures.get("oracle_pending_spec"),
         "mismatches_by_category": dict(report.counts),
         "mismatch_lines": report.lines[:50],
+        # Input ranges neither applied nor dead-lettered, with who owned and committed past them.
+        "lost_ranges": lost[:20],
         "account_diffs": [
             {"account": a, "model": m, "actual": x} for a, m, x in report.accounts[:10]
         ],
