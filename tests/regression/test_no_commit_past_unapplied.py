@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from tests.integration.kit import (
     ago,
@@ -131,7 +132,7 @@ async def test_a_rebalance_with_a_batch_in_the_database_and_records_buffered_los
             async def at_end() -> bool:
                 return await _group_at_end(settings)
 
-            await wait_until(at_end, 30, "the group to commit to the end")
+            await wait_until(at_end, 60, "the group to commit to the end")
             second_stop.set()
             await asyncio.wait_for(second_task, 60)
             applied = await conn.fetchval(
@@ -254,3 +255,86 @@ async def test_every_offset_commit_is_traced_with_partition_offset_generation_an
         "batch": 7,
         "released": {key: [0, 6]},
     }
+
+
+async def test_an_empty_fetch_that_times_out_during_a_rebalance_is_not_taken_for_current(
+    settings: Settings, unique: str
+) -> None:
+    # The loss of the chaos run. A batch is in the database (the lock is held); a member
+    # joins; the revocation bumps the generation and waits for the lock. The fetch read ahead
+    # meanwhile times out empty (aiokafka returns {} on timeout without asking whether a
+    # reassignment is under way) and reads its positions from the old assignment, past the
+    # records buffered in the aligner. The revocation then drops those records; the fetch
+    # matched the new generation, so its positions became settled commits past them.
+    settings = settings.model_copy(update={"input_partitions": 1, "batch_timeout_ms": 8_000})
+    await create_topics(settings)
+    await _produce_scenario(settings, unique)
+    pool = await create_pool(settings, size=2)
+    processor = _processor(settings, PgStore(pool))
+    consumer = await _subscribed(settings, processor)
+    usage_tp = TopicPartition(settings.topic_usage, 0)
+    other = AIOKafkaConsumer(
+        **kafka_client_args(settings),
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+        partition_assignment_strategy=(RangePartitionAssignor,),
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=1_000,
+    )
+    try:
+        # Everything read and buffered, nothing applied (the records wait as a batch would).
+        end = USAGE_PER_ACCOUNT * ACCOUNTS
+        while processor.aligner.fetched_through.get(("usage", 0), 0) < end:
+            fetched = await processor._fetch(consumer)
+            assert processor._current(fetched)
+            processor._accept(consumer, fetched)
+        first_buffered = processor.aligner.buffers[("usage", 0)][0].record.offset
+
+        async with processor.lock:  # a batch in the database
+            ahead = asyncio.create_task(processor._fetch(consumer))
+            await other.start()
+            other.subscribe([settings.topic_usage, settings.topic_account_events])
+            await wait_until(lambda: processor.listener.rebalancing, 30, "the revocation")
+            fetched = await asyncio.wait_for(ahead, 30)  # timed out, empty
+        await wait_until(lambda: not processor.listener.rebalancing, 30, "the new assignment")
+
+        assert fetched.decoded == []
+        assert not processor._current(fetched)
+        if processor._current(fetched):  # what the loop did with it
+            processor._accept(consumer, fetched)
+        settled = processor._with_settled({})
+        assert settled.get(usage_tp, 0) <= first_buffered
+    finally:
+        await other.stop()
+        await consumer.stop()
+        await pool.close()
+
+
+async def test_a_fetch_not_handed_on_is_read_again_from_its_first_record_never_skipped(
+    settings: Settings, unique: str
+) -> None:
+    settings = settings.model_copy(update={"input_partitions": 1, "batch_max_records": 7})
+    await create_topics(settings)
+    await _produce_scenario(settings, unique)
+    processor = _processor(settings, PgStore(None))  # type: ignore[arg-type]
+    consumer = await _subscribed(settings, processor)
+    usage_tp = TopicPartition(settings.topic_usage, 0)
+    try:
+        processor._accept(consumer, await processor._fetch(consumer))
+        fetched = await processor._fetch(consumer)
+        # A fetch with usage records past the first one (so that a position before it exists).
+        while not any(d.record.source == "usage" for d in fetched.decoded) or any(
+            d.record.source == "usage" and d.record.offset == 0 for d in fetched.decoded
+        ):
+            processor._accept(consumer, fetched)
+            fetched = await processor._fetch(consumer)
+        first = min(d.record.offset for d in fetched.decoded if d.record.source == "usage")
+
+        await processor._read_again(consumer, fetched)
+        assert await consumer.position(usage_tp) == first
+
+        consumer.seek(usage_tp, first - 1)  # already before it: a seek back never goes forward
+        await processor._read_again(consumer, fetched)
+        assert await consumer.position(usage_tp) == first - 1
+    finally:
+        await consumer.stop()

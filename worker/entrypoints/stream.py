@@ -50,6 +50,7 @@ class _Fetched:
 
     started: int  # assignment generation when the fetch began
     generation: int  # ... and just after its records were returned (_STALE: revoked meanwhile)
+    rebalancing: bool  # a rebalance was under way just after they were returned
     decoded: list[Decoded | Dead]
     before: dict[Side, int]  # fetch position per side before the records were returned
     positions: dict[Side, int]  # ... and just after
@@ -242,17 +243,18 @@ class StreamProcessor:
                 fetched = await (ahead or self._fetch(consumer))
                 ahead = None
                 async with self.lock:
-                    if fetched.generation == self.listener.generation:
+                    if self._current(fetched):
                         self._accept(consumer, fetched)
                     else:
-                        # Read before a rebalance, whose new assignment starts every partition
-                        # again from its committed offset: whoever owns them reads them again.
+                        # Read across a rebalance: whoever owns the partitions reads them again.
                         log.info(
                             "fetch_discarded",
                             generation=fetched.generation,
                             current=self.listener.generation,
+                            rebalancing=fetched.rebalancing,
                             records=_spans(fetched.decoded),
                         )
+                        await self._read_again(consumer, fetched)
                     caught_up, behind = await self._other_sides(consumer)
                     ready = self.aligner.release(
                         caught_up, time.monotonic(), self.settings.batch_max_records, behind
@@ -270,6 +272,32 @@ class StreamProcessor:
             if ahead is not None:
                 ahead.cancel()
                 await asyncio.gather(ahead, return_exceptions=True)
+
+    def _current(self, fetched: _Fetched) -> bool:
+        """Were the fetch's records and positions read under the current assignment?
+
+        Not if a rebalance began or was under way when they were returned: aiokafka's
+        getmany holds records back during a reassignment but returns {} when its wait times
+        out, and the positions read then are the old assignment's, past records the
+        revocation drops unapplied (that made them settled commits: a lost range)."""
+        return fetched.generation == self.listener.generation and not fetched.rebalancing
+
+    async def _read_again(self, consumer: AIOKafkaConsumer, fetched: _Fetched) -> None:
+        """A fetch not handed on: where its partition is still assigned and its position past
+        the fetch's first record, seek back to that record. Never forward (a seek back only
+        reads again what event ids make harmless), so it is right whatever the assignment."""
+        first: dict[TopicPartition, int] = {}
+        for item in fetched.decoded:
+            tp = TopicPartition(item.record.topic, item.record.partition)
+            first[tp] = min(first.get(tp, item.record.offset), item.record.offset)
+        for tp, offset in first.items():
+            if tp not in consumer.assignment():
+                continue
+            try:
+                if await consumer.position(tp) > offset:
+                    consumer.seek(tp, offset)
+            except IllegalStateError:
+                continue  # revoked meanwhile: its next owner starts from the committed offset
 
     def _accept(self, consumer: AIOKafkaConsumer, fetched: _Fetched) -> None:
         """Hand a current fetch to the aligner. A side whose position moved past what the
@@ -321,7 +349,7 @@ class StreamProcessor:
             timeout_ms=self.settings.batch_timeout_ms, max_records=self.settings.batch_max_records
         )
         fetched_wall, fetched_mono = time.time(), time.monotonic()
-        generation = self.listener.generation
+        generation, rebalancing = self.listener.generation, self.listener.rebalancing
         positions = await self._positions(consumer)
         if positions is None or before is None:
             # A partition was revoked meanwhile: the whole fetch belongs to the old assignment.
@@ -334,7 +362,14 @@ class StreamProcessor:
                 if len(decoded) % _DECODE_SLICE == 0:
                     await asyncio.sleep(0)  # let the batch in the database take its next step
         return _Fetched(
-            started, generation, decoded, before or {}, positions, fetched_wall, fetched_mono
+            started,
+            generation,
+            rebalancing,
+            decoded,
+            before or {},
+            positions,
+            fetched_wall,
+            fetched_mono,
         )
 
     async def _other_sides(
@@ -412,6 +447,8 @@ class StreamProcessor:
         past a transaction's commit marker, which no record ever covers, so that a
         read_committed group reaches the log end and its lag can be zero."""
         merged = dict(offsets)
+        if self.listener.rebalancing:
+            return merged  # positions belong to an assignment being replaced
         for (source, partition), position in self.aligner.settled().items():
             tp = TopicPartition(self.topics[source], partition)
             if position > max(merged.get(tp, 0), self.committed.get(tp, 0)):
