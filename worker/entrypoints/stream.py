@@ -38,6 +38,8 @@ log = logs.get("worker.stream")
 Side = tuple[Source, int]
 # The generation of a fetch during which a partition it read was revoked: never current.
 _STALE = -1
+# How long a discarded fetch waits for a partition's position before leaving it as it is.
+_POSITION_WAIT_S = 1.0
 # Records decoded between two yields to the event loop while a batch is in the database.
 _DECODE_SLICE = 100
 # How often the input topics' partition counts are checked, waiting or consuming.
@@ -294,10 +296,13 @@ class StreamProcessor:
             if tp not in consumer.assignment():
                 continue
             try:
-                if await consumer.position(tp) > offset:
+                # A position not known at once is being reset to the committed offset, which
+                # is where reading must start again anyway: no need to wait for it.
+                position = await asyncio.wait_for(consumer.position(tp), _POSITION_WAIT_S)
+                if position > offset:
                     consumer.seek(tp, offset)
-            except IllegalStateError:
-                continue  # revoked meanwhile: its next owner starts from the committed offset
+            except (IllegalStateError, TimeoutError):
+                continue  # revoked, or being reset: reading starts again from the committed offset
 
     def _accept(self, consumer: AIOKafkaConsumer, fetched: _Fetched) -> None:
         """Hand a current fetch to the aligner. A side whose position moved past what the
