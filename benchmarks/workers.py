@@ -87,7 +87,12 @@ class Processes:
     logs: list[IO[bytes]] = field(default_factory=list)
 
     def env(self, index: int) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+        # Nothing of this shell's Python path either: each side runs the code of its own venv.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("BILLING_") and k not in ("PYTHONPATH", "VIRTUAL_ENV")
+        }
         t = self.topics
         env.update(
             {

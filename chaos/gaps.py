@@ -71,41 +71,48 @@ def missing_ranges(
     return out
 
 
-def read_trace(run_dir: Path) -> Trace:
-    """Assignments and commits from every `worker-*.log` of a run (JSON lines)."""
+def read_trace(run_dir: Path, workers: Iterable[str] | None = None) -> Trace:
+    """Assignments and commits from the `worker-NAME.log` files of a run (JSON lines), of the
+    `workers` named (None: all; a group that reads the same inputs is left out by name)."""
     trace = Trace()
+    wanted = None if workers is None else set(workers)
     for path in sorted(run_dir.glob("worker-*.log")):
         name = path.stem.removeprefix("worker-")
-        incarnation = 0
-        for line in path.read_bytes().splitlines():
-            try:
-                event: dict[str, Any] = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            kind = event.get("event")
-            process = f"{name}#{incarnation}"
-            if kind == "worker_started":
-                incarnation += 1
-            elif kind == "partitions_assigned":
-                for text in event.get("partitions", []):
-                    m = _TP.fullmatch(text)
-                    if m:
-                        key = f"{m['topic']}:{m['partition']}"
-                        trace.assigned[key].append((event.get("timestamp", ""), process))
-            elif kind == "offsets_committed":
-                released = event.get("released") or {}
-                for key, offset in (event.get("offsets") or {}).items():
-                    trace.commits[key].append(
-                        Commit(
-                            event.get("timestamp", ""),
-                            process,
-                            offset,
-                            event.get("generation"),
-                            event.get("batch"),
-                            released.get(key),
-                        )
-                    )
+        if wanted is None or name in wanted:
+            _read_log(path, name, trace)
     return trace
+
+
+def _read_log(path: Path, name: str, trace: Trace) -> None:
+    incarnation = 0
+    for line in path.read_bytes().splitlines():
+        try:
+            event: dict[str, Any] = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        kind = event.get("event")
+        at, process = event.get("timestamp", ""), f"{name}#{incarnation}"
+        if kind == "worker_started":
+            incarnation += 1
+        elif kind == "partitions_assigned":
+            for text in event.get("partitions", []):
+                m = _TP.fullmatch(text)
+                if m:
+                    key = f"{m['topic']}:{m['partition']}"
+                    trace.assigned[key].append((at, process))
+        elif kind == "offsets_committed":
+            released = event.get("released") or {}
+            for key, offset in (event.get("offsets") or {}).items():
+                trace.commits[key].append(
+                    Commit(
+                        at,
+                        process,
+                        offset,
+                        event.get("generation"),
+                        event.get("batch"),
+                        released.get(key),
+                    )
+                )
 
 
 def explain(ranges: list[tuple[str, int, int, int, int]], trace: Trace) -> list[dict[str, Any]]:

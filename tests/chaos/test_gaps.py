@@ -49,7 +49,13 @@ def test_the_report_names_the_owners_and_the_commit_that_passed_the_range(tmp_pa
         ],
     )  # fmt: skip
 
-    [lost] = gaps.explain([(T, 5, 1962, 1989, 28)], gaps.read_trace(tmp_path))
+    # The reference group reads the same inputs under its own group: not part of the trace.
+    _log(
+        tmp_path / "worker-R.log",
+        [{"event": "offsets_committed", "offsets": {f"{T}:5": 1970}, "timestamp": "t00"}],
+    )
+
+    [lost] = gaps.explain([(T, 5, 1962, 1989, 28)], gaps.read_trace(tmp_path, ["A", "B"]))
 
     assert lost["assigned"] == ["A#1 at t01", "B#2 at t04"]
     assert lost["owner_at_commit"] == "B#2"
