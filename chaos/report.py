@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 
+from chaos import gaps
+
 
 def summary_lines(r: dict[str, Any]) -> list[str]:
     verdict = "PASSED" if r["passed"] else "FAILED"
@@ -34,6 +36,7 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"equal={r.get('digests_equal')}",
     ]
     lines += [f"  precondition violated: {p}" for p in r["preconditions_violated"][:10]]
+    lines += [f"  {gaps.describe(lost)}" for lost in r.get("lost_ranges", [])[:10]]
     lines += [
         f"  digest difference: {d}"
         for d in r.get("digest_differences (faulty group | reference group)") or []
