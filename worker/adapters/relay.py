@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError, ProducerFenced, RecordTooLargeError
 
 from worker import logs
+from worker.adapters.kafka_connection import close_client
 from worker.adapters.relay_log import SEQ_HEADER, highest_committed_seq
 from worker.errors import is_retriable
 from worker.metrics import Metrics
@@ -195,9 +196,11 @@ class OutboxRelay:
                     await self._idle(stop)
         finally:
             self.leader = False
-            if producer is not None:
-                await producer.stop()
-            await conn.close()
+            try:
+                if producer is not None:
+                    await close_client(producer)
+            finally:
+                await conn.close()
 
     async def _start(self, conn: asyncpg.Connection) -> AIOKafkaProducer:
         """A producer that fenced every earlier relay, after the log's account is taken."""
@@ -208,7 +211,7 @@ class OutboxRelay:
             await producer.start()
             await self.recover(conn, producer)
         except BaseException:
-            await producer.stop()
+            await close_client(producer)
             raise
         return producer
 
@@ -242,7 +245,7 @@ class OutboxRelay:
                 while await self.relay_once(conn, producer) == self.batch_size:
                     pass
             finally:
-                await producer.stop()
+                await close_client(producer)
             return True
         finally:
             await conn.close()  # ending the session releases the advisory lock
