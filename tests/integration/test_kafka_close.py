@@ -24,7 +24,8 @@ async def test_a_reader_whose_close_is_cancelled_still_closes_every_connection(
 ) -> None:
     reader = OffsetReader(kafka_client_args(settings), client_id=settings.client_id)
     await reader.ping()
-    assert reader._admin is not None and reader._consumer is not None
+    assert reader._admin is not None
+    assert reader._consumer is not None
     networks = [reader._admin._client, reader._consumer._client]
     assert sum(open_connections(n) for n in networks) >= 1
 
