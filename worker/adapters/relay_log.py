@@ -104,16 +104,6 @@ async def _consumer(connection: dict[str, Any], client_id: str) -> AIOKafkaConsu
     return consumer
 
 
-async def highest_committed_seq(
-    connection: dict[str, Any],
-    client_id: str,
-    tps: list[TopicPartition],
-    timeout_s: float = 60.0,
-) -> int:
-    """The largest sequence among the last committed messages of the partitions `tps`."""
-    return (await committed_tail(connection, client_id, tps, timeout_s)).highest_seq
-
-
 async def committed_tail(
     connection: dict[str, Any],
     client_id: str,
