@@ -89,6 +89,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="phase ab: a checkout of the revision to compare with (its worker/ is run)",
     )
     ap.add_argument(
+        "--ab-this",
+        type=Path,
+        help="a checkout to run as 'this' side instead of this checkout's worker (default: this)",
+    )
+    ap.add_argument(
         "--ab-rounds", type=int, default=2, help="phase ab: base, this, base, this ... (2)"
     )
     ap.add_argument("--partitions", type=int, default=6, help="input partitions (6)")
@@ -123,6 +128,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error(f"unknown phases: {sorted(unknown)}")
     if "ab" in args.phases.split(",") and args.ab_base is None:
         ap.error("phase ab needs --ab-base")
+    # Absolute: the workers run with another working directory on their path.
+    args.ab_base = args.ab_base and args.ab_base.resolve()
+    args.ab_this = args.ab_this and args.ab_this.resolve()
     return args
 
 
@@ -259,13 +267,15 @@ class Bench:
 
     async def side(self, side: str, topics: Topics, name: str) -> Processes:
         """One process of this revision's worker, or of the base's, with a fresh database."""
+        checkout: Path | None = self.args.ab_base if side == "base" else self.args.ab_this
         db = await create_database(
-            self.services, f"{self.db_prefix}_{name}", migrated=side == "this"
+            self.services, f"{self.db_prefix}_{name}", migrated=checkout is None
         )
         procs = self.processes(topics, db, name, 1)
-        if side == "base":
+        if checkout is not None:
+            # Another revision's worker, migrated by its own migrations.
             procs.command = [sys.executable, "-P", "-c", _BASE_CLI, "run"]
-            procs.extra_env = {**procs.extra_env, "PYTHONPATH": str(self.args.ab_base.resolve())}
+            procs.extra_env = {**procs.extra_env, "PYTHONPATH": str(checkout)}
             await _run_checked([sys.executable, "-P", "-c", _BASE_CLI, "migrate"], procs.env(0))
         return procs
 
