@@ -24,7 +24,6 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
-    InvalidTimestampError,
     MessageSizeTooLargeError,
     ProducerFenced,
     RecordListTooLargeError,
@@ -75,9 +74,10 @@ _PARK = "UPDATE outbox SET failed_at = now(), failure = $2, relay_seq = NULL WHE
 # The backlog gauges are read at most this often: one more query per round is latency.
 _BACKLOG_EVERY_S = 1.0
 # What the broker (or the client, for its own request limit) answers about one message that
-# no retry can cure: larger than the topic's max.message.bytes, a timestamp out of bounds.
-# Errors about a whole topic (authorization, a missing topic) are retried instead, in order.
-_REFUSALS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidTimestampError)
+# no retry can cure: larger than the topic's max.message.bytes or its segment. Errors about a
+# whole topic (authorization, a missing topic) or the host (a timestamp out of bounds: the
+# relay sets none, so its clock is wrong) are retried instead, with the rows kept in order.
+_REFUSALS = (MessageSizeTooLargeError, RecordListTooLargeError)
 _STAMP = "SELECT stamp::text FROM database_stamp"
 # The highest number this database has given out (0: none yet).
 _NUMBERED = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_relay_seq"
