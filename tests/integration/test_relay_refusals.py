@@ -340,6 +340,13 @@ async def test_a_database_restored_from_an_older_backup_refuses_to_trust_the_log
             assert "restored from a backup" in message
             assert "billing-worker outbox adopt-log" in message
             assert classify(refused.value).exit_code == 6
+            # The worker itself stops on it, with one line and exit 6.
+            code, _, err = await run_cli(restored, "run")
+            assert code == 6
+            failed = [orjson.loads(line) for line in err.splitlines() if "command_failed" in line]
+            assert len(failed) == 1
+            assert failed[0]["error_code"] == "output_log_mismatch"
+            assert failed[0]["message"] == message
             rows = await conn.fetch("SELECT sent_at, relay_seq FROM outbox")
             assert [(r["sent_at"], r["relay_seq"]) for r in rows] == [(None, None), (None, None)]
 
