@@ -401,6 +401,7 @@ class OutboxRelay:
                 # this producer's sequence numbers for the partition are spent: the next round,
                 # with a new producer, sends one message at a time to find the refused row.
                 self._isolating = True
+                log.warning("relay_round_refused", rows=len(rows), note="finding the refused row")
                 raise RoundRefused(f"{len(rows)} rows, one or more refused")
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
