@@ -23,6 +23,7 @@ from pathlib import Path
 import orjson
 
 from benchmarks import report
+from benchmarks.base import BaseError, BaseRevision, install_base
 from benchmarks.ceilings import kafka_ceiling, postgres_ceiling
 from benchmarks.kit import (
     ROOT,
@@ -40,6 +41,7 @@ from benchmarks.workers import (
     LatencyLevel,
     Processes,
     Topics,
+    compared_digests,
     run_backlog,
     run_latency,
 )
@@ -47,11 +49,8 @@ from benchmarks.workload import Generator, Workload, latency_setup, main_workloa
 from worker.config import Settings
 
 PHASES = ("kafka", "postgres", "one", "ab", "two", "latency", "rss")
-# "ab" needs a checkout of the revision to compare with: only when asked for.
+# "ab" needs the revision to compare with: only when asked for.
 DEFAULT_PHASES = tuple(phase for phase in PHASES if phase != "ab")
-# The old revision's worker, run from a checkout of it on PYTHONPATH by this interpreter
-# (`-P`: the working directory, this checkout, must not come first on sys.path).
-_BASE_CLI = "import sys; from worker.entrypoints.cli import main; sys.exit(main())"
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -85,16 +84,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--ab-base",
-        type=Path,
-        help="phase ab: a checkout of the revision to compare with (its worker/ is run)",
+        metavar="REV",
+        help="phase ab (and the latency levels): the git revision to compare with; it is "
+        "exported and installed with its own dependencies into a venv of its own "
+        "(cached under <services dir>/ab-base/<commit>)",
     )
     ap.add_argument(
-        "--ab-this",
-        type=Path,
-        help="a checkout to run as 'this' side instead of this checkout's worker (default: this)",
-    )
-    ap.add_argument(
-        "--ab-rounds", type=int, default=2, help="phase ab: base, this, base, this ... (2)"
+        "--ab-rounds", type=int, default=3, help="phase ab: base, this, base, this ... (3)"
     )
     ap.add_argument("--partitions", type=int, default=6, help="input partitions (6)")
     ap.add_argument(
@@ -128,9 +124,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error(f"unknown phases: {sorted(unknown)}")
     if "ab" in args.phases.split(",") and args.ab_base is None:
         ap.error("phase ab needs --ab-base")
-    # Absolute: the workers run with another working directory on their path.
-    args.ab_base = args.ab_base and args.ab_base.resolve()
-    args.ab_this = args.ab_this and args.ab_this.resolve()
+    if args.ab_rounds < 1:
+        ap.error("--ab-rounds must be at least 1")
     return args
 
 
@@ -155,6 +150,7 @@ class Bench:
             )
         )
         self.log_dir = self.services.services_dir / "bench-logs" / self.run_id
+        self.base: BaseRevision | None = None
         self.start = (datetime.now(UTC) - timedelta(hours=2)).replace(microsecond=0)
         self.results = report.Results(
             params={
@@ -193,6 +189,14 @@ class Bench:
     async def run(self) -> report.Results:
         args = self.args
         say(f"run {self.run_id}: Kafka {self.services.bootstrap}, logs in {self.log_dir}")
+        if args.ab_base is not None:
+            say(f"installing the base revision {args.ab_base} into its own venv ...")
+            try:
+                self.base = install_base(args.ab_base, self.services.services_dir / "ab-base")
+            except BaseError as exc:
+                raise BenchError(str(exc)) from exc
+            self.results.base = self.base.label
+            say(f"base revision {self.base.label}: {self.base.worker}")
         try:
             gen = Generator(args.seed, self.run_id, self.start)
             work = main_workload(gen, args.accounts, args.events)
@@ -263,20 +267,21 @@ class Bench:
                 say(f"A/B round {round_ + 1}: {side} worker on the backlog ...")
                 result = await run_backlog(procs, work, timeout)
                 self.results.ab.append((side, result))
-                say(f"A/B round {round_ + 1}: {side} {result.rate:,.0f} ev/s")
+                say(f"A/B round {round_ + 1}: {side} {result.rate:,.0f} ev/s, {result.digest}")
+        if len(compared_digests(run.digest for _, run in self.results.ab)) > 1:
+            say("A/B: the base and this revision billed the same input DIFFERENTLY")
 
     async def side(self, side: str, topics: Topics, name: str) -> Processes:
         """One process of this revision's worker, or of the base's, with a fresh database."""
-        checkout: Path | None = self.args.ab_base if side == "base" else self.args.ab_this
         db = await create_database(
-            self.services, f"{self.db_prefix}_{name}", migrated=checkout is None
+            self.services, f"{self.db_prefix}_{name}", migrated=side == "this"
         )
         procs = self.processes(topics, db, name, 1)
-        if checkout is not None:
-            # Another revision's worker, migrated by its own migrations.
-            procs.command = [sys.executable, "-P", "-c", _BASE_CLI, "run"]
-            procs.extra_env = {**procs.extra_env, "PYTHONPATH": str(checkout)}
-            await _run_checked([sys.executable, "-P", "-c", _BASE_CLI, "migrate"], procs.env(0))
+        if side == "base":
+            assert self.base is not None
+            # Its own venv: the base's code with the dependencies its own pyproject.toml names.
+            procs.command = [str(self.base.worker), "run"]
+            await _run_checked([str(self.base.worker), "migrate"], procs.env(0))
         return procs
 
     async def latency(self, gen: Generator) -> None:
@@ -296,7 +301,7 @@ class Bench:
             begin = datetime.now(UTC)
             gen.usage(usage, ids, count, begin=begin, span_s=self.args.latency_seconds, skewed=True)
             levels.append(LatencyLevel(pct / 100, rate, setup, usage.usage, usage.usage_ids))
-        sides = ("base", "this") if self.args.ab_base is not None else ("this",)
+        sides = ("base", "this") if self.base is not None else ("this",)
         say(
             f"latency: levels {self.args.latency_levels} % of {full:,.0f} ev/s, "
             f"{self.args.latency_seconds:g} s each, {accounts:,} accounts per level, "
@@ -361,6 +366,8 @@ def raw(results: report.Results) -> dict[str, object]:
         "one": runs(results.one),
         "two": runs(results.two),
         "rss": runs(results.rss),
+        "ab_base": results.base,
+        "speed_up": report.speed_up(results),
         "ab": [{"side": side, **(runs(run) or {})} for side, run in results.ab],
         "latency_base": [
             {
@@ -419,6 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"appended to {args.results}")
     if args.json:
         args.json.write_bytes(orjson.dumps(raw(results), option=orjson.OPT_INDENT_2))
+    if len(compared_digests(run.digest for _, run in results.ab)) > 1:
+        print("[bench] FAILED: the A/B sides billed the same input differently", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -206,13 +206,17 @@ async def drop_databases(services: Services, prefix: str) -> None:
 # ----------------------------------------------------------------------------- /proc
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process so far (0 when it is gone)."""
+def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU of one process so far (0 when it is gone); with `reaped`, also that
+    of its children that have exited and been waited for."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLOCK_TICKS
 
 
 def children(pid: int) -> list[int]:
@@ -260,7 +264,11 @@ class CpuSnapshot:
         postmaster = services.postmaster_pid()
         pg = 0.0
         if postmaster is not None:
-            pg = cpu_seconds(postmaster) + sum(cpu_seconds(p) for p in children(postmaster))
+            # A backend that exits between two readings leaves its CPU in the postmaster's
+            # reaped children's time: without it the difference can even come out negative.
+            pg = cpu_seconds(postmaster, reaped=True) + sum(
+                cpu_seconds(p) for p in children(postmaster)
+            )
         kafka = services.kafka_pid()
         busy, total = system_cpu()
         return cls(

@@ -10,7 +10,7 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -36,6 +36,8 @@ from worker.adapters.digest import state_digest
 from worker.adapters.kafka_admin import OffsetReader
 
 WORKER = Path(sys.executable).parent / "billing-worker"
+# The digest of a run whose schema predates what the digest reads (an old A/B base).
+NOT_COMPUTED = ""
 
 
 class BenchError(Exception):
@@ -87,7 +89,12 @@ class Processes:
     logs: list[IO[bytes]] = field(default_factory=list)
 
     def env(self, index: int) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+        # Nothing of this shell's Python path either: each side runs the code of its own venv.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("BILLING_") and k not in ("PYTHONPATH", "VIRTUAL_ENV")
+        }
         t = self.topics
         env.update(
             {
@@ -221,8 +228,9 @@ async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> Bac
                 conn, {**roles, t.invoices: "invoices", t.dlq: "dlq", t.balances: "balances"}
             )
         except (asyncpg.UndefinedColumnError, asyncpg.UndefinedTableError) as exc:
-            # An older revision's schema (an A/B base) lacks what the digest reads.
-            digest = f"not computed: older schema ({exc})"
+            # An A/B base from before the digest's tables: its state cannot be compared.
+            print(f"[bench] state digest not computed: the schema predates it ({exc})")
+            digest = NOT_COMPUTED
     finally:
         await reader.close()
         await conn.close()
@@ -233,6 +241,11 @@ async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> Bac
     return BacklogRun(
         procs.count, work.total, end - first, rss, cpu_end.minus(cpu_first), counts, digest
     )
+
+
+def compared_digests(digests: Iterable[str]) -> set[str]:
+    """The digests that can be compared (those computed)."""
+    return {d for d in digests if d != NOT_COMPUTED}
 
 
 async def verify(conn: asyncpg.Connection, work: Workload, topics: Topics) -> dict[str, int]:

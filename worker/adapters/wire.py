@@ -24,6 +24,7 @@ from schemas import BalanceNextExpiry as WireNextExpiry
 from schemas import Forecast as WireForecast
 from schemas import Invoice as WireInvoice
 from schemas import InvoiceLine as WireInvoiceLine
+from worker.adapters.usage_fast import Usage, read_usage
 from worker.domain.balance import BalanceState
 from worker.domain.commands import (
     ChargeUsage,
@@ -79,7 +80,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
 
-def _misplaced(record: InputRecord, model: _Model, max_clock_skew: timedelta) -> Dead | None:
+def _misplaced(
+    record: InputRecord, model: _Model | Usage, max_clock_skew: timedelta
+) -> Dead | None:
     """Key and time checks every input passes before it reaches an account."""
     expected = model.account_id.encode("utf-8")
     if record.key != expected:
@@ -132,29 +135,51 @@ class Decoder:
             return Dead(record, "schema_violation", "a text field contains a NUL character")
         # The schema validates what orjson parsed: the JSON is parsed once, by the stricter
         # parser (it refuses NaN and Infinity, which pydantic's own JSON parser accepts).
+        if record.source == "usage":
+            usage = read_usage(payload)
+            if usage is None:  # not the plain shape: the model decides, with its messages
+                try:
+                    usage = _usage_of(UsageEvent.model_validate(payload))
+                except ValidationError as exc:
+                    return Dead(record, *_summarise(exc))
+            return self._charge(record, usage)
         try:
-            if record.source == "usage":
-                usage = UsageEvent.model_validate(payload)
-                refused = _misplaced(record, usage, self.max_clock_skew)
-                if refused is not None:
-                    return refused
-                rated = rate_usage(
-                    self.rates, usage.country, usage.destination, usage.segments, usage.occurred_at
-                )
-                command: Command = ChargeUsage(
-                    usage.event_id, usage.account_id, usage.occurred_at, rated, record.arrived_at
-                )
-                return Decoded(record, command, _fingerprint(usage))
             event = ACCOUNT_EVENT_ADAPTER.validate_python(payload)
         except ValidationError as exc:
             code, reason = _summarise(exc)
             return Dead(record, code, reason)
-        except Rejected as exc:
-            return Dead(record, exc.code, exc.reason)
         refused = _misplaced(record, event, self.max_clock_skew)
         if refused is not None:
             return refused
         return Decoded(record, _account_command(event), _fingerprint(event))
+
+    def _charge(self, record: InputRecord, usage: Usage) -> Decoded | Dead:
+        """A usage event of the plain shape, checked and rated as `_decode` does the model."""
+        refused = _misplaced(record, usage, self.max_clock_skew)
+        if refused is not None:
+            return refused
+        try:
+            rated = rate_usage(
+                self.rates, usage.country, usage.destination, usage.segments, usage.occurred_at
+            )
+        except Rejected as exc:
+            return Dead(record, exc.code, exc.reason)
+        command: Command = ChargeUsage(
+            usage.event_id, usage.account_id, usage.occurred_at, rated, record.arrived_at
+        )
+        return Decoded(record, command, usage.fingerprint())
+
+
+def _usage_of(model: UsageEvent) -> Usage:
+    return Usage(
+        model.event_id,
+        model.account_id,
+        model.occurred_at,
+        model.destination,
+        model.country,
+        model.segments,
+        model.message_id,
+    )
 
 
 def _has_nul(value: object) -> bool:

@@ -48,6 +48,9 @@ class RateTable:
             by_country.setdefault(rate.country, []).append(rate)
         self._starts: dict[str, list[datetime]] = {}
         self._prices: dict[str, list[int]] = {}
+        # Looked up once: numbers repeat (a sender's customers), and so do prices.
+        self._regions: dict[str, str | None] = {}
+        self._rated: dict[tuple[str, int, int], Rated] = {}
         for country, items in by_country.items():
             items.sort(key=lambda r: r.effective_from)
             # In UTC, as event times are: comparing within one zone skips the offset lookups.
@@ -62,6 +65,28 @@ class RateTable:
             return fallback
         index = bisect.bisect_right(starts, at) - 1
         return self._prices[country][index] if index >= 0 else fallback
+
+    def region(self, destination: str) -> str | None:
+        """`destination_country(None, destination)`, remembered for the most recent numbers."""
+        try:
+            return self._regions[destination]
+        except KeyError:
+            pass
+        if len(self._regions) >= _REGION_CACHE_SIZE:
+            self._regions.clear()  # bounded memory; refilled by the numbers still in use
+        region = self._regions[destination] = destination_country(None, destination)
+        return region
+
+    def rated(self, country: str, unit_price_jpy: int, segments: int) -> Rated:
+        """One shared (immutable) `Rated` per country, price and segment count."""
+        key = (country, unit_price_jpy, segments)
+        found = self._rated.get(key)
+        if found is None:
+            found = self._rated[key] = Rated(country, unit_price_jpy, segments)
+        return found
+
+
+_REGION_CACHE_SIZE = 100_000
 
 
 def destination_country(country: str | None, destination: str) -> str | None:
@@ -83,13 +108,13 @@ def rate_usage(
     table: RateTable, country: str | None, destination: str, segments: int, at: datetime
 ) -> Rated:
     """Price one usage event, or refuse it when no rate applies."""
-    resolved = destination_country(country, destination)
+    resolved = country or table.region(destination)
     if resolved is None:
         raise Rejected("unknown_destination", f"no country for destination {destination}")
     price = table.unit_price(resolved, at)
     if price is None:
         raise Rejected("no_rate", f"no rate for country {resolved} at {at.isoformat()}")
-    return Rated(country=resolved, unit_price_jpy=price, segments=segments)
+    return table.rated(resolved, price, segments)
 
 
 _E164 = re.compile(r"\+([1-9][0-9]{1,14})")

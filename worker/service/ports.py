@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
 from typing import Literal, Protocol
 
 from worker.domain.account import Account
@@ -31,7 +32,7 @@ class InputRecord:
     timestamp_ms: int
     """The record's Kafka timestamp: when it reached the broker (LogAppendTime) or was sent."""
 
-    @property
+    @cached_property  # read by the decoder, the aligner and the expiry bounds alike
     def arrived_at(self) -> datetime | None:
         """The Kafka timestamp as a time; None when the record carries none (negative)."""
         if self.timestamp_ms < 0:
