@@ -170,7 +170,12 @@ class Bench:
         wanted = {t: 3 for t in topics.outputs}
         if inputs:
             wanted.update({t: self.args.partitions for t in topics.inputs})
-        await create_topics(self.services.bootstrap, wanted, frozenset({topics.balances}))
+        await create_topics(
+            self.services.bootstrap,
+            wanted,
+            frozenset({topics.balances}),
+            frozenset(topics.inputs) if inputs else frozenset(),
+        )
 
     def processes(self, topics: Topics, db_url: str, name: str, count: int) -> Processes:
         procs = Processes(

@@ -69,19 +69,28 @@ def _pid_file(path: Path) -> int | None:
 # ----------------------------------------------------------------------------- Kafka
 
 
+def _topic_configs(topic: str, compacted: frozenset[str], inputs: frozenset[str]) -> dict[str, str]:
+    configs = {"cleanup.policy": "compact"} if topic in compacted else {}
+    if topic in inputs:
+        configs["message.timestamp.type"] = "LogAppendTime"
+    return configs
+
+
 async def create_topics(
-    bootstrap: str, topics: dict[str, int], compacted: frozenset[str] = frozenset()
+    bootstrap: str,
+    topics: dict[str, int],
+    compacted: frozenset[str] = frozenset(),
+    inputs: frozenset[str] = frozenset(),
 ) -> None:
-    """Create topics (name → partitions; those in `compacted` compacted) and wait until the
+    """Create topics (name → partitions; those in `compacted` compacted, those in `inputs`
+    stamped by the broker on arrival, as the worker wants its inputs) and wait until the
     broker lists them."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         await admin.create_topics(
             [
-                NewTopic(
-                    t, n, 1, topic_configs={"cleanup.policy": "compact"} if t in compacted else {}
-                )
+                NewTopic(t, n, 1, topic_configs=_topic_configs(t, compacted, inputs))
                 for t, n in topics.items()
             ]
         )

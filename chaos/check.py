@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 
 from chaos.model import EventKey, Expected, Position
+from worker.adapters.digest import payload_digest_form
 from worker.domain.account import Account
 from worker.domain.balance import balance_state
 from worker.domain.events import LedgerEntry, ReminderDue
@@ -76,6 +77,8 @@ class Actual:
 
     views: dict[str, View] = field(default_factory=dict)
     processed: dict[EventKey, Position] = field(default_factory=dict)
+    processed_at: dict[EventKey, datetime] = field(default_factory=dict)
+    processed_account: dict[EventKey, str] = field(default_factory=dict)
     last_processed_at: dict[str, datetime] = field(default_factory=dict)
     first_forfeit_at: dict[str, datetime] = field(default_factory=dict)
     postpay: dict[str, list[Any]] = field(default_factory=dict)
@@ -130,7 +133,10 @@ async def read_database(conn: asyncpg.Connection, out: Actual) -> None:
             first = out.first_forfeit_at.get(r["account_id"], r["recorded_at"])
             out.first_forfeit_at[r["account_id"]] = min(first, r["recorded_at"])
     for r in await conn.fetch("SELECT * FROM processed_events"):
-        out.processed[(r["source"], r["event_id"])] = (r["topic"], r["partition"], r["offset"])
+        key = (r["source"], r["event_id"])
+        out.processed[key] = (r["topic"], r["partition"], r["offset"])
+        out.processed_at[key] = r["processed_at"]
+        out.processed_account[key] = r["account_id"]
         last = out.last_processed_at.get(r["account_id"], r["processed_at"])
         out.last_processed_at[r["account_id"]] = max(last, r["processed_at"])
     for r in await conn.fetch("SELECT * FROM postpay_usage"):
@@ -232,11 +238,17 @@ def _diff(model: View, actual: View) -> tuple[View, View]:
 
 
 def compare(
-    expected: Expected, actual: Actual, inputs: dict[Position, bytes | None], topics: dict[str, str]
+    expected: Expected,
+    actual: Actual,
+    inputs: dict[Position, bytes | None],
+    topics: dict[str, str],
+    keys: dict[Position, bytes | None] | None = None,
 ) -> Report:
+    """Every difference; `keys` (the input records' keys), if given, are checked in the dead
+    letters too."""
     report = Report()
     _accounts(expected, actual, report)
-    _inputs(expected, actual, inputs, report)
+    _inputs(expected, actual, inputs, report, keys)
     _reminders(expected, actual, report)
     _invoices(expected, actual, report)
     _postpay(expected, actual, report)
@@ -300,7 +312,11 @@ def _accounts(expected: Expected, actual: Actual, report: Report) -> None:
 
 
 def _inputs(
-    expected: Expected, actual: Actual, inputs: dict[Position, bytes | None], report: Report
+    expected: Expected,
+    actual: Actual,
+    inputs: dict[Position, bytes | None],
+    report: Report,
+    keys: dict[Position, bytes | None] | None = None,
 ) -> None:
     """Each record applied exactly once (processed_events) or dead-lettered with its reason."""
     for key in sorted(set(expected.processed) | set(actual.processed)):
@@ -319,13 +335,23 @@ def _inputs(
             continue
         letter = orjson.loads(copies[0])
         original = base64.b64decode(letter["payload_base64"])
+        value = inputs.get(position) or b""
+        raw_key = letter.get("key_base64")
+        letter_key = None if raw_key is None else base64.b64decode(raw_key)
         if letter["error_code"] != code or not letter["reason"]:
             report.add(
                 "dlq",
                 f"{position}: model {code}, worker {letter['error_code']} ({letter['reason']!r})",
             )
-        elif original != (inputs.get(position) or b""):
+        elif original != value and not (
+            # A value over 256 KiB: the dead letter keeps its start, the source keeps it whole.
+            letter.get("payload_truncated")
+            and len(original) < len(value)
+            and value.startswith(original)
+        ):
             report.add("dlq", f"{position}: the dead letter does not carry the original payload")
+        elif keys is not None and letter_key != keys.get(position):
+            report.add("dlq", f"{position}: the dead letter does not carry the original key")
     for position, applied in expected.duplicates.items():
         if position in actual.dead_letters:
             report.add("dlq", f"re-send {position} of {applied} was dead-lettered")
@@ -471,3 +497,55 @@ def _outbox(expected: Expected, actual: Actual, topics: dict[str, str], report: 
                     "republished",
                     f"{name} {mid} was published with {len(set(copies))} different payloads",
                 )
+
+
+async def state_rows(conn: asyncpg.Connection, roles: dict[str, str]) -> dict[str, Any]:
+    """The rows the state digest covers, keyed for a comparison of two runs: ledger entries
+    and lots by id, accounts, and outbox payloads (digest form) by message id with the topic
+    names replaced by their roles (balance snapshots: only the newest per account)."""
+    out: dict[str, Any] = {}
+    for r in await conn.fetch(
+        "SELECT entry_id, kind, amount_jpy, balance_after_jpy, allocations::text AS a"
+        " FROM ledger_entries"
+    ):
+        out[f"ledger {r['entry_id']}"] = (
+            r["kind"],
+            r["amount_jpy"],
+            r["balance_after_jpy"],
+            r["a"],
+        )
+    for r in await conn.fetch("SELECT * FROM lots"):
+        out[f"lot {r['lot_id']}"] = (r["remaining_jpy"], r["forfeited_jpy"], r["forfeited"])
+    for r in await conn.fetch("SELECT * FROM accounts"):
+        out[f"account {r['account_id']}"] = (r["balance_jpy"], r["version"], str(r["as_of"]))
+    snapshots: dict[str, tuple[int, bytes]] = {}
+    for r in await conn.fetch("SELECT message_id, topic, payload FROM outbox"):
+        role = roles.get(r["topic"], r["topic"])
+        body = payload_digest_form(bytes(r["payload"]), roles)
+        mid = str(r["message_id"])
+        if mid.startswith("dlq:"):
+            topic, _, rest = mid.removeprefix("dlq:").partition(":")
+            mid = "dlq:" + roles.get(topic, topic) + ":" + rest
+        if role == "balances":
+            version = int(orjson.loads(body)["version"])
+            account = mid.split(":")[0]
+            if account not in snapshots or version > snapshots[account][0]:
+                snapshots[account] = (version, body)
+            continue
+        out[f"{role} {mid}"] = body
+    for account, (_, body) in snapshots.items():
+        out[f"balances {account}"] = body
+    return out
+
+
+def state_differences(a: dict[str, Any], b: dict[str, Any], limit: int = 20) -> list[str]:
+    """Where two runs' states differ (`state_rows` of each), at most `limit` lines."""
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return [f"{k}: {_clip(a.get(k))} | {_clip(b.get(k))}" for k in keys[:limit]] + (
+        [f"... {len(keys) - limit} more"] if len(keys) > limit else []
+    )
+
+
+def _clip(value: Any, limit: int = 300) -> str:
+    text = value.decode(errors="replace") if isinstance(value, bytes) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

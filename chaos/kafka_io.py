@@ -29,12 +29,21 @@ class Topics:
         return self.usage if item.source == "usage" else self.account
 
 
-async def create_topics(bootstrap: str, topics: Topics) -> None:
+# Inputs: the broker stamps each record's arrival, which decides lateness (SPEC §2).
+INPUT_TOPIC_CONFIG = {"message.timestamp.type": "LogAppendTime"}
+
+
+async def create_topics(bootstrap: str, topics: Topics, *, inputs: bool = True) -> None:
+    """The run's topics; without `inputs`, only the outputs (a second group's)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
+        input_topics = (topics.usage, topics.account) if inputs else ()
         await admin.create_topics(
-            [NewTopic(t, topics.input_partitions, 1) for t in (topics.usage, topics.account)]
+            [
+                NewTopic(t, topics.input_partitions, 1, topic_configs=INPUT_TOPIC_CONFIG)
+                for t in input_topics
+            ]
             + [
                 NewTopic(t, topics.output_partitions, 1)
                 for t in (topics.reminders, topics.invoices, topics.dlq)
@@ -52,19 +61,13 @@ async def create_topics(bootstrap: str, topics: Topics) -> None:
         await admin.close()
 
 
-async def delete_topics(bootstrap: str, topics: Topics) -> None:
+async def delete_topics(bootstrap: str, topics: Topics, *, inputs: bool = True) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         await admin.delete_topics(
-            [
-                topics.usage,
-                topics.account,
-                topics.reminders,
-                topics.invoices,
-                topics.dlq,
-                topics.balances,
-            ]
+            ([topics.usage, topics.account] if inputs else [])
+            + [topics.reminders, topics.invoices, topics.dlq, topics.balances]
         )
     finally:
         await admin.close()
@@ -106,6 +109,7 @@ class WaveProducer:
             linger_ms=5,
             request_timeout_ms=15_000,
             max_batch_size=256 * 1024,
+            max_request_size=1024 * 1024,  # the hostile records' largest value fits
         )
         self.topics = topics
         self.resent_waves = 0
@@ -124,6 +128,7 @@ class WaveProducer:
                         self.topics.of(item),
                         item.value,
                         key=None if item.key is None else item.key.encode(),
+                        partition=item.partition,
                     )
                     for item in wave
                 ]
@@ -149,16 +154,21 @@ async def end_offsets(
         await consumer.stop()
 
 
+Logged = tuple[int, int, bytes | None, bytes | None]  # partition, offset, key, value
+
+
 async def read_all(
     bootstrap: str,
     topic_partitions: dict[str, int],
     timeout_s: float = 300.0,
     isolation_level: str = "read_committed",
-) -> dict[str, list[tuple[int, int, bytes | None, bytes | None]]]:
+    arrivals: dict[tuple[str, int, int], int] | None = None,
+) -> dict[str, list[Logged]]:
     """Every record of the topics, as (partition, offset, key, value), in offset order.
 
     read_committed (what the output topics' consumers are told to use) skips the messages of
-    aborted transactions; read_uncommitted returns them too.
+    aborted transactions; read_uncommitted returns them too. `arrivals`, if given, receives
+    each record's Kafka timestamp (ms) by (topic, partition, offset).
     """
     tps = [TopicPartition(t, p) for t, n in topic_partitions.items() for p in range(n)]
     # A separate consumer: on aiokafka 0.14, end_offsets() on the reading consumer can leave
@@ -172,9 +182,7 @@ async def read_all(
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, 0)
-        out: dict[str, list[tuple[int, int, bytes | None, bytes | None]]] = {
-            t: [] for t in topic_partitions
-        }
+        out: dict[str, list[Logged]] = {t: [] for t in topic_partitions}
         waiting = {tp for tp in tps if ends[tp] > 0}
         deadline = time.monotonic() + timeout_s
         while waiting:
@@ -183,6 +191,10 @@ async def read_all(
             batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
             for tp, messages in batch.items():
                 out[tp.topic] += [(m.partition, m.offset, m.key, m.value) for m in messages]
+                if arrivals is not None:
+                    arrivals.update(
+                        {(tp.topic, m.partition, m.offset): m.timestamp for m in messages}
+                    )
             # By position, not by the last record: a transactional log ends with a commit
             # marker, and aborted messages are skipped without being returned.
             waiting = {tp for tp in waiting if await consumer.position(tp) < ends[tp]}

@@ -4,7 +4,9 @@ Input is the exact list of records in the input topics (read back after the run,
 re-send the producer made is counted) and the scenario that says what each record is. Each
 account's records are applied in production order (= `occurred_at` order by construction, see
 `scenario`) with the worker's rules for re-sends: the same event_id with the same payload is
-skipped, with another payload it is dead-lettered as a conflict. The month is closed for every
+skipped, with another payload it is dead-lettered as a conflict. A record's Kafka timestamp is
+its arrival: lots pay it only if it arrived in time, and notices and forfeitures whose moment
+passed before it arrived go in front of it, as the stream puts them. The month is closed for every
 account just before its first record produced after the close gate, lots are swept just before
 each expiry that has passed and once more at the end (the worker's sweeps run on a timer; for
 the accounts that have expiring lots nothing else happens after phase 0, so only the order of
@@ -15,14 +17,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from chaos.scenario import Item, ScenarioError
 from worker.domain.account import Account, OpenInvoice, Policy
+from worker.domain.commands import ChargeUsage
 from worker.domain.errors import Rejected
 from worker.domain.events import Effects, LedgerEntry, PostpayCharge, ReminderDue
-from worker.domain.expiry import sweep
+from worker.domain.expiry import before_arrival, sweep
 from worker.domain.invoicing import Invoice, build_invoice, closing_window
 
 Position = tuple[str, int, int]  # topic, partition, offset
@@ -37,6 +40,7 @@ class Record:
     topic: str
     partition: int
     offset: int
+    arrived_at: datetime | None = None  # its Kafka timestamp; None: in time for every lot
 
     @property
     def position(self) -> Position:
@@ -94,8 +98,13 @@ class _AccountReplay:
             return
         if item.label == "conflict":
             raise ScenarioError(f"conflict {record.position} would be applied: no original")
+        command = item.command
+        if record.arrived_at is not None:
+            before_arrival(self.account, record.arrived_at, self.policy, self.effects)
+            if isinstance(command, ChargeUsage):
+                command = replace(command, arrived_at=record.arrived_at)
         try:
-            self.account.apply(item.command, self.policy, self.effects)
+            self.account.apply(command, self.policy, self.effects)
         except Rejected as exc:
             self.out.dead[record.position] = exc.code
             return

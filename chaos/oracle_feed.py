@@ -35,10 +35,13 @@ def rules_of(policy: Policy) -> oracle.Rules:
     )
 
 
-def event_of(command: Command, source: str, token: int) -> oracle.Event:
-    """The command as the reference model reads it (the fields of the wire payload)."""
+def event_of(
+    command: Command, source: str, token: int, arrived_at: datetime | None = None
+) -> oracle.Event:
+    """The command as the reference model reads it (the fields of the wire payload); the
+    record arrived at `arrived_at` (None: when the event occurred)."""
     at = command.occurred_at
-    base = (source, command.event_id, command.account_id, at, at)
+    base = (source, command.event_id, command.account_id, at, arrived_at or at)
     if isinstance(command, ChargeUsage):
         r = command.rated
         return oracle.Event(
@@ -88,13 +91,20 @@ def replay(
         mine = sorted(by_account[account_id], key=lambda r: (r.item.seq, r.offset))
         model = oracle.Oracle(rules)
         closed = False
+        # A re-send is the same payload: to the reference model, which compares whole
+        # events, it arrives as its first copy did.
+        first_arrival: dict[int, datetime | None] = {}
         for record in mine:
             if not closed and record.item.seq >= close_seq:
                 model.step(oracle.Close(period))
                 closed = True
             command = record.item.command
             assert command is not None
-            model.step(event_of(command, record.item.source, record.item.token))
+            if record.arrived_at is not None:
+                # What the timer announces or forfeits before the record arrived comes first.
+                model.step(oracle.Tick(record.arrived_at - timedelta(microseconds=1)))
+            arrived = first_arrival.setdefault(record.item.token, record.arrived_at)
+            model.step(event_of(command, record.item.source, record.item.token, arrived))
         if not closed:
             model.step(oracle.Close(period))
         if end is not None:

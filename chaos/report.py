@@ -26,15 +26,31 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"  mismatches {r['mismatches']} {r['mismatches_by_category'] or ''}, lag {r['lag']}, "
         f"outbox unsent {r['outbox_unsent']}, exit codes at SIGTERM {r['sigterm_exit_codes']}",
         f"  phases (s): {r['phases_s']}",
+        f"  group outage while lots expire: {r.get('outage')}, usage of those lots "
+        f"{r.get('expiry_usage_arrivals')}",
+        f"  hostile records: {_hostile_line(r)}",
         f"  state digest: {r.get('digest')}",
+        f"  reference digest (same input, no worker faults): {r.get('digest_reference')} "
+        f"equal={r.get('digests_equal')}",
     ]
     lines += [f"  precondition violated: {p}" for p in r["preconditions_violated"][:10]]
+    lines += [
+        f"  digest difference: {d}"
+        for d in r.get("digest_differences (faulty group | reference group)") or []
+    ]
     lines += [f"  {line}" for line in r["mismatch_lines"][:20]]
     for diff in r["account_diffs"][:5]:
         lines.append(f"  account {diff['account']}:")
         lines.append(f"    model : {_short(diff['model'])}")
         lines.append(f"    actual: {_short(diff['actual'])}")
     return lines
+
+
+def _hostile_line(r: dict[str, Any]) -> str:
+    kinds = r.get("hostile_by_kind") or {}
+    return ", ".join(f"{kind} ({v['code']})" for kind, v in kinds.items()) + (
+        f"; on partitions {next(iter(kinds.values()))['partitions']}" if kinds else ""
+    )
 
 
 def _short(value: Any, limit: int = 1500) -> str:
@@ -73,7 +89,14 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"{r.get('oracle_disagreements')} (+ {r.get('oracle_pending_spec')} where the "
             "domain does not follow SPEC yet)",
         ),
+        ("group outage while lots expire", r.get("outage")),
+        ("usage of the expiring lots, by arrival", r.get("expiry_usage_arrivals")),
+        ("hostile records (kind and code; partitions of each input)", _hostile_line(r)),
         ("state digest", f"`{r.get('digest')}`"),
+        (
+            "state digest of the reference group (same input log, no worker faults)",
+            f"`{r.get('digest_reference')}` (equal: {r.get('digests_equal')})",
+        ),
         ("preconditions violated", len(r["preconditions_violated"])),
         ("consumer lag at the end", r["lag"]),
         ("outbox unsent at the end", r["outbox_unsent"]),

@@ -5,9 +5,18 @@ database and topics per run, two `billing-worker run` processes in one consumer 
 the scenario is produced and applied: SIGKILLs at random instants (each followed by a
 restart), exits of a worker's relay right after a Kafka transaction commit and before the
 outbox update (its worst instant; `chaos.faulty_worker`), one PostgreSQL outage, one broker
-restart while a relay transaction is open, and one worker killed for good. At the end the
-database and every output topic, as a read_committed consumer sees them, are compared with
-the reference model, and the output topics are checked for duplicates.
+restart while a relay transaction is open, one worker killed for good, and an outage of every
+worker of the group from just before the first lot expires until the last forfeiture is due
+by more than the lateness allowance (with usage arriving for those lots during it and after
+it). Hostile records of every kind are on every input partition. At the end the database and
+every output topic, as a read_committed consumer sees them, are compared with the reference
+model, and the output topics are checked for duplicates.
+
+A reference group (one `billing-worker run`, its own database and output topics, never
+killed) consumes the same input topics meanwhile; the run passes only when the state digest of
+the faulty group equals the reference group's: the same input log gave the same billing with
+and without the worker faults. The two share the broker and PostgreSQL, so both live through
+their outages.
 """
 
 from __future__ import annotations
@@ -58,7 +67,21 @@ from worker.config import Settings
 from worker.domain.invoicing import period_of
 from worker.entrypoints.expiry_sweep import CLOCK_MARGIN
 
-APPLIED_LABELS = {"usage", "purchase", "reminder", "open", "switch", "payment", "late_usage"}
+APPLIED_LABELS = {
+    "usage",
+    "purchase",
+    "reminder",
+    "open",
+    "switch",
+    "payment",
+    "late_usage",
+    "in_time_usage",
+    "too_late_usage",
+}
+# The in-time usage of an expiring lot is produced this long before the lot expires, the
+# group's outage starts this long before the first lot expires.
+IN_TIME_LEAD = timedelta(seconds=4)
+OUTAGE_LEAD = timedelta(seconds=8)
 
 
 @dataclass(frozen=True)
@@ -70,6 +93,8 @@ class Options:
     kafka_restarts: int = 1
     workers: int = 2
     retire: bool = True
+    outage: bool = True
+    reference: bool = True
     rate: float = 4000.0
     services_dir: Path = ROOT / ".local-chaos"
     kafka_port: int = 29092
@@ -121,10 +146,17 @@ class Run:
     wave_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     producer: WaveProducer | None = None
     t0: float = field(default_factory=time.monotonic)
+    reference: Settings | None = None  # the reference group's settings (same inputs)
+    ref_worker: WorkerProc | None = None
 
     def __post_init__(self) -> None:
         self.rnd = random.Random(self.o.params.seed * 7919 + 1)
         self.probe = Probe(self.settings.database_url)
+        self.ref_probe = None if self.reference is None else Probe(self.reference.database_url)
+        # Cleared while the group's outage lasts: no worker of it may start meanwhile.
+        self.up = asyncio.Event()
+        self.up.set()
+        self.start_lock = asyncio.Lock()
         self.expected_applied = 1
         self.deadline = self.t0 + self.o.timeout_s
         self.faults = self.run_dir / "faults"
@@ -137,12 +169,15 @@ class Run:
 
     # --- workers -----------------------------------------------------------------------
 
-    def worker_env(self, name: str, http_port: int) -> dict[str, str]:
+    def worker_env(
+        self, name: str, http_port: int, settings: Settings | None = None
+    ) -> dict[str, str]:
+        settings = settings or self.settings
         env = clean_env()
-        for key, value in self.settings.model_dump().items():
+        for key, value in settings.model_dump().items():
             if value is not None:
                 env[f"BILLING_{key.upper()}"] = str(value)
-        env["BILLING_CLIENT_ID"] = f"{self.settings.consumer_group}-{name}"
+        env["BILLING_CLIENT_ID"] = f"{settings.consumer_group}-{name}"
         env["BILLING_HTTP_PORT"] = str(http_port)
         env[FAULT_DIR_ENV] = str(self.faults)
         env["PYTHONPATH"] = str(ROOT)
@@ -160,6 +195,19 @@ class Run:
             await worker.start()
             self.workers.append(worker)
         self.note("workers_started", count=len(self.workers))
+        if self.reference is not None:
+            env = self.worker_env("R", free_port(), self.reference)
+            env.pop(FAULT_DIR_ENV)
+            self.ref_worker = WorkerProc("R", env, self.run_dir / "worker-R.log")
+            await self.ref_worker.start()
+            self.note("reference_worker_started")
+
+    async def start(self, worker: WorkerProc) -> None:
+        """(Re)start a worker of the group, once its outage is over (and only once)."""
+        await self.up.wait()
+        async with self.start_lock:
+            if not worker.running:
+                await worker.start()
 
     async def supervise(self) -> None:
         """A worker that exits by itself is noted and started again."""
@@ -172,14 +220,14 @@ class Run:
                 if proc.returncode == EXIT_AFTER_COMMIT:
                     w.relay_kills += 1
                     self.note("relay_exited_after_commit", worker=w.name)
-                    await w.start()
+                    await self.start(w)
                     w.restarts += 1
                     self.note("restarted", worker=w.name)
                     continue
                 w.unexpected_exits.append(f"exit {proc.returncode}: {w.tail(8)}")
                 self.note("unexpected_exit", worker=w.name, code=proc.returncode)
                 await asyncio.sleep(1.0)
-                await w.start()
+                await self.start(w)
                 w.restarts += 1
 
     # --- production ----------------------------------------------------------------------
@@ -200,13 +248,17 @@ class Run:
                 if ahead_s > 0:
                     await asyncio.sleep(ahead_s)
 
+    def probes(self) -> list[Probe]:
+        return [self.probe] + ([self.ref_probe] if self.ref_probe is not None else [])
+
     async def wait_for_close(self, period: str) -> None:
         self.note("gate_waiting_for_close", period=period)
-        while not await self.probe.value(
-            "SELECT EXISTS (SELECT 1 FROM month_closes WHERE period = $1)", period
-        ):
-            self.check_deadline("the month close")
-            await asyncio.sleep(0.5)
+        for probe in self.probes():
+            while not await probe.value(
+                "SELECT EXISTS (SELECT 1 FROM month_closes WHERE period = $1)", period
+            ):
+                self.check_deadline("the month close")
+                await asyncio.sleep(0.5)
         self.note("month_closed", period=period)
 
     def check_deadline(self, what: str) -> None:
@@ -251,7 +303,7 @@ class Run:
         await worker.kill()
         self.note("sigkill", worker=worker.name, progress=progress)
         await asyncio.sleep(self.rnd.uniform(0.5, 3.0))
-        await worker.start()
+        await self.start(worker)
         worker.restarts += 1
         self.note("restarted", worker=worker.name)
 
@@ -284,6 +336,9 @@ class Run:
             self.note("relay_exit_armed", progress=progress)
             give_up = time.monotonic() + 60
             while self.relay_kills() == before:
+                if not self.up.is_set():  # the group's outage: no relay runs until it ends
+                    await self.up.wait()
+                    give_up = time.monotonic() + 60
                 if time.monotonic() > give_up and claim(self.faults / EXIT_FILE):
                     self.note("relay_exit_not_reached")
                     return
@@ -302,6 +357,12 @@ class Run:
         return True
 
     async def do_kafka_restart(self, progress: float) -> None:
+        # Not before the lots expired: the in-time usage must reach the broker before its lots
+        # expire, and a restart takes over a minute on a loaded machine.
+        _, end = self.expiry_window()
+        if datetime.now(UTC) <= end:
+            self.note("kafka_restart_postponed_past_the_expiries")
+            await _sleep_until(end)
         held = await self.hold_transaction()
         # The producer stands aside (it is the platform, not the system under test).
         async with self.wave_lock:
@@ -313,33 +374,108 @@ class Run:
         self.figures.setdefault("kafka_restart_in_transaction", []).append(held)
         self.note("kafka_restarted", took_s=took)
 
+    # --- lots expiring: the group's outage and the usage of those lots -------------------
+
+    def expiry_window(self) -> tuple[datetime, datetime]:
+        """The group's outage: from before the first lot expires until the last lot's
+        forfeiture has been due for a few seconds (longer than the lateness allowance)."""
+        assert self.scenario is not None
+        expiries = self.scenario.expiries
+        lateness = timedelta(seconds=self.settings.lateness_allowance_s)
+        return min(expiries) - OUTAGE_LEAD, max(expiries) + lateness + timedelta(seconds=3)
+
+    async def outage(self) -> None:
+        """Every worker of the group down (SIGKILL) for the whole expiry window."""
+        begin, end = self.expiry_window()
+        await _sleep_until(begin)
+        self.up.clear()
+        started = datetime.now(UTC)
+        self.note("outage_started", workers=sum(1 for w in self.alive() if w.running))
+        while datetime.now(UTC) < end:
+            for worker in self.alive():  # also one a restart began just before
+                if worker.running:
+                    await worker.kill()
+            await asyncio.sleep(0.2)
+        self.up.set()
+        for worker in self.alive():
+            if not worker.running:
+                await self.start(worker)
+                worker.restarts += 1
+        ended = datetime.now(UTC)
+        assert self.scenario is not None
+        lateness = timedelta(seconds=self.settings.lateness_allowance_s)
+        self.figures["outage"] = {
+            "down_s": round((ended - started).total_seconds(), 1),
+            "began_before_first_expiry_s": round(
+                (min(self.scenario.expiries) - started).total_seconds(), 1
+            ),
+            "ended_after_last_forfeit_due_s": round(
+                (ended - max(self.scenario.expiries) - lateness).total_seconds(), 1
+            ),
+        }
+        self.note("outage_ended", **self.figures["outage"])
+
+    async def expiry_traffic(self) -> None:
+        """Usage for the expiring lots: in time, just before they expire (the group is down
+        then), and too late, once every group has forfeited them."""
+        assert self.scenario is not None
+        assert self.producer is not None
+        for item in sorted(self.scenario.in_time, key=lambda i: (i.expires, i.seq)):
+            assert item.expires is not None
+            await _sleep_until(item.expires - IN_TIME_LEAD)
+            async with self.wave_lock:
+                await self.producer.send([item])
+        self.note("in_time_usage_produced", count=len(self.scenario.in_time))
+        late = self.scenario.too_late
+        accounts = sorted({i.key for i in late if i.key is not None})
+        for probe in self.probes():
+            # Each expiring account has two lots (test credits and a purchase).
+            while await probe.value(
+                "SELECT count(*) FROM lots WHERE account_id = ANY($1::text[]) AND forfeited",
+                accounts,
+            ) != 2 * len(accounts):  # None while PostgreSQL is down
+                self.check_deadline("the forfeitures before the too-late usage")
+                await asyncio.sleep(0.5)
+        async with self.wave_lock:
+            await self.producer.send(late)
+        self.note("too_late_usage_produced", count=len(late))
+
     # --- the end -------------------------------------------------------------------------
 
+    def groups(self) -> list[tuple[Settings, Probe]]:
+        out = [(self.settings, self.probe)]
+        if self.reference is not None and self.ref_probe is not None:
+            out.append((self.reference, self.ref_probe))
+        return out
+
     async def settle(self, due: datetime) -> None:
-        """Until the group has no lag, the outbox is empty and every due lot was swept."""
-        s = self.settings
+        """Until every group has no lag, its outbox is empty and every due lot was swept."""
         quiet = 0
-        async with OffsetReader(kafka_client_args(s)) as reader:
+        async with OffsetReader(kafka_client_args(self.settings)) as reader:
             while quiet < 3:
                 self.check_deadline("the workers to settle")
                 await asyncio.sleep(1.0)
-                try:
-                    offsets = await reader.committed_and_end(
-                        s.consumer_group, [s.topic_usage, s.topic_account_events]
-                    )
-                except (OSError, TimeoutError) as exc:
-                    print(f"[chaos] lag not readable yet: {exc!r}", flush=True)
-                    quiet = 0
-                    continue
-                lag = sum(end - (c or 0) for c, end in offsets.values())
-                unsent = await self.probe.value("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-                ready = lag == 0 and unsent == 0 and datetime.now(UTC) >= due
+                ready = datetime.now(UTC) >= due
+                for s, probe in self.groups():
+                    try:
+                        offsets = await reader.committed_and_end(
+                            s.consumer_group, [s.topic_usage, s.topic_account_events]
+                        )
+                    except (OSError, TimeoutError) as exc:
+                        print(f"[chaos] lag not readable yet: {exc!r}", flush=True)
+                        ready = False
+                        break
+                    lag = sum(end - (c or 0) for c, end in offsets.values())
+                    unsent = await probe.value("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+                    ready = ready and lag == 0 and unsent == 0
                 quiet = quiet + 1 if ready else 0
         self.note("settled")
 
     async def stop_workers(self) -> list[int | None]:
         codes = [await w.terminate(90) for w in self.alive()]
         self.note("workers_stopped", exit_codes=codes)
+        if self.ref_worker is not None:
+            self.figures["reference_exit_code"] = await self.ref_worker.terminate(90)
         return codes
 
     async def cli_lag(self) -> dict[str, Any]:
@@ -356,6 +492,12 @@ class Run:
             raise RunFailed(f"billing-worker lag failed: {err.decode(errors='replace')}")
         report: dict[str, Any] = json.loads(out)
         return report
+
+
+async def _sleep_until(at: datetime) -> None:
+    delay = (at - datetime.now(UTC)).total_seconds()
+    if delay > 0:
+        await asyncio.sleep(delay)
 
 
 def _names(seed: int) -> tuple[str, str]:
@@ -388,6 +530,32 @@ def _settings(services: Services, url: str, prefix: str) -> Settings:
     )
 
 
+def _reference_settings(settings: Settings, url: str, prefix: str) -> Settings:
+    """The reference group: the same input topics, its own group, database and outputs."""
+    return settings.model_copy(
+        update={
+            "database_url": url,
+            "consumer_group": prefix,
+            "client_id": prefix,
+            "topic_reminders": f"{prefix}.billing.reminders.v1",
+            "topic_invoices": f"{prefix}.billing.invoices.v1",
+            "topic_dlq": f"{prefix}.billing.dlq.v1",
+            "topic_balances": f"{prefix}.billing.balances.v1",
+        }
+    )
+
+
+def _topics(s: Settings) -> Topics:
+    return Topics(
+        s.topic_usage,
+        s.topic_account_events,
+        s.topic_reminders,
+        s.topic_invoices,
+        s.topic_dlq,
+        s.topic_balances,
+    )
+
+
 async def _execute(run: Run) -> dict[str, Any]:
     o, s = run.o, run.settings
     policy = policy_from(s)
@@ -413,9 +581,17 @@ async def _execute(run: Run) -> dict[str, Any]:
         t = time.monotonic()
         chaos = asyncio.create_task(run.chaos())
         tasks.append(chaos)
+        timed = asyncio.create_task(run.expiry_traffic())
+        tasks.append(timed)
+        if o.outage:
+            outage = asyncio.create_task(run.outage())
+            tasks.append(outage)
         await run.produce(scenario.main, scenario.layout.period)
         run.figures["produce_s"] = round(time.monotonic() - t, 1)
         run.note("produced", resent_waves=run.producer.resent_waves)
+        await timed
+        if o.outage:
+            await outage
         await chaos
         # The sweep forfeits only up to a cutoff that trails the clock by CLOCK_MARGIN.
         due = max(scenario.expiries) + policy.lateness + CLOCK_MARGIN + timedelta(seconds=4)
@@ -437,6 +613,7 @@ async def _verify(run: Run) -> dict[str, Any]:
     assert scenario is not None
     t = time.monotonic()
     end = datetime.now(UTC)
+    arrivals: dict[tuple[str, int, int], int] = {}
     logs = await read_all(
         s.kafka_bootstrap_servers,
         {
@@ -447,6 +624,7 @@ async def _verify(run: Run) -> dict[str, Any]:
             s.topic_dlq: 3,
             s.topic_balances: 3,
         },
+        arrivals=arrivals,
     )
     outputs = {"reminders": s.topic_reminders, "invoices": s.topic_invoices, "dlq": s.topic_dlq}
     run.figures["duplicates_read_committed"] = duplicates.by_topic(logs, outputs)
@@ -459,14 +637,17 @@ async def _verify(run: Run) -> dict[str, Any]:
     lookup: dict[tuple[bytes | None, bytes | None], Item] = {}
     for item in scenario.items():
         lookup.setdefault((None if item.key is None else item.key.encode(), item.value), item)
-    records, inputs = [], {}
+    records, inputs, keys = [], {}, {}
     for topic in (s.topic_usage, s.topic_account_events):
         for partition, offset, key, value in logs[topic]:
             found = lookup.get((key, value))
             if found is None:
                 raise RunFailed(f"{topic}:{partition}:{offset} is no record of the scenario")
-            records.append(model.Record(found, topic, partition, offset))
+            arrived = datetime.fromtimestamp(arrivals[(topic, partition, offset)] / 1000, UTC)
+            records.append(model.Record(found, topic, partition, offset, arrived))
             inputs[(topic, partition, offset)] = value
+            keys[(topic, partition, offset)] = key
+    run.figures["arrivals"] = _expiry_arrivals(run, records)
     expected = model.replay(
         records, policy_from(s), scenario.layout.period, scenario.close_seq, end
     )
@@ -505,14 +686,53 @@ async def _verify(run: Run) -> dict[str, Any]:
         run.figures["digest"] = await state_digest(conn, roles)
     finally:
         await conn.close()
+    if run.reference is not None:
+        r = run.reference
+        ref_roles = {
+            r.topic_usage: "usage",
+            r.topic_account_events: "account",
+            r.topic_reminders: "reminders",
+            r.topic_invoices: "invoices",
+            r.topic_dlq: "dlq",
+            r.topic_balances: "balances",
+        }
+        conn = await asyncpg.connect(r.database_url)
+        try:
+            run.figures["digest_reference"] = await state_digest(conn, ref_roles)
+            if run.figures["digest_reference"] != run.figures["digest"]:
+                mine = await asyncpg.connect(s.database_url)
+                try:
+                    run.figures["digest_differences"] = check.state_differences(
+                        await check.state_rows(mine, roles), await check.state_rows(conn, ref_roles)
+                    )
+                finally:
+                    await mine.close()
+        finally:
+            await conn.close()
     report = check.compare(
         expected,
         actual,
         inputs,
         {"reminders": s.topic_reminders, "invoices": s.topic_invoices, "dlq": s.topic_dlq},
+        keys,
     )
     run.figures["check_s"] = round(time.monotonic() - t, 1)
     return _results(run, records, expected, actual, report, end)
+
+
+def _expiry_arrivals(run: Run, records: list[model.Record]) -> dict[str, int]:
+    """How the usage of the expiring lots arrived, against those lots' moments."""
+    lateness = timedelta(seconds=run.settings.lateness_allowance_s)
+    out = {"in_time_before_expiry": 0, "in_time_late": 0, "too_late_after_allowance": 0}
+    for r in records:
+        expires, arrived = r.item.expires, r.arrived_at
+        if expires is None or arrived is None:
+            continue
+        if r.item.label == "in_time_usage":
+            out["in_time_before_expiry" if arrived < expires else "in_time_late"] += 1
+        elif arrived > expires + lateness:
+            out["too_late_after_allowance"] += 1
+    return out
 
 
 def _preconditions(run: Run, actual: check.Actual, end: datetime) -> list[str]:
@@ -523,14 +743,44 @@ def _preconditions(run: Run, actual: check.Actual, end: datetime) -> list[str]:
     zone = run.settings.zone
     if period_of(end, zone) != period_of(scenario.layout.start, zone):
         problems.append("the run crossed a month boundary: another month became closable")
+    late = {("usage", i.command.event_id) for i in scenario.too_late if i.command is not None}
     for account, kind in scenario.categories.items():
-        last, first = actual.last_processed_at.get(account), actual.first_forfeit_at.get(account)
+        first = actual.first_forfeit_at.get(account)
+        last = max(
+            (
+                at
+                for (source, event_id), at in actual.processed_at.items()
+                if actual.processed_account.get((source, event_id)) == account
+                and (source, event_id) not in late
+            ),
+            default=None,
+        )
         if kind == "expiry" and last and first and last >= first:
             problems.append(
                 f"{account}: an event was applied after its lot was forfeited "
                 f"(applied {last.isoformat()}, forfeited {first.isoformat()})"
             )
+    arrivals = run.figures.get("arrivals", {})
+    if arrivals.get("in_time_late"):
+        # Its notice and forfeit would then sit after a record that arrived after their moment.
+        problems.append(f"{arrivals['in_time_late']} in-time usage record(s) arrived after expiry")
+    if arrivals.get("too_late_after_allowance") != len(scenario.too_late):
+        problems.append("too-late usage arrived within the lateness allowance")
     return problems
+
+
+def _hostile(scenario: Scenario) -> dict[str, dict[str, Any]]:
+    """Per hostile kind: its dead-letter code and the partitions of each input it went to."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in scenario.items():
+        if item.label.startswith("hostile:"):
+            kind = out.setdefault(
+                item.label.removeprefix("hostile:"), {"code": item.dead_code, "partitions": {}}
+            )
+            kind["partitions"].setdefault(item.source, set()).add(item.partition)
+    for kind in out.values():
+        kind["partitions"] = {k: sorted(v) for k, v in sorted(kind["partitions"].items())}
+    return dict(sorted(out.items()))
 
 
 def _results(
@@ -557,8 +807,10 @@ def _results(
     w = run.workers
     figures = run.figures
     dups = figures["duplicates_read_committed"]
+    digests_equal = figures.get("digest_reference") in (None, figures.get("digest"))
     passed = (
         report.mismatches == 0
+        and digests_equal
         and figures.get("oracle_disagreements", 0) == 0
         and not preconditions
         and sum(dups.values()) == 0
@@ -600,6 +852,13 @@ def _results(
         },
         "mismatches": report.mismatches,
         "digest": figures.get("digest"),
+        "digest_reference": figures.get("digest_reference"),
+        "digests_equal": digests_equal if "digest_reference" in figures else None,
+        "digest_differences (faulty group | reference group)": figures.get("digest_differences"),
+        "reference_exit_code": figures.get("reference_exit_code"),
+        "outage": figures.get("outage"),
+        "expiry_usage_arrivals": figures.get("arrivals"),
+        "hostile_by_kind": _hostile(scenario),
         "oracle_disagreements": figures.get("oracle_disagreements"),
         "oracle_pending_spec": figures.get("oracle_pending_spec"),
         "mismatches_by_category": dict(report.counts),
@@ -634,26 +893,29 @@ async def main_async(o: Options) -> dict[str, Any]:
     try:
         url = await create_database(services.admin_url, db_name)
         settings = _settings(services, url, prefix)
-        topics = Topics(
-            settings.topic_usage,
-            settings.topic_account_events,
-            settings.topic_reminders,
-            settings.topic_invoices,
-            settings.topic_dlq,
-            settings.topic_balances,
-        )
+        topics = _topics(settings)
         await create_topics(services.bootstrap, topics)
-        run = Run(o, services, run_dir, settings, topics, t0=t0)
+        reference = ref_topics = None
+        if o.reference:
+            ref_url = await create_database(services.admin_url, db_name + "_ref")
+            reference = _reference_settings(settings, ref_url, prefix + "-ref")
+            ref_topics = _topics(reference)
+            await create_topics(services.bootstrap, ref_topics, inputs=False)
+        run = Run(o, services, run_dir, settings, topics, t0=t0, reference=reference)
         run.figures["services_up_s"] = services_up_s
         try:
             results = await _execute(run)
         finally:
-            for worker in run.workers:
+            for worker in [*run.workers, *([run.ref_worker] if run.ref_worker else [])]:
                 await worker.kill()
-            await run.probe.close()
+            for probe in run.probes():
+                await probe.close()
         if results["passed"]:  # a failed run keeps its data for inspection
             await delete_topics(services.bootstrap, topics)
             await drop_database(services.admin_url, db_name)
+            if ref_topics is not None:
+                await delete_topics(services.bootstrap, ref_topics, inputs=False)
+                await drop_database(services.admin_url, db_name + "_ref")
         return results
     finally:
         if o.stop_services:
@@ -689,6 +951,14 @@ def parse(argv: list[str]) -> Options:
     p.add_argument("--kafka-restarts", type=int, default=d.kafka_restarts)
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--no-retire", action="store_true", help="never kill a worker for good")
+    p.add_argument(
+        "--no-outage", action="store_true", help="no outage of the group while lots expire"
+    )
+    p.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="no reference group (no digest comparison with a run without worker faults)",
+    )
     p.add_argument("--rate", type=float, default=d.rate, help="events/s produced; 0: no limit")
     p.add_argument("--services-dir", type=Path, default=d.services_dir)
     p.add_argument("--kafka-port", type=int, default=d.kafka_port)
@@ -714,6 +984,8 @@ def parse(argv: list[str]) -> Options:
         a.kafka_restarts,
         a.workers,
         not a.no_retire,
+        not a.no_outage,
+        not a.no_reference,
         a.rate,
         a.services_dir.resolve(),
         a.kafka_port,

@@ -11,6 +11,16 @@ The layout makes the worker's result a function of the input alone:
   and the postpay accounts' usage in the two months that have already ended.
 - Records after the close gate (invoice payments, late usage) are produced only once the month
   is closed, so they cannot race the close.
+- Hostile records (NUL, null, empty and foreign keys, dates before 2000, far in the future or
+  ahead of their arrival, values larger than a dead letter keeps) go to every partition of both
+  inputs; each must be dead-lettered with its code and hold nothing up.
+- Expiry traffic: each account whose lots expire during the run gets one usage event produced
+  just before its lots expire (it arrives in time: a lot pays it), and every other one a usage
+  event produced only once the lots were forfeited (it arrived too late: overdraft). Both
+  occurred during the lots' life, right after the account's history (~90 days ago), so
+  neither holds back a later record of its partition in the worker's event-time order. The
+  runner produces them at those moments, while the workers of the run are down for longer
+  than the lateness allowance.
 """
 
 from __future__ import annotations
@@ -52,8 +62,14 @@ DESTINATIONS = (
     ("+639171234567", 1),
     ("+447400123456", 1),
 )
+# A value larger than the 256 KiB a dead letter keeps of it.
+HUGE_VALUE_BYTES = 300_000
 NO_RATE_NUMBER = "+33612345678"  # France: no rate in the shipped table
 UNKNOWN_NUMBER = "+99912345678"  # no country at all
+
+
+# Both input topics of a run (chaos.kafka_io.Topics) have this many partitions.
+INPUT_PARTITIONS = 6
 
 
 class ScenarioError(Exception):
@@ -87,6 +103,8 @@ class Item:
     token: int  # payload identity: equal only for re-sends of the same event
     at: datetime | None
     after_close: bool = False
+    partition: int | None = None  # produced to this partition (else by the key's hash)
+    expires: datetime | None = None  # expiry traffic: the expiry of the account's first lot
 
 
 @dataclass(frozen=True)
@@ -106,6 +124,8 @@ class Scenario:
     main: list[Item]
     categories: dict[str, str]  # account -> expiry | postpay | late | implicit | normal
     expiries: list[datetime] = field(default_factory=list)
+    # Produced by the runner at their moments (see the module docstring), after `main`.
+    expiry_traffic: list[Item] = field(default_factory=list)
 
     @property
     def close_seq(self) -> int:
@@ -113,7 +133,15 @@ class Scenario:
         return next((i.seq for i in self.main if i.after_close), self.main[-1].seq + 1)
 
     def items(self) -> list[Item]:
-        return self.phase0 + self.main
+        return self.phase0 + self.main + self.expiry_traffic
+
+    @property
+    def in_time(self) -> list[Item]:
+        return [i for i in self.expiry_traffic if i.label == "in_time_usage"]
+
+    @property
+    def too_late(self) -> list[Item]:
+        return [i for i in self.expiry_traffic if i.label == "too_late_usage"]
 
 
 def lay_out(start: datetime, zone: ZoneInfo) -> Layout:
@@ -424,6 +452,84 @@ class _Gen:
         source, value, code, what = self.rnd.choice(builders)()
         return Item(-1, source, account, value, f"poison:{what}", code, None, n, None)
 
+    def hostile(
+        self, account: str, other: str, partition: int, anchor: datetime, start: datetime
+    ) -> list[Item]:
+        """Every kind of hostile record, on `partition` of both inputs; `start`: the layout's
+        (every record reaches Kafka after it)."""
+        out = []
+        for source in ("usage", "account"):
+            cases = self._hostile_cases(source, account, other, anchor, start)
+            for what, key, value, code in cases:
+                out.append(
+                    Item(
+                        -1,
+                        source,
+                        key,
+                        value,
+                        f"hostile:{what}",
+                        code,
+                        None,
+                        self.next_id(),
+                        None,
+                        partition=partition,
+                    )
+                )
+        return out
+
+    def _hostile_cases(
+        self, source: Source, account: str, other: str, anchor: datetime, start: datetime
+    ) -> list[tuple[str, str | None, bytes, str]]:
+        n = self.next_id()
+        valid: dict[str, Any] = (
+            {
+                "event_id": f"{account}-h{n}",
+                "account_id": account,
+                "occurred_at": self.stamp(anchor),
+                "destination": "+819012345678",
+            }
+            if source == "usage"
+            else {
+                "type": "credits_purchased",
+                "event_id": f"{account}-h{n}",
+                "account_id": account,
+                "occurred_at": self.stamp(anchor),
+                "purchase_id": f"ph-{n}",
+                "amount": 1000,
+                "payment_method": "credit_card",
+            }
+        )
+        huge = {**valid, "event_id": "x" * HUGE_VALUE_BYTES}
+        nul = account + "\x00"
+        return [
+            ("nul_key_not_json", nul, b"not json", "malformed_json"),
+            ("nul_key", nul, _json(valid), "key_mismatch"),
+            ("null_key", None, _json(valid), "key_mismatch"),
+            ("empty_key", "", _json(valid), "key_mismatch"),
+            ("another_accounts_key", other, _json(valid), "key_mismatch"),
+            ("nul_in_account_id", account, _json({**valid, "account_id": nul}), "schema_violation"),
+            (
+                "far_future",
+                account,
+                _json({**valid, "occurred_at": "9999-10-02T23:30:00Z"}),
+                "implausible_time",
+            ),
+            (
+                "before_2000",
+                account,
+                _json({**valid, "occurred_at": "1999-12-31T23:59:59Z"}),
+                "implausible_time",
+            ),
+            (
+                # More than the allowed clock skew (1 day) after the record reached Kafka.
+                "ahead_of_arrival",
+                account,
+                _json({**valid, "occurred_at": self.stamp(start + timedelta(days=3))}),
+                "implausible_time",
+            ),
+            ("huge_value", account, _json(huge), "schema_violation"),
+        ]
+
     def resend(self, original: Item, conflicting: bool) -> Item:
         """The same event again: byte for byte, re-serialised, or (conflict) altered."""
         assert original.value is not None
@@ -663,14 +769,17 @@ def build(
     regular.sort(key=_order_key)
     main = _after_close(gen, regular, invoices, kinds.late, layout)
     _add_noise(gen, main, phase0, kinds, n_dups, max(n_poison - gen.rejects, 1))
-    numbered = [replace(item, seq=n) for n, item in enumerate(phase0 + main)]
+    _add_hostile(gen, main, kinds, layout.start)
+    traffic = _expiry_traffic(gen, phase0, kinds, policy.lot_validity)
+    numbered = [replace(item, seq=n) for n, item in enumerate(phase0 + main + traffic)]
     return Scenario(
         params,
         layout,
         numbered[: len(phase0)],
-        numbered[len(phase0) :],
+        numbered[len(phase0) : len(phase0) + len(main)],
         kinds.categories(),
         sorted(expiries),
+        numbered[len(phase0) + len(main) :],
     )
 
 
@@ -715,6 +824,43 @@ def _after_close(
         for spot, at in sorted(zip(spots, times, strict=True), reverse=True):
             main.insert(spot, replace(gen.usage(account, at), label="late_usage", after_close=True))
     return main
+
+
+def _add_hostile(gen: _Gen, main: list[Item], kinds: _Kinds, start: datetime) -> None:
+    """Every kind of hostile record on every partition of both inputs, at random spots."""
+    rnd = gen.rnd
+    accounts = sorted(kinds.normal)
+    # The time of a record amid the run (a poison record there has none).
+    anchor = next(i.at for i in main[len(main) // 2 :] + main if i.at is not None)
+    for partition in range(INPUT_PARTITIONS):
+        account, other = rnd.sample(accounts, 2)
+        for item in gen.hostile(account, other, partition, anchor, start):
+            main.insert(rnd.randint(0, len(main)), item)
+
+
+def _expiry_traffic(
+    gen: _Gen, phase0: list[Item], kinds: _Kinds, validity: timedelta
+) -> list[Item]:
+    """Per expiring account, usage that occurred during the lots' life (right after the
+    account's history, so that it heads its partition no later record of the run: every other
+    record occurred after it) and reaches Kafka around their expiry: in time (every account),
+    or after the forfeiture (every other account)."""
+    first_expiry: dict[str, datetime] = {}
+    last: dict[str, datetime] = {}
+    for item in phase0:
+        if item.key in kinds.expiry and item.at is not None:
+            last[item.key] = max(last.get(item.key, item.at), item.at)
+            if item.label == "open":
+                first_expiry[item.key] = item.at + validity
+    out = []
+    for n, account in enumerate(kinds.expiry):
+        expires = first_expiry[account]
+        timed = gen.usage(account, last[account] + timedelta(seconds=10), "+819012345678", 1)
+        out.append(replace(timed, label="in_time_usage", expires=expires))
+        if n % 2 == 0:
+            late = gen.usage(account, last[account] + timedelta(seconds=11), "+819012345678", 1)
+            out.append(replace(late, label="too_late_usage", expires=expires))
+    return out
 
 
 def _add_noise(

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     lateness_allowance_s: int = Field(3600, ge=0)
     # How far an event's occurred_at may be ahead of its record's Kafka timestamp.
     max_clock_skew_s: int = Field(86_400, ge=0, le=10 * 365 * 86_400)
+    # Accept input topics whose record timestamps producers set (CreateTime): lateness is then
+    # measured by the producers' clocks. Off: such a topic stops start-up.
+    allow_create_time_inputs: bool = False
     test_credits_jpy: int = Field(100, ge=0)
     lot_validity_days: int = Field(90, ge=1)
     expiring_notice_days: int = Field(7, ge=0)

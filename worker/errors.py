@@ -75,6 +75,13 @@ class DatabaseUnreachable(Failure):
     retriable = True
 
 
+class ProducerStampedInputs(Failure):
+    """An input topic lets producers choose the record timestamps that decide lateness."""
+
+    exit_code = ExitCode.BAD_SETTING
+    error_code = "input_timestamp_type"
+
+
 class SchemaMismatch(Failure):
     """The database's applied migrations are not the ones this worker was built for."""
 

@@ -370,3 +370,106 @@ def test_the_reference_model_agrees_with_the_chaos_expectation(
     )
     assert sum(len(o.ledger) for o in outcomes) == len(expected.ledger) > 0
     assert oracle_feed.disagreements(records(sc), expected, outcomes) == []
+
+
+# --- hostile records and the usage of expiring lots ------------------------------------------
+
+
+def test_every_kind_of_hostile_record_goes_to_every_partition_of_both_inputs(sc: Scenario) -> None:
+    hostile = [i for i in sc.items() if i.label.startswith("hostile:")]
+    kinds = {i.label for i in hostile}
+    codes = {i.label: i.dead_code for i in hostile}
+
+    assert kinds == {
+        f"hostile:{k}"
+        for k in (
+            "nul_key_not_json",
+            "nul_key",
+            "null_key",
+            "empty_key",
+            "another_accounts_key",
+            "nul_in_account_id",
+            "far_future",
+            "before_2000",
+            "ahead_of_arrival",
+            "huge_value",
+        )
+    }
+    assert codes["hostile:null_key"] == codes["hostile:nul_key"] == "key_mismatch"
+    assert codes["hostile:far_future"] == codes["hostile:before_2000"] == "implausible_time"
+    assert codes["hostile:ahead_of_arrival"] == "implausible_time"
+    for kind in kinds:
+        for source in ("usage", "account"):
+            placed = {i.partition for i in hostile if i.label == kind and i.source == source}
+            assert placed == set(range(6)), (kind, source)
+    assert min(len(i.value or b"") for i in hostile if i.label == "hostile:huge_value") > 256 * 1024
+    assert any(i.key is None for i in hostile)
+    assert all("\x00" in (i.key or "") for i in hostile if i.label == "hostile:nul_key")
+
+
+def arrived(sc: Scenario) -> list[model.Record]:
+    """As a run produces them: one record a millisecond from the start (a re-send arrives
+    after its original), in-time usage 4 s before its lot expires, too-late usage 10 s after
+    the lateness allowance has passed."""
+    out = []
+    for n, item in enumerate(sc.items()):
+        at = START + timedelta(milliseconds=n)
+        if item.label == "in_time_usage" and item.expires is not None:
+            at = item.expires - timedelta(seconds=4)
+        elif item.label == "too_late_usage" and item.expires is not None:
+            at = item.expires + POLICY.lateness + timedelta(seconds=10)
+        out.append(model.Record(item, item.source, 0, n, at))
+    return out
+
+
+def test_a_lot_pays_usage_that_arrived_in_time_and_is_forfeited_before_usage_that_did_not(
+    sc: Scenario,
+) -> None:
+    end = START + timedelta(hours=1)
+    expected = model.replay(arrived(sc), POLICY, sc.layout.period, sc.close_seq, end)
+    too_late = {i.key for i in sc.too_late}
+
+    # Produced amid the run, it must hold back no later record of its partition, which the
+    # worker releases in event-time order: it occurred before every record of `main`.
+    assert max(i.at for i in sc.expiry_traffic if i.at) < min(i.at for i in sc.main if i.at)
+    assert len(sc.in_time) == sum(1 for k in sc.categories.values() if k == "expiry")
+    assert 0 < len(too_late) < len(sc.in_time)
+    for item in sc.in_time:
+        account = item.key
+        assert account is not None
+        entries = [e for e in expected.ledger.values() if e.account_id == account]
+        in_time = next(e for e in entries if e.ref == item.command.event_id)  # type: ignore[union-attr]
+        # The first lot (the test credits, expiring first) pays it, though it is applied late.
+        assert [lot for lot, _ in in_time.allocations] == [
+            expected.accounts[account].lots[0].lot_id
+        ]
+        kinds = [e.kind for e in entries]
+        if account in too_late:
+            # Both lots forfeited right before it; it is overdraft.
+            assert kinds[-3:] == ["forfeit", "forfeit", "charge"]
+            assert entries[-1].allocations == ()
+            assert entries[-1].balance_after_jpy == expected.accounts[account].balance_jpy == -10
+        else:
+            assert kinds[-2:] == ["forfeit", "forfeit"]
+            assert expected.accounts[account].balance_jpy == 0
+    outcomes = oracle_feed.replay(arrived(sc), POLICY, sc.layout.period, sc.close_seq, end)
+    assert oracle_feed.disagreements(arrived(sc), expected, outcomes) == []
+
+
+@pytest.mark.parametrize(("events", "accounts", "seed"), [(20_000, 400, 11), (4000, 150, 12)])
+def test_other_seeds_lay_out_every_hostile_record_and_the_expiry_traffic(
+    events: int, accounts: int, seed: int
+) -> None:
+    # Seed 11 at the reduced run's size has a poison record (no time) amid the main phase,
+    # where the hostile records take their time from.
+    other = build(
+        Params(events=events, accounts=accounts, seed=seed),
+        START,
+        POLICY,
+        load_rate_table(None),
+        ZoneInfo("Asia/Tokyo"),
+    )
+
+    assert sum(1 for i in other.items() if i.label.startswith("hostile:")) == 10 * 2 * 6
+    assert other.in_time
+    assert other.too_late

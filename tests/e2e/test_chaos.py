@@ -2,9 +2,13 @@
 
 20,000 events over 400 accounts; two SIGKILLs with restarts, two exits of the relay between
 its Kafka commit and the outbox update, a 10 s PostgreSQL outage, a broker restart while a
-relay transaction is open and one of two workers killed for good; then every balance, lot,
-ledger entry, reminder, invoice and dead letter is compared with the reference model
-(`chaos`), and a read_committed consumer must see no message twice.
+relay transaction is open, one of two workers killed for good, and both down from before the
+first lot expires until after the last forfeiture is due (usage for those lots arriving in
+time during the outage, and too late after it); hostile records of every kind on every input
+partition. Then every balance, lot, ledger entry, reminder, invoice and dead letter is compared
+with the reference model (`chaos`), a read_committed consumer must see no message twice, and
+the state digest must equal that of a reference group that consumed the same input log with no
+worker fault.
 `make chaos` is the full-size run. A seed that ever fails here stays in SEEDS.
 """
 
@@ -22,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+# The group's outage while lots expire and the reference group add about two minutes.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDS = [20261126]
@@ -95,11 +100,11 @@ def test_reduced_chaos_run_matches_the_model(seed: int, tmp_path: Path) -> None:
         "--workers",
         "2",
         "--expiry-from-s",
-        "30",
+        "40",
         "--expiry-spread-s",
         "30",
         "--timeout-s",
-        "480",
+        "720",
         "--services-dir",
         str(state),
         "--kafka-port",
@@ -120,7 +125,7 @@ def test_reduced_chaos_run_matches_the_model(seed: int, tmp_path: Path) -> None:
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                timeout=560,
+                timeout=840,
                 check=False,
             ).returncode
     finally:
@@ -143,4 +148,24 @@ def test_reduced_chaos_run_matches_the_model(seed: int, tmp_path: Path) -> None:
     assert summary["postgres_down_s"] >= 10
     assert summary["events"] >= 20000
     assert summary["poison_share"] >= 0.01
+    # The group was down past every forfeiture's moment, lots expiring meanwhile.
+    outage = summary["outage"]
+    assert outage["began_before_first_expiry_s"] > 0, outage
+    assert outage["ended_after_last_forfeit_due_s"] > 0, outage
+    arrivals = summary["expiry_usage_arrivals"]
+    assert arrivals["in_time_late"] == 0, arrivals
+    assert arrivals["in_time_before_expiry"] > 0, arrivals
+    assert arrivals["too_late_after_allowance"] > 0, arrivals
+    hostile = summary["hostile_by_kind"]
+    assert {kind["code"] for kind in hostile.values()} == {
+        "key_mismatch",
+        "implausible_time",
+        "malformed_json",
+        "schema_violation",
+    }
+    for kind in hostile.values():
+        assert kind["partitions"] == {"account": list(range(6)), "usage": list(range(6))}
+    assert summary["digest"] == summary["digest_reference"], output[-6000:]
+    assert summary["digests_equal"] is True
+    assert summary["reference_exit_code"] == 0
     shutil.rmtree(state, ignore_errors=True)  # kept for inspection when the run failed

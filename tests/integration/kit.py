@@ -23,16 +23,24 @@ from worker.adapters.kafka_connection import kafka_client_args
 from worker.app import Worker
 from worker.config import Settings
 
+# As the worker wants its inputs: the broker stamps each record's arrival.
+ARRIVAL_STAMPED = {"message.timestamp.type": "LogAppendTime"}
+PRODUCER_STAMPED = {"message.timestamp.type": "CreateTime"}
 
-async def create_topics(settings: Settings) -> None:
+
+async def create_topics(settings: Settings, *, producer_stamped: bool = False) -> None:
+    """The topics of `settings`; `producer_stamped` inputs keep the producers' timestamps
+    (CreateTime: a test can date a record's arrival; a worker on them needs
+    `allow_create_time_inputs`)."""
     admin = AIOKafkaAdminClient(**kafka_client_args(settings))
     await admin.start()
     try:
         inputs = [settings.topic_usage, settings.topic_account_events]
         outputs = [settings.topic_reminders, settings.topic_invoices, settings.topic_dlq]
         compacted = {"cleanup.policy": "compact"}
+        stamped = PRODUCER_STAMPED if producer_stamped else ARRIVAL_STAMPED
         await admin.create_topics(
-            [NewTopic(t, settings.input_partitions, 1) for t in inputs]
+            [NewTopic(t, settings.input_partitions, 1, topic_configs=stamped) for t in inputs]
             + [NewTopic(t, settings.output_partitions, 1) for t in outputs]
             + [
                 NewTopic(

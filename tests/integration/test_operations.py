@@ -153,7 +153,7 @@ async def test_lag_command_reports_the_group_with_and_without_a_running_worker(
 async def test_lag_reports_how_long_ago_the_oldest_uncommitted_record_reached_kafka(
     settings: Settings, unique: str
 ) -> None:
-    await create_topics(settings)
+    await create_topics(settings, producer_stamped=True)
     usage_topic = settings.topic_usage
     now_ms = int(time.time() * 1000)
     # (partition, seconds ago) in offset order; the broker keeps the producer's timestamps

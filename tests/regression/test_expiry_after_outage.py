@@ -31,7 +31,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 async def test_the_timer_waits_for_the_backlog_before_forfeiting(
     settings: Settings, unique: str
 ) -> None:
-    await create_topics(settings)
+    # The record's arrival is dated by its producer here: CreateTime inputs, allowed.
+    settings = settings.model_copy(update={"allow_create_time_inputs": True})
+    await create_topics(settings, producer_stamped=True)
     policy, encoder = policy_from(settings), encoder_from(settings)
     account = f"outage-{unique}"
     opened_at = ago(days=90, hours=3)

@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 
-from tests.integration.kit import ago, database, opened, produce, wait_applied, wait_until
+from tests.integration.kit import (
+    ARRIVAL_STAMPED,
+    ago,
+    database,
+    opened,
+    produce,
+    wait_applied,
+    wait_until,
+)
 from tests.integration.ops_kit import ready
 from worker.app import Worker
 from worker.config import Settings
@@ -35,7 +43,8 @@ async def test_missing_and_lopsided_inputs_wait_not_ready_then_resume(
             settings.topic_balances,
         ]
         await admin.create_topics(
-            [NewTopic(settings.topic_usage, 3, 1)] + [NewTopic(t, 2, 1) for t in outputs]
+            [NewTopic(settings.topic_usage, 3, 1, topic_configs=ARRIVAL_STAMPED)]
+            + [NewTopic(t, 2, 1) for t in outputs]
         )
         worker = Worker(settings, handle_signals=False)
         task = asyncio.create_task(worker.run())
@@ -54,7 +63,9 @@ async def test_missing_and_lopsided_inputs_wait_not_ready_then_resume(
                 30,
                 "/ready to name the missing account topic",
             )
-            await admin.create_topics([NewTopic(settings.topic_account_events, 2, 1)])
+            await admin.create_topics(
+                [NewTopic(settings.topic_account_events, 2, 1, topic_configs=ARRIVAL_STAMPED)]
+            )
             await wait_until(
                 lambda: inputs_detail(
                     f"{settings.topic_usage} has 3", f"{settings.topic_account_events} has 2"

@@ -148,8 +148,9 @@ async def create_topics(admin: Settings) -> None:
         inputs = [admin.topic_usage, admin.topic_account_events]
         outputs = [admin.topic_reminders, admin.topic_invoices, admin.topic_dlq]
         compacted = {"cleanup.policy": "compact"}
+        stamped = {"message.timestamp.type": "LogAppendTime"}  # as the worker wants its inputs
         await client.create_topics(
-            [NewTopic(t, admin.input_partitions, 1) for t in inputs]
+            [NewTopic(t, admin.input_partitions, 1, topic_configs=stamped) for t in inputs]
             + [NewTopic(t, admin.output_partitions, 1) for t in outputs]
             + [NewTopic(admin.topic_balances, admin.output_partitions, 1, topic_configs=compacted)]
         )

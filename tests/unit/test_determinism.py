@@ -197,6 +197,39 @@ async def test_nothing_is_forfeited_in_front_of_a_record_while_the_other_input_i
     assert kinds == [("grant", 1_000), ("charge", -100)]  # the expired lot did not pay either
 
 
+async def test_where_a_forfeit_lands_before_a_late_record_depends_on_knowing_it_is_late() -> None:
+    # The documented limit (README, "Deterministic"): usage that occurred before expiry but
+    # reached Kafka after expiry + lateness. Knowing every record still pending arrived after
+    # the moment, the stream forfeits in front of it; not knowing (the other input of the
+    # partition not read yet), it applies the record and the timer forfeits after it. The same
+    # money either way; the balance after each entry differs.
+    late = usage(5, 100, EXPIRY - timedelta(minutes=1), EXPIRY + LATENESS + timedelta(hours=1))
+    swept = EXPIRY + LATENESS + timedelta(hours=2)
+
+    known = FakeStore()
+    await apply_batch(known, setup(), POLICY, ENCODER, T0)
+    await apply_batch(known, [late], POLICY, ENCODER, T0, pending={0: swept})
+    await sweep_expiry(known, swept, POLICY, ENCODER)
+    unknown = FakeStore()
+    await apply_batch(unknown, setup(), POLICY, ENCODER, T0)
+    await apply_batch(unknown, [late], POLICY, ENCODER, T0, pending={0: None})
+    await sweep_expiry(unknown, swept, POLICY, ENCODER)
+
+    def entries(store: FakeStore) -> list[tuple[str, int, int]]:
+        return [(e.kind, e.amount_jpy, e.balance_after_jpy) for e in store.db.ledger]
+
+    assert entries(known) == [
+        ("grant", 1_000, 1_000),
+        ("forfeit", -1_000, 0),
+        ("charge", -100, -100),
+    ]
+    assert entries(unknown) == [
+        ("grant", 1_000, 1_000),
+        ("charge", -100, 900),  # the expired lot does not pay it: it arrived too late
+        ("forfeit", -1_000, -100),
+    ]
+
+
 def test_records_read_again_after_a_reset_replace_what_was_buffered_from_there_on() -> None:
     # Offsets 5 and 6 were buffered; the position is reset to 3 (a rebalance gave the
     # partition back from its committed offset) and 3..6 are read again. Releasing the old 5

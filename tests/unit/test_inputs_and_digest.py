@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from worker.adapters.digest import newest_snapshots, payload_digest_form
-from worker.service.inputs import input_problem
+from worker.service.inputs import input_problem, timestamp_problem
 
 
 def test_inputs_partitioned_alike_are_usable() -> None:
@@ -20,6 +20,21 @@ def test_different_partition_counts_name_both_topics_and_counts() -> None:
     problem = input_problem({"usage": 8, "account": 6})
     assert problem is not None
     assert "account has 6, usage has 8" in problem
+
+
+def test_inputs_stamped_on_arrival_or_not_described_are_no_timestamp_problem() -> None:
+    assert timestamp_problem({"usage": "LogAppendTime", "account": "LogAppendTime"}) is None
+    assert timestamp_problem({"usage": "LogAppendTime", "account": None}) is None
+
+
+def test_a_producer_stamped_input_is_named_with_the_fix_and_the_setting() -> None:
+    problem = timestamp_problem({"usage": "CreateTime", "account": "LogAppendTime"})
+
+    assert problem is not None
+    assert problem.startswith("input topic usage has message.timestamp.type=CreateTime")
+    assert "--entity-name usage --add-config message.timestamp.type=LogAppendTime" in problem
+    assert "BILLING_ALLOW_CREATE_TIME_INPUTS=true" in problem
+    assert "account" not in problem
 
 
 def test_the_digest_ignores_wall_clock_fields_and_topic_names_only() -> None:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, KafkaTimeoutError, for_code
 
 from worker.adapters.kafka_connection import kafka_client_args
@@ -161,6 +162,24 @@ class OffsetReader:
             if t["error_code"] == 0
             for p in t["partitions"]
         )
+
+    async def timestamp_types(self, topics: list[str]) -> dict[str, str | None]:
+        """Each topic's `message.timestamp.type` (CreateTime or LogAppendTime); None where the
+        broker does not say (no such topic, or this principal may not describe its configs)."""
+        admin, _ = await self._bounded(self._clients())
+        responses = await self._bounded(
+            admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in topics]
+            )
+        )
+        out: dict[str, str | None] = dict.fromkeys(topics)
+        for response in responses:
+            for error_code, _, _, name, configs in response.resources:
+                if error_code == 0 and name in out:
+                    out[name] = next(
+                        (c[1] for c in configs if c[0] == "message.timestamp.type"), None
+                    )
+        return out
 
     async def partition_counts(self, topics: list[str]) -> dict[str, int | None]:
         """Partitions per topic; None for a topic the broker does not know."""

@@ -26,12 +26,12 @@ from worker.adapters.kafka_connection import kafka_client_args
 from worker.config import Settings
 from worker.domain.account import Policy
 from worker.entrypoints.stages import StageTrace
-from worker.errors import ShuttingDown, is_retriable
+from worker.errors import ProducerStampedInputs, ShuttingDown, is_retriable
 from worker.metrics import Metrics
 from worker.retry import retry
 from worker.service.alignment import Aligner
 from worker.service.billing import BatchReport, apply_batch, earliest
-from worker.service.inputs import input_problem
+from worker.service.inputs import input_problem, timestamp_problem
 from worker.service.ports import Dead, Decoded, Encoder, InputRecord, Source, Store
 
 log = logs.get("worker.stream")
@@ -184,12 +184,35 @@ class StreamProcessor:
         self.inputs_checked_at = time.monotonic()
         return problem
 
+    async def _check_timestamps(self) -> None:
+        """Refuse input topics whose producers stamp the records (CreateTime): the record
+        timestamp is the arrival that lateness is measured by. Unless allowed by setting."""
+        if self.settings.allow_create_time_inputs:
+            return
+        types = await self.inputs.timestamp_types(list(self.sources))
+        problem = timestamp_problem(types)
+        if problem is not None:
+            self.input_problem = problem
+            raise ProducerStampedInputs(problem)
+        unknown = sorted(topic for topic, kind in types.items() if kind is None)
+        if unknown:
+            log.warning(
+                "inputs_timestamp_type_unknown",
+                topics=unknown,
+                note="the broker did not describe their configs (grant DescribeConfigs): "
+                "their record timestamps are taken as arrivals unchecked",
+            )
+
     async def _wait_for_inputs(self, stop: asyncio.Event) -> bool:
-        """Until both input topics exist with one partition count; False if stopped first."""
+        """Until both input topics exist with one partition count; False if stopped first.
+        An input topic stamped by its producers (CreateTime) stops the worker."""
         while not stop.is_set():
             try:
                 if await self._check_inputs() is None:
+                    await self._check_timestamps()
                     return True
+            except ProducerStampedInputs:
+                raise
             except Exception as exc:
                 if not is_retriable(exc) and not isinstance(exc, KafkaError):
                     raise

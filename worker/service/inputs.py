@@ -1,4 +1,4 @@
-"""Are the two input topics usable as a co-partitioned pair?"""
+"""Are the two input topics usable as a co-partitioned pair, with arrival timestamps?"""
 
 from __future__ import annotations
 
@@ -14,3 +14,21 @@ def input_problem(counts: dict[str, int | None]) -> str | None:
             f"input topics must have the same number of partitions ({shown}); waiting until they do"
         )
     return None
+
+
+def timestamp_problem(types: dict[str, str | None]) -> str | None:
+    """Why the inputs' record timestamps cannot be trusted as arrivals, or None.
+
+    Lateness is measured by arrival (the record timestamp): with CreateTime a producer's clock
+    chooses it, and so whether a lot still pays for its usage."""
+    producer_stamped = sorted(topic for topic, kind in types.items() if kind == "CreateTime")
+    if not producer_stamped:
+        return None
+    names = ", ".join(producer_stamped)
+    return (
+        f"input topic {names} has message.timestamp.type=CreateTime, so producers' clocks would "
+        "decide lateness: set message.timestamp.type=LogAppendTime on it (kafka-configs.sh "
+        f"--alter --entity-type topics --entity-name {producer_stamped[0]} --add-config "
+        "message.timestamp.type=LogAppendTime), or set BILLING_ALLOW_CREATE_TIME_INPUTS=true "
+        "if the producers' clocks are trusted"
+    )
