@@ -34,6 +34,7 @@ from benchmarks.kit import (
     drop_databases,
     git_commit,
     machine,
+    partition_of,
     produce,
 )
 from benchmarks.workers import (
@@ -45,12 +46,20 @@ from benchmarks.workers import (
     run_backlog,
     run_latency,
 )
-from benchmarks.workload import Generator, Workload, latency_setup, main_workload, rss_workload
+from benchmarks.workload import (
+    Generator,
+    Mix,
+    Workload,
+    latency_setup,
+    main_workload,
+    rss_workload,
+)
 from worker.config import Settings
 
-PHASES = ("kafka", "postgres", "one", "ab", "two", "latency", "rss")
+PHASES = ("kafka", "postgres", "one", "ab", "two", "three", "hot", "latency", "rss")
 # "ab" needs the revision to compare with: only when asked for.
 DEFAULT_PHASES = tuple(phase for phase in PHASES if phase != "ab")
+BACKLOGS = (("one", 1), ("two", 2), ("three", 3))
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -93,6 +102,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--ab-rounds", type=int, default=3, help="phase ab: base, this, base, this ... (3)"
     )
     ap.add_argument("--partitions", type=int, default=6, help="input partitions (6)")
+    ap.add_argument(
+        "--hot-share",
+        type=float,
+        default=0.5,
+        help="hot phase: share of usage sent by one account (0.5)",
+    )
+    ap.add_argument("--hot-processes", type=int, default=3, help="hot phase: worker processes (3)")
     ap.add_argument(
         "--phases",
         default=",".join(DEFAULT_PHASES),
@@ -218,6 +234,7 @@ class Bench:
             await self.ab(work, main)
             del work
             gc.collect()
+            await self.hot()
             await self.latency(gen)
             await self.memory(gen)
         finally:
@@ -240,7 +257,7 @@ class Bench:
 
     async def backlogs(self, work: Workload, main: Topics) -> None:
         timeout = max(300.0, work.total / 500)
-        for phase, count in (("one", 1), ("two", 2)):
+        for phase, count in BACKLOGS:
             if phase not in self.phases:
                 continue
             topics = Topics(main.usage, main.account, *self.topics("", f"{phase}-out").outputs)
@@ -257,6 +274,33 @@ class Bench:
         one, two = self.results.one, self.results.two
         if one is not None and two is not None and one.digest != two.digest:
             raise BenchError(f"1 and 2 processes billed differently: {one.digest} != {two.digest}")
+
+    async def hot(self) -> None:
+        """The main workload again, except that one account sends `--hot-share` of the usage:
+        its partition (and the process that owns it) carries that share on its own."""
+        if "hot" not in self.phases:
+            return
+        args = self.args
+        gen = Generator(args.seed, self.run_id, self.start, Mix(hot_share=args.hot_share))
+        work = main_workload(gen, args.accounts, args.events)
+        per_partition = [0] * args.partitions
+        for key, _ in work.usage:
+            per_partition[partition_of(key, args.partitions)] += 1
+        self.results.hot_partitions = per_partition
+        topics = self.topics("hot", "hot-out")
+        await self.make_topics(topics, inputs=True)
+        await produce(self.services.bootstrap, topics.account, args.partitions, work.account)
+        await produce(self.services.bootstrap, topics.usage, args.partitions, work.usage)
+        db = await create_database(self.services, f"{self.db_prefix}_hot")
+        count = args.hot_processes
+        say(
+            f"hot account ({args.hot_share:.0%} of usage; usage per partition {per_partition}): "
+            f"{count} process(es) ..."
+        )
+        self.results.hot = await run_backlog(
+            self.processes(topics, db, "hot", count), work, max(300.0, work.total / 500)
+        )
+        say(f"hot account: {self.results.hot.rate:,.0f} ev/s in {self.results.hot.seconds:.1f} s")
 
     async def ab(self, work: Workload, main: Topics) -> None:
         """The old revision's worker and this one on the same backlog, alternating."""
@@ -370,6 +414,9 @@ def raw(results: report.Results) -> dict[str, object]:
         "postgres_ceiling": results.postgres and vars(results.postgres),
         "one": runs(results.one),
         "two": runs(results.two),
+        "three": runs(results.three),
+        "hot": runs(results.hot),
+        "hot_partitions": results.hot_partitions,
         "rss": runs(results.rss),
         "ab_base": results.base,
         "speed_up": report.speed_up(results),

@@ -241,6 +241,21 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def backends_of(database: str) -> list[int]:
+    """PostgreSQL backends connected to `database`, by their process title
+    (`postgres: USER DATABASE HOST(PORT) STATE`; `update_process_title` is on by default)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().split(b"\0")[0].split()
+            except OSError:
+                continue
+            if len(title) > 2 and title[0] == b"postgres:" and title[2] == database.encode():
+                out.append(int(entry.name))
+    return out
+
+
 def peak_rss_mb(pid: int) -> float:
     """VmHWM: the most resident memory the process ever had."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -267,9 +282,14 @@ class CpuSnapshot:
     bench: float
     busy: float
     total: float
+    # The server processes serving the run's own database: on a server shared with other
+    # work this is the only PostgreSQL figure that belongs to the run.
+    backends: float = 0.0
 
     @classmethod
-    def take(cls, services: Services, workers: Iterable[int]) -> CpuSnapshot:
+    def take(
+        cls, services: Services, workers: Iterable[int], database: str | None = None
+    ) -> CpuSnapshot:
         postmaster = services.postmaster_pid()
         pg = 0.0
         if postmaster is not None:
@@ -287,6 +307,7 @@ class CpuSnapshot:
             cpu_seconds(os.getpid()),
             busy,
             total,
+            0.0 if database is None else sum(cpu_seconds(p) for p in backends_of(database)),
         )
 
     def minus(self, earlier: CpuSnapshot) -> CpuSnapshot:

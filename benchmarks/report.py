@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.ceilings import Ceiling
-from benchmarks.workers import NOT_COMPUTED, BacklogRun, LatencyRun, compared_digests
+from benchmarks.workers import NOT_COMPUTED, BacklogRun, LatencyRun, Steady, compared_digests
 
 TARGET_RATE = 20_000.0
 TARGET_RATIO = 0.5
@@ -54,6 +54,9 @@ class Results:
     postgres: Ceiling | None = None
     one: BacklogRun | None = None
     two: BacklogRun | None = None
+    three: BacklogRun | None = None
+    hot: BacklogRun | None = None
+    hot_partitions: list[int] = field(default_factory=list)  # usage records per partition
     latency: list[LatencyRun] = field(default_factory=list)
     latency_base: list[LatencyRun] = field(default_factory=list)
     """The same levels with the base revision's worker (phase ab), alternating with this."""
@@ -75,14 +78,19 @@ def _verdict(ok: bool) -> str:
 
 
 def _cpu(run: BacklogRun | LatencyRun) -> str:
+    return "" if run.cpu is None else _cpu_of(run)
+
+
+def _cpu_of(run: BacklogRun | LatencyRun | Steady) -> str:
     cpu, wall = run.cpu, run.seconds
     if cpu is None or wall <= 0:
         return ""
-    other = cpu.busy - cpu.worker - cpu.postgres - cpu.kafka - cpu.bench
+    other = cpu.busy - cpu.worker - max(cpu.postgres, cpu.backends) - cpu.kafka - cpu.bench
     cores = cpu.total / wall
     return (
         f"worker {cpu.worker / wall:.2f}, PostgreSQL {cpu.postgres / wall:.2f}, "
         f"Kafka {cpu.kafka / wall:.2f}, bench {cpu.bench / wall:.2f}, "
+        f"this run's PostgreSQL backends {cpu.backends / wall:.2f}, "
         f"other {max(other, 0) / wall:.2f}; busy {cpu.busy / wall:.2f} of {cores:.1f}"
     )
 
@@ -136,12 +144,26 @@ def table(r: Results) -> str:
                 f"< 300 MB: {_verdict(peak < TARGET_RSS_MB)}",
             )
         )
-    if r.two:
-        scale = f" = {r.two.rate / r.one.rate:.2f} × 1 process" if r.one else ""
+    for count, run in ((2, r.two), (3, r.three)):
+        if run is None:
+            continue
+        scale = f" = {run.rate / r.one.rate:.2f} × 1 process" if r.one else ""
         rows.append(
             (
-                "worker end to end, 2 processes in one group",
-                f"{r.two.rate:,.0f} ev/s ({r.two.seconds:.1f} s){scale}",
+                f"worker end to end, {count} processes in one group",
+                f"{run.rate:,.0f} ev/s ({run.seconds:.1f} s){scale}",
+                "",
+            )
+        )
+    if r.hot:
+        share = max(r.hot_partitions) / sum(r.hot_partitions) if r.hot_partitions else 0.0
+        same = r.three if r.hot.processes == 3 else None
+        versus = f" = {r.hot.rate / same.rate:.2f} × without" if same else ""
+        rows.append(
+            (
+                f"hot account, {r.hot.processes} processes (busiest partition has "
+                f"{share:.0%} of usage)",
+                f"{r.hot.rate:,.0f} ev/s ({r.hot.seconds:.1f} s){versus}",
                 "",
             )
         )
@@ -259,10 +281,34 @@ def _latency_rows(r: Results) -> list[tuple[str, str, str]]:
 
 def details(r: Results) -> str:
     out = []
-    for name, run in (("1 process", r.one), ("2 processes", r.two), ("memory", r.rss)):
+    runs = (
+        ("1 process", r.one),
+        ("2 processes", r.two),
+        ("3 processes", r.three),
+        ("hot account", r.hot),
+        ("memory", r.rss),
+    )
+    for name, run in runs:
         if run is None:
             continue
         out.append(f"- CPU during the {name} run, in cores: {_cpu(run)}")
+        each = ", ".join(f"{s / run.seconds:.2f}" for s in run.worker_cpu_s)
+        out.append(
+            f"  - per 1,000 events: worker {run.worker_ms_per_kevent:,.0f} ms, this run's "
+            f"PostgreSQL backends {run.backend_ms_per_kevent:,.0f} ms CPU; "
+            f"cores per worker process {each}"
+        )
+        steady = run.steady
+        if steady is not None and steady.seconds > 0:
+            each = ", ".join(f"{s / steady.seconds:.2f}" for s in steady.worker_cpu_s)
+            out.append(
+                f"  - after the last rebalance (+{steady.offset_s:.1f} s, {steady.seconds:.1f} s): "
+                f"{steady.rate:,.0f} applied ev/s, {steady.applied / max(steady.batches, 1):,.0f} "
+                f"events per transaction; per 1,000 applied events: worker "
+                f"{steady.worker_ms_per_kevent:,.0f} ms, PostgreSQL backends "
+                f"{steady.backend_ms_per_kevent:,.0f} ms CPU; in cores: {_cpu_of(steady)}; "
+                f"cores per worker process {each}"
+            )
         rss = ", ".join(f"{m:,.0f}" for m in run.peak_rss_mb)
         counts = ", ".join(f"{k} {v:,}" for k, v in run.counts.items())
         out.append(f"  - peak RSS {rss} MB; {counts}")

@@ -12,8 +12,10 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -26,6 +28,7 @@ from benchmarks.kit import (
     Services,
     bulk_producer,
     caught_up,
+    cpu_seconds,
     peak_rss_mb,
     produce,
     send_records,
@@ -34,6 +37,7 @@ from benchmarks.kit import (
 from benchmarks.workload import Record, Workload
 from worker.adapters.digest import state_digest
 from worker.adapters.kafka_admin import OffsetReader
+from worker.adapters.strays import stray_rows
 
 WORKER = Path(sys.executable).parent / "billing-worker"
 # The digest of a run whose schema predates what the digest reads (an old A/B base).
@@ -158,6 +162,21 @@ class Processes:
             log.close()
         return codes
 
+    def last_assignment(self) -> float | None:
+        """When the last process received its partitions (epoch seconds): from then on the
+        group no longer rebalances and every process works."""
+        latest: float | None = None
+        for index in range(self.count):
+            for line in (self.log_dir / f"{self.group}-{index}.log").read_bytes().splitlines():
+                try:
+                    entry = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(entry, dict) and entry.get("event") == "partitions_assigned":
+                    at = datetime.fromisoformat(str(entry["timestamp"])).timestamp()
+                    latest = at if latest is None else max(latest, at)
+        return latest
+
     def log_levels(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for index in range(self.count):
@@ -168,6 +187,30 @@ class Processes:
                     level = "unparsed"
                 counts[level] = counts.get(level, 0) + 1
         return counts
+
+
+@dataclass
+class Steady:
+    """The part of a backlog run after the group's last rebalance: every process working."""
+
+    offset_s: float  # from the first event applied
+    seconds: float
+    applied: int  # events applied in the window (no duplicates, no dead letters)
+    batches: int  # transactions that applied them (distinct processed_at)
+    cpu: CpuSnapshot
+    worker_cpu_s: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.applied / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def backend_ms_per_kevent(self) -> float:
+        return 1e6 * self.cpu.backends / self.applied if self.applied else 0.0
+
+    @property
+    def worker_ms_per_kevent(self) -> float:
+        return 1e6 * self.cpu.worker / self.applied if self.applied else 0.0
 
 
 @dataclass
@@ -183,10 +226,21 @@ class BacklogRun:
     counts: dict[str, int]
     digest: str = ""
     """SHA-256 of the billing state (worker.adapters.digest): equal for equal input."""
+    worker_cpu_s: list[float] = field(default_factory=list)  # per process, same window
+    steady: Steady | None = None
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def backend_ms_per_kevent(self) -> float:
+        """CPU of the run's PostgreSQL backends per 1,000 events, in ms."""
+        return 1e6 * self.cpu.backends / self.events if self.events else 0.0
+
+    @property
+    def worker_ms_per_kevent(self) -> float:
+        return 1e6 * self.cpu.worker / self.events if self.events else 0.0
 
 
 async def drained(
@@ -200,12 +254,19 @@ async def drained(
 async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> BacklogRun:
     """Start the workers on topics already filled with `work`; follow them to the end."""
     services = procs.services
+    database = urlsplit(procs.database_url).path.lstrip("/")
+
+    def snapshot() -> tuple[CpuSnapshot, list[float]]:
+        cpu = CpuSnapshot.take(services, procs.pids, database)
+        return cpu, [cpu_seconds(pid) for pid in procs.pids]
+
     conn = await asyncpg.connect(procs.database_url)
     reader = OffsetReader({"bootstrap_servers": services.bootstrap}, timeout_s=10)
     await procs.start()
     try:
         first: float | None = None
-        cpu_first = CpuSnapshot.take(services, procs.pids)
+        cpu_first, each_first = snapshot()
+        samples: list[tuple[float, CpuSnapshot, list[float]]] = []
         deadline = time.monotonic() + timeout_s
         while True:
             procs.check()
@@ -214,13 +275,23 @@ async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> Bac
             if first is None:
                 at = await conn.fetchval("SELECT min(processed_at) FROM processed_events")
                 if at is not None:
-                    first, cpu_first = at.timestamp(), CpuSnapshot.take(services, procs.pids)
+                    first = at.timestamp()
+                    cpu_first, each_first = snapshot()
             elif await drained(conn, reader, procs.group, procs.topics):
-                end, cpu_end = time.time(), CpuSnapshot.take(services, procs.pids)
+                end = time.time()
+                cpu_end, each_end = snapshot()
                 break
+            elif time.time() - (samples[-1][0] if samples else first) >= 0.25:
+                samples.append((time.time(), *snapshot()))
             await asyncio.sleep(0.05)
         rss = [peak_rss_mb(pid) for pid in procs.pids]
         counts = await verify(conn, work, procs.topics)
+        counts["batches"] = await conn.fetchval(
+            "SELECT count(DISTINCT processed_at) FROM processed_events"
+        )
+        steady = await _steady(
+            conn, procs.last_assignment(), first, end, samples, (cpu_end, each_end)
+        )
         t = procs.topics
         roles = {t.usage: "usage", t.account: "account", t.reminders: "reminders"}
         try:
@@ -238,8 +309,47 @@ async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> Bac
     if any(code != 0 for code in codes):
         raise BenchError(f"workers exited with {codes}; see {procs.log_dir}")
     counts.update({f"log_{k}": v for k, v in procs.log_levels().items()})
+    each = [b - a for a, b in zip(each_first, each_end, strict=True)]
     return BacklogRun(
-        procs.count, work.total, end - first, rss, cpu_end.minus(cpu_first), counts, digest
+        procs.count,
+        work.total,
+        end - first,
+        rss,
+        cpu_end.minus(cpu_first),
+        counts,
+        digest,
+        worker_cpu_s=each,
+        steady=steady,
+    )
+
+
+async def _steady(
+    conn: asyncpg.Connection,
+    settled: float | None,
+    first: float,
+    end: float,
+    samples: list[tuple[float, CpuSnapshot, list[float]]],
+    last: tuple[CpuSnapshot, list[float]],
+) -> Steady | None:
+    """From the first CPU sample after the last assignment to the end of the run."""
+    if settled is None:
+        return None
+    start = next((sample for sample in samples if sample[0] >= max(settled, first)), None)
+    if start is None:
+        return None
+    at, cpu, each = start
+    row = await conn.fetchrow(
+        "SELECT count(*) AS applied, count(DISTINCT processed_at) AS batches"
+        " FROM processed_events WHERE processed_at >= to_timestamp($1)",
+        at,
+    )
+    return Steady(
+        at - first,
+        end - at,
+        row["applied"],
+        row["batches"],
+        last[0].minus(cpu),
+        [b - a for a, b in zip(each, last[1], strict=True)],
     )
 
 
@@ -282,6 +392,9 @@ async def verify(conn: asyncpg.Connection, work: Workload, topics: Topics) -> di
     )
     if bad:
         raise BenchError(f"{bad} accounts whose balance is not the sum of their ledger")
+    strays = await stray_rows(conn)
+    if strays:
+        raise BenchError(f"rows of no account in their partition: {strays}")
     return counts
 
 
@@ -354,17 +467,19 @@ async def run_latency(
         received: list[tuple[str, float]] = []
         listener = await _listen(services.bootstrap, topics.reminders, outputs, received)
         try:
+            database = urlsplit(procs.database_url).path.lstrip("/")
             for level in levels:
                 await produce(services.bootstrap, topics.account, inputs, level.setup.account)
                 await _wait(lambda: drained(conn, reader, procs.group, topics), procs, timeout_s)
                 before = await scrape_stages(metrics_url)
                 mark = len(received)
-                cpu_start, started = CpuSnapshot.take(services, procs.pids), time.monotonic()
+                cpu_start = CpuSnapshot.take(services, procs.pids, database)
+                started = time.monotonic()
                 sent_at, achieved = await _paced(
                     services.bootstrap, topics.usage, inputs, level.usage, level.rate
                 )
                 await _wait(lambda: drained(conn, reader, procs.group, topics), procs, timeout_s)
-                cpu = CpuSnapshot.take(services, procs.pids).minus(cpu_start)
+                cpu = CpuSnapshot.take(services, procs.pids, database).minus(cpu_start)
                 seconds = time.monotonic() - started
                 # The last reminders are committed; give the reader a moment to see them.
                 await asyncio.sleep(1.0)

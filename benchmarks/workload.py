@@ -47,6 +47,7 @@ class Mix:
     duplicate_share: float = 0.02  # redelivered by the platform, byte for byte
     dead_share: float = 0.001  # half invalid JSON, half a destination without a rate
     postpay_share: float = 0.02
+    hot_share: float = 0.0  # of usage sent by one account (the first), on top of the skew
 
 
 @dataclass
@@ -176,6 +177,9 @@ class Generator:
                 continue
             u = random_()
             index = int(len(ids) * (u * u if skewed else u))
+            # Drawn only when asked for, so that the default mix stays byte for byte the same.
+            if mix.hot_share and random_() < mix.hot_share:
+                index = 0
             account, key = ids[index], keys[index]
             at_s = origin + i * step - random_() * 0.5
             stamp = stamps.format(at_s)
@@ -247,7 +251,8 @@ def account_ids(prefix: str, n: int) -> list[str]:
 
 
 def main_workload(gen: Generator, accounts: int, events: int) -> Workload:
-    """Accounts with a few lots and a threshold each, then `events` usage records."""
+    """Accounts with a few lots and a threshold each, then `events` usage records (one
+    account sends `gen.mix.hot_share` of them on top of the skew)."""
     work = Workload()
     ids = account_ids(f"{gen.run_id}-acct", accounts)
     gen.open_accounts(work, ids, purchases=(1, 3), span_s=60.0)

@@ -14,6 +14,7 @@ import orjson
 
 from chaos.model import EventKey, Expected, Position
 from worker.adapters.digest import payload_digest_form
+from worker.adapters.strays import stray_rows
 from worker.domain.account import Account
 from worker.domain.balance import balance_state
 from worker.domain.events import LedgerEntry, ReminderDue
@@ -89,9 +90,12 @@ class Actual:
     invoice_messages: Published = field(default_factory=dict)
     dead_letters: dict[Position, list[bytes]] = field(default_factory=dict)
     balances: dict[str, dict[str, Any]] = field(default_factory=dict)  # account -> newest
+    strays: dict[str, int] = field(default_factory=dict)
+    """Rows per table that name no account of their partition (worker.adapters.strays)."""
 
 
 async def read_database(conn: asyncpg.Connection, out: Actual) -> None:
+    out.strays = await stray_rows(conn)
     for r in await conn.fetch("SELECT * FROM accounts"):
         out.views[r["account_id"]] = {
             "plan": r["plan"],
@@ -254,6 +258,8 @@ def compare(
     _postpay(expected, actual, report)
     _outbox(expected, actual, topics, report)
     _balances(expected, actual, report)
+    for table, count in sorted(actual.strays.items()):
+        report.add("stray_rows", f"{count} rows of {table} name no account of their partition")
     return report
 
 

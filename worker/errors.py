@@ -96,6 +96,10 @@ class OutputLogMismatch(Failure):
     error_code = "output_log_mismatch"
 
 
+class AccountNotLocked(WorkerError):
+    """A unit of work was asked to write a row for an account it has not locked."""
+
+
 class ShuttingDown(WorkerError):
     """Stop was requested while a batch waited to be retried; it will be redelivered."""
 

@@ -22,8 +22,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 _USAGE = """
 INSERT INTO postpay_usage (event_id, account_id, period, occurred_at, country, unit_price_jpy,
-                           segments, amount_jpy, from_lots_jpy)
-VALUES ($1, $2, $3, $4, 'JP', 10, $5, $6, 0)
+                           segments, amount_jpy, from_lots_jpy, partition)
+VALUES ($1, $2, $3, $4, 'JP', 10, $5, $6, 0, 0)
 """
 
 
@@ -39,7 +39,8 @@ async def test_usage_committed_during_a_close_is_left_for_the_next_invoice(
     try:
         async with pool.acquire() as conn:
             await conn.execute(
-                "INSERT INTO accounts (account_id, plan) VALUES ($1, 'postpay')", account
+                "INSERT INTO accounts (account_id, plan, partition) VALUES ($1, 'postpay', 0)",
+                account,
             )
             await conn.execute(_USAGE, f"{account}-1", account, period, at, 3, 30)
         async with PgStore(pool).close_unit_of_work() as uow:

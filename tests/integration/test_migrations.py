@@ -32,11 +32,13 @@ async def test_the_ledger_refuses_updates_and_deletes(settings: Settings) -> Non
     conn = await asyncpg.connect(settings.database_url)
     try:
         async with conn.transaction():
-            await conn.execute("INSERT INTO accounts (account_id) VALUES ('ledger-probe')")
+            await conn.execute(
+                "INSERT INTO accounts (account_id, partition) VALUES ('ledger-probe', 0)"
+            )
             await conn.execute(
                 "INSERT INTO ledger_entries (entry_id, account_id, kind, amount_jpy,"
-                " balance_after_jpy, occurred_at, ref)"
-                " VALUES ('grant:probe', 'ledger-probe', 'grant', 100, 100, now(), 'probe')"
+                " balance_after_jpy, occurred_at, ref, partition)"
+                " VALUES ('grant:probe', 'ledger-probe', 'grant', 100, 100, now(), 'probe', 0)"
             )
             with pytest.raises(asyncpg.RaiseError, match="append-only"):
                 async with conn.transaction():

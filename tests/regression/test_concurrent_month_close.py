@@ -50,12 +50,13 @@ async def test_concurrent_closes_of_two_months_put_each_usage_on_one_invoice(
     try:
         async with pool.acquire() as conn:
             await conn.execute(
-                "INSERT INTO accounts (account_id, plan) VALUES ($1, 'postpay')", account
+                "INSERT INTO accounts (account_id, plan, partition) VALUES ($1, 'postpay', 0)",
+                account,
             )
             await conn.execute(
                 "INSERT INTO postpay_usage (event_id, account_id, period, occurred_at, country,"
-                " unit_price_jpy, segments, amount_jpy, from_lots_jpy)"
-                " VALUES ($1, $2, $3, $4, 'JP', 10, 1, 10, 0)",
+                " unit_price_jpy, segments, amount_jpy, from_lots_jpy, partition)"
+                " VALUES ($1, $2, $3, $4, 'JP', 10, 1, 10, 0, 0)",
                 f"u-{unique}",
                 account,
                 earlier,

@@ -34,7 +34,9 @@ class KeyRefusingStore:
         self.attempts += 1
         yield self
 
-    async def lock_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
+    async def lock_accounts(
+        self, account_ids: Sequence[str], partitions: Mapping[str, int] | None = None
+    ) -> dict[str, Account]:
         return {a: Account(a) for a in account_ids}
 
     async def seen(self, keys: Sequence[EventKey]) -> dict[EventKey, bytes]:

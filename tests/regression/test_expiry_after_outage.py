@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
 
 from tests.integration.kit import (
     ago,
@@ -43,7 +44,9 @@ async def test_the_timer_waits_for_the_backlog_before_forfeiting(
         store = PgStore(pool)
         # Applied before the outage began.
         async with store.unit_of_work() as uow:
-            accounts = await uow.lock_accounts([account])
+            # As the stream would: with the partition the account's records arrive on.
+            partition = (murmur2(account.encode()) & 0x7FFFFFFF) % settings.input_partitions
+            accounts = await uow.lock_accounts([account], {account: partition})
             changes = Changes(accounts=list(accounts.values()))
             accounts[account].apply(
                 OpenAccount(f"open-{unique}", account, opened_at, 300), policy, changes.effects

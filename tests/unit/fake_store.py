@@ -42,7 +42,9 @@ class FakeUnitOfWork:
         self.created: set[str] = set()
         self.read_event_ids: tuple[str, ...] = ()
 
-    async def lock_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
+    async def lock_accounts(
+        self, account_ids: Sequence[str], partitions: Mapping[str, int] | None = None
+    ) -> dict[str, Account]:
         for account_id in account_ids:
             if account_id not in self.db.accounts:
                 self.db.accounts[account_id] = Account(account_id)

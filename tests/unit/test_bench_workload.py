@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from benchmarks.workload import Generator, latency_setup, main_workload, skewed_share
+from benchmarks.workload import Generator, Mix, latency_setup, main_workload, skewed_share
 
 START = datetime(2026, 1, 15, 3, 0, tzinfo=UTC)
 
@@ -58,3 +58,19 @@ def test_latency_accounts_sit_above_a_threshold_they_will_cross() -> None:
 
 def test_skewed_shares_add_up_to_one() -> None:
     assert abs(sum(skewed_share(i, 1000) for i in range(1000)) - 1) < 1e-9
+
+
+def test_a_hot_account_sends_its_share_on_top_of_the_skew() -> None:
+    accounts, events, hot = 100, 20_000, 0.5
+    work = main_workload(Generator(2, "run", START, Mix(hot_share=hot)), accounts, events)
+    first = b"run-acct-000000"
+    sent = sum(key == first for key, _ in work.usage) / len(work.usage)
+    # Drawn for the hot share first, else from the skew (index ~ u²): by hand,
+    # 0.5 + 0.5 * (sqrt(1/100) - 0) = 0.55.
+    assert abs(sent - 0.55) < 0.02
+
+
+def test_no_hot_share_leaves_the_workload_unchanged() -> None:
+    plain = main_workload(Generator(4, "run", START), accounts=30, events=1_000)
+    cold = main_workload(Generator(4, "run", START, Mix(hot_share=0.0)), accounts=30, events=1_000)
+    assert plain.usage == cold.usage

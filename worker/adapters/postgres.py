@@ -15,9 +15,12 @@ from worker.domain.account import Account, OpenInvoice
 from worker.domain.events import PostpayCharge
 from worker.domain.invoicing import Invoice
 from worker.domain.lots import Lot
+from worker.errors import AccountNotLocked
 from worker.service.ports import Changes, EventKey, OutboxMessage
 
 MONTH_CLOSE_LOCK_KEY = 0x5B111_0003
+# An account stored before migration 0009 with no applied event yet: its next record tells.
+UNKNOWN_PARTITION = -1
 
 _LOCK_ACCOUNTS = """
 SELECT * FROM accounts WHERE account_id = ANY($1::text[]) ORDER BY account_id FOR UPDATE
@@ -59,10 +62,11 @@ WHERE a.account_id = u.account_id
 """
 _SAVE_LOTS = """
 INSERT INTO lots (lot_id, account_id, source, amount_jpy, remaining_jpy, forfeited_jpy,
-                  granted_at, expires_at, forfeited, expiring_notified)
+                  granted_at, expires_at, forfeited, expiring_notified, partition)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
-                     $6::bigint[], $7::timestamptz[], $8::timestamptz[], $9::bool[], $10::bool[])
-ON CONFLICT (lot_id) DO UPDATE SET
+                     $6::bigint[], $7::timestamptz[], $8::timestamptz[], $9::bool[], $10::bool[],
+                     $11::int[])
+ON CONFLICT (lot_id, partition) DO UPDATE SET
     remaining_jpy = EXCLUDED.remaining_jpy, forfeited_jpy = EXCLUDED.forfeited_jpy,
     forfeited = EXCLUDED.forfeited, expiring_notified = EXCLUDED.expiring_notified
 """
@@ -87,9 +91,9 @@ JOIN unnest($1::text[], $2::date[]) AS s(account_id, since)
 """
 # Rows come sorted by key, and the accounts are locked: concurrent batches never deadlock here.
 _SAVE_USAGE = """
-INSERT INTO usage_daily (account_id, day, amount_jpy)
-SELECT * FROM unnest($1::text[], $2::date[], $3::bigint[])
-ON CONFLICT (account_id, day)
+INSERT INTO usage_daily (account_id, day, amount_jpy, partition)
+SELECT * FROM unnest($1::text[], $2::date[], $3::bigint[], $4::int[])
+ON CONFLICT (account_id, day, partition)
     DO UPDATE SET amount_jpy = usage_daily.amount_jpy + EXCLUDED.amount_jpy
 """
 _SAVE_OUTBOX = """
@@ -179,22 +183,32 @@ class PgUnitOfWork:
         self.stored_accounts: dict[str, tuple[Any, ...]] = {}
         self.stored_lots: set[str] = set()
         self.created: set[str] = set()
+        # Each locked account's input partition: written on every row written for it.
+        self.partitions: dict[str, int] = {}
 
-    async def lock_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
+    async def lock_accounts(
+        self, account_ids: Sequence[str], partitions: Mapping[str, int] | None = None
+    ) -> dict[str, Account]:
         if not account_ids:
             return {}
         ids = list(account_ids)
+        known = partitions or {}
         rows = await self.conn.fetch(_LOCK_ACCOUNTS, ids)
         if len(rows) < len(ids):
             # Accounts seen for the first time: created here, then locked with the others.
             found = {row["account_id"] for row in rows}
+            new = [a for a in ids if a not in found]
             created = await self.conn.fetch(
-                "INSERT INTO accounts (account_id) SELECT unnest($1::text[])"
+                "INSERT INTO accounts (account_id, partition)"
+                " SELECT * FROM unnest($1::text[], $2::int[])"
                 " ON CONFLICT DO NOTHING RETURNING account_id",
-                [a for a in ids if a not in found],
+                new,
+                [known.get(a, UNKNOWN_PARTITION) for a in new],
             )
             self.created.update(row["account_id"] for row in created)
             rows = await self.conn.fetch(_LOCK_ACCOUNTS, ids)
+        rows = await self._learn_partitions(rows, known)
+        self.partitions.update((row["account_id"], row["partition"]) for row in rows)
         accounts = {row["account_id"]: _account(row) for row in rows}
         self.stored_accounts.update((row["account_id"], _account_values(row)) for row in rows)
         for row in await self.conn.fetch(_LOAD_LOTS, ids):
@@ -205,6 +219,34 @@ class PgUnitOfWork:
                 row["invoice_id"], row["total_jpy"], row["paid_jpy"]
             )
         return accounts
+
+    async def _learn_partitions(
+        self, rows: list[asyncpg.Record], known: Mapping[str, int]
+    ) -> list[asyncpg.Record]:
+        """Accounts stored before their partition was recorded get it from their records."""
+        late = [
+            (row["account_id"], known[row["account_id"]])
+            for row in rows
+            if row["partition"] == UNKNOWN_PARTITION and row["account_id"] in known
+        ]
+        if not late:
+            return rows
+        await self.conn.execute(
+            "UPDATE accounts a SET partition = u.partition"
+            " FROM unnest($1::text[], $2::int[]) AS u(account_id, partition)"
+            " WHERE a.account_id = u.account_id",
+            *_columns(late),
+        )
+        return list(await self.conn.fetch(_LOCK_ACCOUNTS, [row["account_id"] for row in rows]))
+
+    def _partition(self, account_id: str) -> int:
+        """The partition of an account locked here. Rows of any other account are refused:
+        with no foreign key on the per-charge tables (migration 0009) this is what keeps every
+        row's (account_id, partition) that of an existing account."""
+        try:
+            return self.partitions[account_id]
+        except KeyError:
+            raise AccountNotLocked(account_id) from None
 
     async def seen(self, keys: Sequence[EventKey]) -> dict[EventKey, bytes]:
         if not keys:
@@ -331,6 +373,7 @@ class PgUnitOfWork:
                         lot.expires_at,
                         lot.forfeited,
                         lot.expiring_notified,
+                        self._partition(a.account_id),
                     )
                 )
 
@@ -348,6 +391,7 @@ class PgUnitOfWork:
                     "occurred_at",
                     "ref",
                     "allocations",
+                    "partition",
                 ],
                 records=[
                     (
@@ -361,6 +405,7 @@ class PgUnitOfWork:
                         orjson.dumps(
                             [{"lot_id": lot, "amount_jpy": n} for lot, n in e.allocations]
                         ).decode(),
+                        self._partition(e.account_id),
                     )
                     for e in effects.ledger
                 ],
@@ -372,6 +417,7 @@ class PgUnitOfWork:
                 [key[0] for key, _ in rows],
                 [key[1] for key, _ in rows],
                 [amount for _, amount in rows],
+                [self._partition(key[0]) for key, _ in rows],
             )
         if effects.postpay:
             await self.conn.copy_records_to_table(
@@ -386,6 +432,7 @@ class PgUnitOfWork:
                     "segments",
                     "amount_jpy",
                     "from_lots_jpy",
+                    "partition",
                 ],
                 records=[
                     (
@@ -398,6 +445,7 @@ class PgUnitOfWork:
                         p.segments,
                         p.amount_jpy,
                         p.from_lots_jpy,
+                        self._partition(p.account_id),
                     )
                     for p in effects.postpay
                 ],
@@ -409,10 +457,11 @@ SELECT * FROM postpay_usage WHERE invoice_id IS NULL AND period <= $1
 ORDER BY account_id, occurred_at, event_id
 """
 _SAVE_INVOICE_ROWS = """
-INSERT INTO invoices (invoice_id, account_id, period, total_jpy, issued_at, due_date)
-SELECT u.invoice_id, u.account_id, $1, u.total_jpy, $2, u.due_date
+INSERT INTO invoices (invoice_id, account_id, period, total_jpy, issued_at, due_date, partition)
+SELECT u.invoice_id, u.account_id, $1, u.total_jpy, $2, u.due_date, a.partition
 FROM unnest($3::text[], $4::text[], $5::bigint[], $6::date[])
     AS u(invoice_id, account_id, total_jpy, due_date)
+JOIN accounts a ON a.account_id = u.account_id
 """
 # Only the rows the invoices were built from: usage the stream committed after the close read
 # them is on no invoice line, and belongs on the next invoice.

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.client import AIOKafkaClient
 
 SEQ_HEADER = "outbox_seq"
-# The publishing database's stamp (migration 0009); messages from before it carry none.
+# The publishing database's stamp (migration 0010); messages from before it carry none.
 STAMP_HEADER = "outbox_db"
 _FIRST_WINDOW = 64
 

@@ -57,7 +57,9 @@ async def apply_batch(
     changes = Changes()
     async with store.unit_of_work() as uow:
         account_ids = sorted({d.command.account_id for d in valid})
-        accounts = await uow.lock_accounts(account_ids)
+        # The input partition each account's records came on: stored on its rows (ADR 0002).
+        partitions = {d.command.account_id: d.record.partition for d in valid}
+        accounts = await uow.lock_accounts(account_ids, partitions)
         first_at: dict[str, datetime] = {}
         for d in valid:
             at = d.command.occurred_at

@@ -88,8 +88,11 @@ class UnitOfWork(Protocol):
     created: set[str]
     """Accounts that `lock_accounts` had to create: seen for the first time."""
 
-    async def lock_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
-        """Create missing accounts, lock all of them and load their state."""
+    async def lock_accounts(
+        self, account_ids: Sequence[str], partitions: Mapping[str, int] | None = None
+    ) -> dict[str, Account]:
+        """Create missing accounts, lock all of them and load their state; `partitions`: the
+        input partition of each account's records, stored with it."""
 
     async def seen(self, keys: Sequence[EventKey]) -> dict[EventKey, bytes]:
         """Fingerprints of the events among `keys` that were applied before."""
