@@ -1,11 +1,13 @@
 """Summarise a mutmut run: score per module and every surviving mutant with its diff.
 
 Writes benchmarks/mutation/RESULTS.md (the full run) or prints only (a selection, e.g. one
-module in CI); exits 1 when a selected mutant survived.
+module in CI); exits 1 when the score of the checked mutants is under `--floor` (percent), or
+without a floor when any selected mutant survived.
 """
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "mutation" / "RESULTS.md"
+TRIAGE = "## Triage"
 MUTMUT = str(Path(sys.executable).parent / "mutmut")
 
 
@@ -48,7 +51,22 @@ def _row(module: str, counts: Counter[str]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def main(patterns: list[str]) -> int:
+def triage() -> str:
+    """The hand-written triage of the survivors, kept from the previous results."""
+    if not OUT.exists():
+        return ""
+    text = OUT.read_text()
+    start = text.find(TRIAGE)
+    return "" if start < 0 else "\n" + text[start:]
+
+
+def score(counts: Counter[str]) -> float:
+    """Killed among the checked, in percent (100 when none was checked)."""
+    checked = sum(counts.values()) - counts["not checked"]
+    return 100.0 * counts["killed"] / checked if checked else 100.0
+
+
+def main(patterns: list[str], floor: float | None = None) -> int:
     found = statuses()
     if patterns:
         found = {n: s for n, s in found.items() if any(fnmatch.fnmatch(n, p) for p in patterns)}
@@ -73,9 +91,19 @@ def main(patterns: list[str]) -> int:
     print(text)
     if not patterns:
         OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text("# Mutation testing of worker/domain (make mutation)\n\n" + text)
-    return 1 if survivors else 0
+        OUT.write_text("# Mutation testing of worker/domain (make mutation)\n\n" + text + triage())
+    if not found or total["not checked"] == sum(total.values()):
+        print("no mutant was checked")
+        return 1
+    if floor is None:
+        return 1 if survivors else 0
+    print(f"score {score(total):.1f} % of checked, floor {floor:g} %")
+    return 1 if score(total) < floor else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("patterns", nargs="*", help="mutant names, fnmatch patterns")
+    parser.add_argument("--floor", type=float, help="lowest acceptable score, percent")
+    args = parser.parse_args()
+    sys.exit(main(args.patterns, args.floor))

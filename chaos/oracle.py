@@ -4,12 +4,18 @@ It exists to be the expected value of tests: it imports nothing from `worker` (e
 import-linter contract), keeps one function per rule, and favours obvious over fast. Input is a
 history in log order: records (with their Kafka timestamp) and expiry-timer ticks; output is
 the ledger, reminders, postpay charges, invoices and lots the worker must end with.
+
+Expiry is time passing on each account: a lot's notice is due `expiring_notice` before it
+expires and its forfeit `lateness` after. A timer tick at `now` handles every moment up to
+`now`; a record that arrived at `a` is preceded by every moment of its account before `a`. What
+is due is handled in the order of its moments, and a notice is never skipped: a lot with credit
+left gets it even when the timer only gets there after the lot expired.
 """
 
 from __future__ import annotations
 
 import calendar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
@@ -17,6 +23,9 @@ TOKYO = ZoneInfo("Asia/Tokyo")
 PACKAGE_JPY = 1_000
 INVOICE_PURCHASE_OVER_JPY = 100_000
 EARLIEST_PLAUSIBLE = datetime.fromisoformat("2000-01-01T00:00:00+00:00")
+# From this instant on an event is implausible whatever its record's timestamp: every date
+# derived from it (an expiry 90 days on) must stay representable.
+LATEST_PLAUSIBLE = datetime.fromisoformat("9000-01-01T00:00:00+00:00")
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,7 @@ class Event:
 
 @dataclass(frozen=True)
 class Tick:
-    """The expiry timer firing at `now` (every input record before it has been consumed)."""
+    """The expiry timer firing at `now` (every record that arrived by `now` has been consumed)."""
 
     now: datetime
 
@@ -147,6 +156,7 @@ class Reminder:
     threshold_jpy: int | None
     lot_id: str | None = None
     amount_jpy: int | None = None
+    email: str | None = None  # the account's reminder address, enabled or not
 
 
 @dataclass
@@ -181,8 +191,16 @@ def key_matches(event: Event) -> bool:
 
 
 def plausible_time(event: Event, rules: Rules) -> bool:
-    """Not before 2000, and not more than the allowed skew after the record reached Kafka."""
-    return EARLIEST_PLAUSIBLE <= event.occurred_at <= event.arrived_at + rules.max_clock_skew
+    """Not before 2000, not from year 9000 on, and not more than the allowed skew after the
+    record reached Kafka."""
+    if not EARLIEST_PLAUSIBLE <= event.occurred_at < LATEST_PLAUSIBLE:
+        return False
+    return event.occurred_at - rules.max_clock_skew <= event.arrived_at
+
+
+def same_payload(a: Event, b: Event) -> bool:
+    """A re-send carries the same payload; when it reached Kafka is no part of it."""
+    return replace(a, arrived_at=b.arrived_at, key=b.key) == b
 
 
 def purchase_problem(event: Event) -> str | None:
@@ -233,6 +251,23 @@ def last_day_of_next_month(period: str) -> date:
     return date(year, month, calendar.monthrange(year, month)[1])
 
 
+def notice_moment(lot: Lot, rules: Rules) -> datetime:
+    """When a lot's `credits_expiring` notice is due: `expiring_notice` before it expires."""
+    return lot.expires_at - rules.expiring_notice
+
+
+def has_passed(moment: datetime, upto: datetime, inclusive: bool) -> bool:
+    """The timer at `upto` counts a moment at `upto` itself; a record that arrived at `upto`
+    comes before it (it reached Kafka in time for that moment)."""
+    return moment <= upto if inclusive else moment < upto
+
+
+def forfeit_has_passed(lot: Lot, upto: datetime, rules: Rules, inclusive: bool) -> bool:
+    """Has `expires_at + lateness` passed by `upto`? (Compared as `upto - lateness`, so a lot
+    dated near the end of the calendar cannot overflow.)"""
+    return has_passed(lot.expires_at, upto - rules.lateness, inclusive)
+
+
 def low_balance_edge(acct: Acct, before: int, after: int) -> bool:
     """From above the threshold to at or below it, reminder enabled, prepay only."""
     enabled, threshold, _ = acct.reminder
@@ -279,7 +314,7 @@ class Oracle:
     def step(self, step: Step) -> None:
         if isinstance(step, Tick):
             for account_id in sorted(self.out.accounts):
-                self.tick(self.out.accounts[account_id], step.now)
+                self.pass_time(self.out.accounts[account_id], step.now, inclusive=True)
         elif isinstance(step, Close):
             for account_id in sorted(self.out.accounts):
                 self.close(self.out.accounts[account_id], step.period)
@@ -302,8 +337,12 @@ class Oracle:
             return "implausible_time"
         prior = self.out.seen.get((event.source, event.event_id))
         if prior is not None:
-            return "conflicting_duplicate" if prior != event else None
-        problem = self.apply(self.acct(event.account_id), event)
+            return None if same_payload(prior, event) else "conflicting_duplicate"
+        acct = self.acct(event.account_id)
+        # What was due on the account's lots before this record reached Kafka comes first: a
+        # record that arrived after a lot's cutoff cannot draw from it anyway.
+        self.pass_time(acct, event.arrived_at, inclusive=False)
+        problem = self.apply(acct, event)
         if problem is None:
             self.out.seen[(event.source, event.event_id)] = event
         return problem
@@ -376,6 +415,7 @@ class Oracle:
                 threshold,
                 None if lot is None else lot.lot_id,
                 lot_amount,
+                acct.reminder[2],
             )
         )
 
@@ -447,40 +487,54 @@ class Oracle:
 
     # timers
 
-    def tick(self, acct: Acct, now: datetime) -> None:
-        """Announce lots about to expire; forfeit those past expiry plus lateness."""
-        rules = self.rules
-        for lot in sorted(acct.lots, key=lambda lot: (lot.expires_at, lot.lot_id)):
-            if (
-                not lot.closed
-                and not lot.notified
-                and lot.remaining_jpy > 0
-                and lot.expires_at - rules.expiring_notice <= now < lot.expires_at
-            ):
-                lot.notified = True
-                self.remind(
-                    acct,
-                    "credits_expiring",
-                    lot.lot_id,
-                    balance(acct),
-                    acct.reminder[1],
-                    lot,
-                    lot.remaining_jpy,
-                )
-            if lot.closed or now - rules.lateness < lot.expires_at:
+    def pass_time(self, acct: Acct, upto: datetime, *, inclusive: bool) -> None:
+        """Every expiry notice and forfeit of the account's lots due by `upto`, in the order
+        of their moments (at one instant a notice before a forfeit, then by lot id).
+
+        A notice is never skipped: a lot that still has credit when its notice comes due gets
+        it, even when the timer only gets there after the lot expired (a worker that was down
+        sends it late, just before the forfeit)."""
+        due: list[tuple[datetime, int, str, Lot]] = []
+        for lot in acct.lots:
+            if lot.closed:
                 continue
-            before = balance(acct)
-            lost = lot.remaining_jpy
-            lot.closed = True
-            lot.remaining_jpy = 0
-            lot.forfeited_jpy = lost
-            if lost == 0:
-                continue
-            self.entry(acct, "forfeit", lot.lot_id, -lost, [])
-            self.remind(
-                acct, "credits_expired", lot.lot_id, balance(acct), acct.reminder[1], lot, lost
-            )
-            self.balance_reminders(acct, before, f"forfeit:{lot.lot_id}")
+            if not lot.notified and has_passed(notice_moment(lot, self.rules), upto, inclusive):
+                due.append((notice_moment(lot, self.rules), 0, lot.lot_id, lot))
+            if forfeit_has_passed(lot, upto, self.rules, inclusive):
+                due.append((lot.expires_at + self.rules.lateness, 1, lot.lot_id, lot))
+        for _, what, _, lot in sorted(due, key=lambda d: (d[0], d[1], d[2])):
+            if what == 0:
+                self.notice(acct, lot)
+            else:
+                self.forfeit(acct, lot)
+
+    def notice(self, acct: Acct, lot: Lot) -> None:
+        """`credits_expiring`, once per lot, only while it has credit left."""
+        if lot.closed or lot.notified or lot.remaining_jpy == 0:
+            return
+        lot.notified = True
+        self.remind(
+            acct,
+            "credits_expiring",
+            lot.lot_id,
+            balance(acct),
+            acct.reminder[1],
+            lot,
+            lot.remaining_jpy,
+        )
+
+    def forfeit(self, acct: Acct, lot: Lot) -> None:
+        """Close the lot; what it still had is lost, announced and may cross an edge."""
+        before = balance(acct)
+        lost = lot.remaining_jpy
+        lot.closed = True
+        lot.remaining_jpy = 0
+        lot.forfeited_jpy = lost
+        if lost == 0:
+            return
+        self.entry(acct, "forfeit", lot.lot_id, -lost, [])
+        self.remind(acct, "credits_expired", lot.lot_id, balance(acct), acct.reminder[1], lot, lost)
+        self.balance_reminders(acct, before, f"forfeit:{lot.lot_id}")
 
     def close(self, acct: Acct, period: str) -> None:
         """One invoice per month of the window with postpay usage not yet invoiced."""

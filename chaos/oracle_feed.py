@@ -155,12 +155,3 @@ def disagreements(
     if codes != rule_codes:
         found.append(f"dead letters: oracle {dict(codes)} model {dict(rule_codes)}")
     return found
-
-
-def pending_in_domain(disagreement: str) -> bool:
-    """A disagreement where the domain does not follow SPEC yet and the oracle does: the
-    low_balance a reminder_configured that changes nothing still sends (branch hostile).
-    Counted apart so the run stays green until that lands; any other disagreement fails it."""
-    return disagreement.startswith("reminders ") and (
-        ":low_balance:configure:" in disagreement and " oracle None " in disagreement
-    )

@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 
+from chaos import gaps
+
 
 def summary_lines(r: dict[str, Any]) -> list[str]:
     verdict = "PASSED" if r["passed"] else "FAILED"
@@ -34,6 +36,7 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         f"equal={r.get('digests_equal')}",
     ]
     lines += [f"  precondition violated: {p}" for p in r["preconditions_violated"][:10]]
+    lines += [f"  {gaps.describe(lost)}" for lost in r.get("lost_ranges", [])[:10]]
     lines += [
         f"  digest difference: {d}"
         for d in r.get("digest_differences (faulty group | reference group)") or []
@@ -86,8 +89,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         ("mismatches", f"{r['mismatches']} {r['mismatches_by_category'] or ''}"),
         (
             "disagreements with the independent reference model (chaos/oracle.py)",
-            f"{r.get('oracle_disagreements')} (+ {r.get('oracle_pending_spec')} where the "
-            "domain does not follow SPEC yet)",
+            r.get("oracle_disagreements"),
         ),
         ("group outage while lots expire", r.get("outage")),
         ("usage of the expiring lots, by arrival", r.get("expiry_usage_arrivals")),

@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     http_port: int = Field(8080, ge=0, le=65535)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     log_json: bool = True
+    # Loggers of the worker that write their DEBUG lines whatever `log_level` is, comma
+    # separated: `worker.stream` traces every offset commit (partition -> offset, generation,
+    # batch size, released offsets). The libraries stay at their level.
+    log_debug: str = ""
 
     # How long a one-shot command (account, lag, close-month, dlq replay, migrate) keeps trying
     # to reach PostgreSQL or Kafka before it gives up; `run` keeps trying until stopped.

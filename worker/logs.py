@@ -75,11 +75,33 @@ class _OncePerWindow(logging.Filter):
         return True
 
 
-def configure(level: str = "INFO", json: bool = True, *, quiet_libraries: bool = False) -> None:
+def _below_level_unless_traced(level: str, traced: frozenset[str]) -> Any:
+    """Drops an event below `level` unless its logger is one of `traced`."""
+    floor = logging.getLevelName(level)
+
+    def processor(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if event.get("logger_name") in traced:
+            return event
+        if logging.getLevelName(method.upper()) < floor:
+            raise structlog.DropEvent
+        return event
+
+    return processor
+
+
+def configure(
+    level: str = "INFO",
+    json: bool = True,
+    *,
+    quiet_libraries: bool = False,
+    debug: frozenset[str] = frozenset(),
+) -> None:
     """Route stdlib and structlog output through one JSON renderer on stderr.
 
     `quiet_libraries` (one-shot commands): library loggers only at DEBUG, because the command
-    reports its own failure in one line that names the target.
+    reports its own failure in one line that names the target. `debug`: the worker's own
+    loggers (e.g. `worker.stream`, every offset commit) that write DEBUG lines at any level,
+    without turning on the libraries' DEBUG output.
     """
     renderer: Any = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
@@ -91,9 +113,12 @@ def configure(level: str = "INFO", json: bool = True, *, quiet_libraries: bool =
         structlog.processors.format_exc_info,
         _redact_emails,
     ]
+    gate: list[Any] = [_below_level_unless_traced(level, debug)] if debug else []
     structlog.configure(
-        processors=[*shared, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        processors=[*gate, *shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.DEBUG if debug else logging.getLevelName(level)
+        ),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )

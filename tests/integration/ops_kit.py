@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from worker.adapters.migrate import migrate
 from worker.app import Worker
 
+ROOT = Path(__file__).resolve().parents[2]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -173,4 +174,68 @@ async def private_postgres() -> AsyncIterator[PrivatePostgres]:
     finally:
         with contextlib.suppress(AssertionError):
             await cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class PrivateKafka:
+    """A broker of one test (scripts/services with its own state dir and ports), so stopping
+    it disturbs nobody else."""
+
+    root: Path
+    port: int
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _services(self, command: str) -> None:
+        # Nothing of the shared services' settings may leak in: only this broker's knobs.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+        env |= {
+            "BILLING_SERVICES_DIR": str(self.root),
+            "BILLING_SERVICES_KAFKA_PORT": str(self.port),
+            "BILLING_SERVICES_KAFKA_CONTROLLER_PORT": str(self.port + 1),
+        }
+        log = self.root / "services.log"
+        with log.open("ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                str(ROOT / "scripts" / "services"), command, env=env, stdout=out, stderr=out
+            )
+            code = await proc.wait()
+        if code != 0:
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            raise AssertionError(f"scripts/services {command} exited {code}:\n" + "\n".join(tail))
+
+    async def start(self) -> None:
+        await self._services("start-kafka")
+
+    async def stop(self) -> None:
+        await self._services("stop-kafka")
+
+
+def _free_port_pair() -> int:
+    """A port whose successor is free too (the broker's controller listener)."""
+    for _ in range(50):
+        port = _free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two adjacent free ports")
+
+
+@contextlib.asynccontextmanager
+async def private_kafka() -> AsyncIterator[PrivateKafka]:
+    """A one-node broker on free ports, started; stopped and deleted after."""
+    root = Path(tempfile.mkdtemp(prefix="billing-kafka-"))
+    broker = PrivateKafka(root, _free_port_pair())
+    try:
+        await broker.start()
+        yield broker
+    finally:
+        with contextlib.suppress(AssertionError):
+            await broker.stop()
         shutil.rmtree(root, ignore_errors=True)

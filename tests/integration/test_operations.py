@@ -23,9 +23,11 @@ from tests.integration.kit import (
     run_cli,
     running_worker,
     usage,
+    wait_applied,
     wait_until,
 )
 from tests.integration.ops_kit import (
+    private_kafka,
     private_postgres,
     ready,
     scrape,
@@ -314,6 +316,41 @@ async def test_ready_turns_false_when_postgres_stops_and_true_after_it_restarts(
             await pg.start()
             await wait_until(lambda: readiness(True), what="/ready to recover with PostgreSQL")
             assert total(await scrape(worker), "billing_ready") == 1
+
+
+@pytest.mark.timeout(400)
+async def test_ready_turns_false_when_the_broker_stops_and_true_after_it_restarts(
+    settings: Settings,
+) -> None:
+    async with private_kafka() as broker:
+        own = settings.model_copy(
+            update={"kafka_bootstrap_servers": broker.bootstrap, "lag_refresh_interval_s": 0.5}
+        )
+        await create_topics(own)
+        async with running_worker(own) as worker:
+
+            async def readiness(expected: bool) -> bool:
+                status, body = await ready(worker)
+                return status == (200 if expected else 503) and body["ready"] is expected
+
+            await wait_until(lambda: readiness(True), 60, "/ready to say ready")
+
+            await broker.stop()
+            await wait_until(lambda: readiness(False), 60, "/ready to notice the broker is gone")
+            _, body = await ready(worker)
+            kafka = body["checks"]["kafka"]
+            assert kafka["ok"] is False
+            assert kafka["detail"], "not ready must say why"
+            assert body["checks"]["postgres"]["ok"] is True
+            assert total(await scrape(worker), "billing_ready") == 0
+
+            await broker.start()
+            await wait_until(lambda: readiness(True), 180, "/ready to recover with the broker")
+            assert total(await scrape(worker), "billing_ready") == 1
+            # Recovered for real: a record sent now is applied.
+            await produce(own, own.topic_account_events, [opened("back-1", "acc-back", ago())])
+            async with database(own) as conn:
+                await wait_applied(conn, ["back-1"], 90)
 
 
 async def test_demo_traffic_is_billed_and_only_its_malformed_events_are_dead_lettered(

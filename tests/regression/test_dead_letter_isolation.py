@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 
+import pytest
+
 from schemas import DeadLetter
 from worker.adapters.wire import Encoder
 from worker.builders import policy_from
@@ -15,6 +17,7 @@ from worker.config import Settings
 from worker.domain.account import Account
 from worker.domain.commands import OpenAccount
 from worker.entrypoints.stream import StreamProcessor
+from worker.errors import ShuttingDown
 from worker.metrics import Metrics
 from worker.service.ports import Changes, Dead, Decoded, EventKey, InputRecord, OutboxMessage
 
@@ -102,3 +105,43 @@ async def test_a_record_that_fails_and_whose_dead_letter_fails_ends_after_three_
     assert "a bug applying this record" in letter.reason
     assert len(report.dead) == 1
     assert store.attempts == 3
+
+
+class BareRefusingStore(KeyRefusingStore):
+    """Refuses every dead letter, bare ones too, `refusals` times: the database's fault."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+
+    async def save(self, changes: Changes) -> None:
+        if self.refusals and any(m.topic == "d" for m in changes.outbox):
+            self.refusals -= 1
+            raise ValueError("the database refused this write")
+        self.saved += changes.outbox
+
+
+async def test_a_bare_dead_letter_that_fails_is_written_again_not_re_raised() -> None:
+    # The letter and its bare form fail, then the bare one twice more: it is written at last,
+    # never raised out of the consumer (which crashed the worker) nor skipped.
+    store = BareRefusingStore(refusals=4)
+    dead = Dead(record(b"acc-1", b"not json"), "malformed_json", "not valid JSON")
+
+    report = await processor(store)._apply([dead], {}, asyncio.Event())
+
+    [message] = store.saved
+    letter = DeadLetter.model_validate_json(message.payload)
+    assert (letter.error_code, letter.source_offset, letter.key) == ("malformed_json", 7, None)
+    assert len(report.dead) == 1
+    assert store.attempts == 5
+
+
+async def test_a_bare_dead_letter_still_failing_at_shutdown_leaves_the_batch_uncommitted() -> None:
+    store = BareRefusingStore(refusals=1_000)
+    stop = asyncio.Event()
+    stop.set()
+    dead = Dead(record(b"acc-1", b"not json"), "malformed_json", "not valid JSON")
+
+    with pytest.raises(ShuttingDown):
+        await processor(store)._apply([dead], {}, stop)
+    assert store.saved == []

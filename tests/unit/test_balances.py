@@ -8,7 +8,7 @@ import orjson
 
 from tests.unit.fake_store import FakeEncoder, FakeStore
 from worker.domain.account import Account, OpenInvoice, Policy
-from worker.domain.balance import NextExpiry, balance_state, status_of
+from worker.domain.balance import BalanceState, NextExpiry, balance_state, status_of
 from worker.domain.commands import (
     ChargeUsage,
     Command,
@@ -263,3 +263,30 @@ async def test_a_payment_publishes_the_lower_postpay_due() -> None:
     last = snapshots(store)[-1]
     assert (last["postpay_due_jpy"], last["balance_jpy"], last["status"]) == (100, -100, "postpay")
     assert (last["version"], last["as_of"]) == (4, at(3).isoformat())
+
+
+def test_the_snapshot_carries_every_field_by_hand() -> None:
+    """A balance of JPY 1 is not depleted, and a lot with JPY 1 left is the next expiry."""
+    account = Account(
+        "a",
+        overdraft_jpy=0,
+        lots=[lot("one", 1, T0 + timedelta(days=3))],
+        version=2,
+        as_of=T0,
+    )
+    assert balance_state(account) == BalanceState(
+        account_id="a",
+        plan="prepay",
+        balance_jpy=1,
+        overdraft_jpy=0,
+        postpay_due_jpy=0,
+        credit_jpy=1,
+        next_expiry=NextExpiry(T0 + timedelta(days=3), 1),
+        status="ok",
+        version=2,
+        as_of=T0,
+    )
+    account.lots = []
+    account.overdraft_jpy, account.postpay_due_jpy = 30, 0
+    state = balance_state(account)
+    assert (state.overdraft_jpy, state.balance_jpy, state.status) == (30, -30, "depleted")

@@ -241,3 +241,28 @@ def test_records_read_again_after_a_reset_replace_what_was_buffered_from_there_o
     released = aligner.release({("account", 0)}, 0.0, 10)
 
     assert [item.record.offset for item in released] == [3, 4, 5, 6]
+
+
+def test_a_full_batch_takes_partitions_in_turn_so_none_starves() -> None:
+    # Partition 0 has a backlog of 10, partition 1 has 4: a batch of 6 takes from both, and
+    # each partition still in its own offset order.
+    aligner = Aligner(max_wait_s=0.0)
+    rated = Rated("JP", 10, 1)
+    for partition, count in ((0, 10), (1, 4)):
+        aligner.add(
+            [
+                Decoded(
+                    InputRecord("usage", "usage", partition, n, b"acc-1", b"{}", 0),
+                    ChargeUsage(f"u{partition}-{n}", "acc-1", at(1), rated, at(1)),
+                    b"f",
+                )
+                for n in range(count)
+            ]
+        )
+
+    released = aligner.release({("account", 0), ("account", 1)}, 0.0, 6)
+
+    assert [(i.record.partition, i.record.offset) for i in released] == [
+        (0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2),
+    ]  # fmt: skip
+    assert aligner.spans([0, 1]) == {"usage/0": [3, 9], "usage/1": [3, 3]}

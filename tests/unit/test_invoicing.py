@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.builders import Book
+from tests.unit.builders import Book, examples
 from worker.domain.events import PostpayCharge
 from worker.domain.invoicing import (
     InvoiceLine,
@@ -102,7 +102,7 @@ def test_period_bounds_are_tokyo_midnights() -> None:
     assert period_of(end, TOKYO) == "2027-01"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     st.datetimes(
         min_value=datetime(2000, 1, 1),  # noqa: DTZ001 - hypothesis wants naive bounds
@@ -184,6 +184,17 @@ def test_late_usage_from_an_invoiced_month_is_its_own_line_with_its_period() -> 
     assert (current.period, current.quantity, current.amount_jpy) == ("2026-11", 2, 20)
     assert "late" not in current.description
     assert invoice.total_jpy == 30
+
+
+def test_usage_in_the_first_hours_of_a_month_in_tokyo_is_that_months_not_late() -> None:
+    # 00:30 on November 1 in Tokyo is still October 31 in UTC
+    invoice = build_invoice(
+        "acc-1", "2026-11", [usage("u1", jst(2026, 11, 1, 0, 30), "JP", 10, 1)], TOKYO
+    )
+
+    assert invoice is not None
+    (line,) = invoice.lines
+    assert (line.period, line.description) == ("2026-11", "SMS to JP")
 
 
 def test_switch_to_postpay_mid_month_bills_only_usage_after_it_and_uses_credit_first() -> None:

@@ -70,3 +70,19 @@ def test_the_level_comes_from_the_settings(
     log.info("hidden")
     log.warning("shown")
     assert [line["event"] for line in lines(stderr)] == ["shown"]
+
+
+def test_a_traced_logger_writes_its_debug_lines_at_info_and_no_other_does(
+    stderr: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stderr", stderr)
+    logs.configure("INFO", json=True, debug=frozenset({"worker.stream"}))
+    logs.get("worker.stream").debug("offsets_committed", offsets={"u:5": 1990}, batch=3)
+    logs.get("worker.relay").debug("relay_round", rows=2)
+    logs.get("worker.relay").info("relay_recovered", highest_seq=1)
+    logging.getLogger("aiokafka").debug("fetching")
+
+    assert [(line["event"], line["level"]) for line in lines(stderr)] == [
+        ("offsets_committed", "debug"),
+        ("relay_recovered", "info"),
+    ]

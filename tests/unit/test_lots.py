@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.builders import T0, Book, at
+from tests.unit.builders import POLICY, T0, Book, at, examples
+from worker.domain.commands import ChargeUsage
+from worker.domain.errors import Rejected
+from worker.domain.expiry import before_arrival
 from worker.domain.lots import Lot, debit, debit_order, forfeit, new_lot, notice_passed
+from worker.domain.rating import Rated
 
 
 def lot(lot_id: str, amount: int, granted_at: datetime, expires_at: datetime) -> Lot:
@@ -128,7 +133,7 @@ lots_strategy = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(specs=lots_strategy, amount=st.integers(0, 3_000), when=st.integers(0, 6))
 def test_debit_takes_exactly_the_amount_in_soonest_expiry_order(
     specs: list[tuple[int, int, int]], amount: int, when: int
@@ -176,3 +181,107 @@ def test_the_expiring_notice_is_due_exactly_seven_days_before_expiry() -> None:
     assert notice_passed(x, at(83), NOTICE, inclusive=True)
     assert not notice_passed(x, at(83), NOTICE, inclusive=False)
     assert not notice_passed(x, at(83) - timedelta(microseconds=1), NOTICE, inclusive=True)
+
+
+def test_an_empty_lot_gets_no_expiring_notice() -> None:
+    assert not notice_passed(lot("e", 0, at(0), at(90)), at(85), NOTICE, inclusive=True)
+
+
+# -- the place of expiry among records and timer ticks, by hand
+
+
+def test_a_record_arriving_exactly_at_the_cutoff_is_paid_by_the_lot() -> None:
+    """Lot `lot:e1` (JPY 1,000) expires on day 90; its cutoff is day 90 + 1 h (the lateness).
+    A record that reached Kafka exactly then is in time: nothing is forfeited before it."""
+    book = Book()
+    book.open(T0, 1_000)
+    cutoff = at(90) + timedelta(hours=1)
+    usage = ChargeUsage(
+        "u1", "acc-1", at(90) - timedelta(minutes=1), Rated("JP", 10, 10), arrived_at=cutoff
+    )
+
+    before_arrival(book.account, cutoff, POLICY, book.effects)
+    book.apply(usage)
+
+    assert [(e.entry_id, e.allocations) for e in book.effects.ledger] == [
+        ("grant:e1", ()),
+        ("charge:u1", (("lot:e1", 100),)),
+    ]
+    assert book.account.overdraft_jpy == 0
+
+
+def test_a_record_arriving_just_after_the_cutoff_comes_after_the_forfeit() -> None:
+    book = Book()
+    book.open(T0, 1_000)
+    late = at(90) + timedelta(hours=1, microseconds=1)
+    usage = ChargeUsage(
+        "u1", "acc-1", at(90) - timedelta(minutes=1), Rated("JP", 10, 10), arrived_at=late
+    )
+
+    before_arrival(book.account, late, POLICY, book.effects)
+    book.apply(usage)
+
+    assert [(e.entry_id, e.amount_jpy, e.allocations) for e in book.effects.ledger] == [
+        ("grant:e1", 1_000, ()),
+        ("forfeit:lot:e1", -1_000, ()),
+        ("charge:u1", -100, ()),
+    ]
+    assert book.account.overdraft_jpy == 100
+
+
+def test_the_timer_at_the_notice_moment_announces_even_jpy_1_and_marks_the_lot_changed() -> None:
+    book = Book()
+    book.open(T0, 1_000)
+    book.configure(at(0, seconds=1), 100, email="a@x.jp")
+    book.charge(999, at(1))
+    book.take_reminders()
+    book.account.lots[0].dirty = False
+
+    book.sweep(at(83))  # day 90 - 7 days: the notice is due at this very instant
+
+    assert [
+        (r.reminder_id, r.account_id, r.amount_jpy, r.balance_jpy, r.email)
+        for r in book.take_reminders()
+    ] == [("acc-1:credits_expiring:lot:e1", "acc-1", 1, 1, "a@x.jp")]
+    assert book.account.lots[0].dirty is True
+    assert book.account.lots[0].expiring_notified is True
+
+
+@pytest.mark.parametrize(
+    ("amount", "method", "code", "says"),
+    [
+        (0, "credit_card", "invalid_amount", "JPY 0 is not a positive multiple of JPY 1,000"),
+        (1_500, "credit_card", "invalid_amount", "JPY 1500 is not a positive multiple"),
+        (100_000, "invoice", "invoice_purchase_too_small", "over JPY 100,000, got JPY 100000"),
+    ],
+)
+def test_a_purchase_that_breaks_a_rule_makes_no_lot_and_says_why(
+    amount: int, method: str, code: str, says: str
+) -> None:
+    book = Book()
+
+    with pytest.raises(Rejected) as refused:
+        book.purchase(amount, at(1), method)
+
+    assert refused.value.code == code
+    assert says in refused.value.reason
+    assert str(refused.value) == refused.value.reason
+    assert (book.account.lots, book.effects.ledger) == ([], [])
+
+
+def test_a_lot_pays_only_for_records_that_reached_kafka_by_its_cutoff() -> None:
+    """By hand: the lot expires on day 90, the allowance is 1 h, so its cutoff is day 90 + 1 h;
+    each record occurred a minute before expiry. The lot is not forfeited yet (the stream did
+    not know what was pending), so only the arrival decides."""
+    lateness = timedelta(hours=1)
+    occurred = at(90) - timedelta(minutes=1)
+    cutoff = at(90) + lateness
+    for arrived, paid in [
+        (at(90) - timedelta(seconds=1), 10),  # before expiry
+        (at(90) + timedelta(minutes=30), 10),  # within the allowance
+        (cutoff, 10),  # exactly at the cutoff: still in time
+        (cutoff + timedelta(microseconds=1), 0),  # after it: overdraft
+    ]:
+        x = lot("a", 100, at(0), at(90))
+        allocations, uncovered = debit([x], 10, occurred, arrived, lateness)
+        assert (allocations, uncovered) == (([("a", 10)], 0) if paid else ([], 10)), arrived

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import orjson
-import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from chaos import oracle
 from chaos.oracle import Close, Event, Step, Tick
-from tests.unit.builders import POLICY, T0
+from tests.unit.builders import POLICY, T0, examples
 from worker.adapters.rates import load_rate_table
 from worker.adapters.wire import Decoder
 from worker.domain.account import Account, OpenInvoice
@@ -33,19 +32,16 @@ from worker.domain.commands import (
     PurchaseCredits,
     SwitchToPostpay,
 )
-from worker.domain.errors import Rejected
-from worker.domain.events import Effects
 from worker.domain.expiry import sweep
 from worker.domain.invoicing import build_invoice, closing_window
 from worker.domain.rating import Rated
-from worker.service.ports import Dead, InputRecord
+from worker.service.billing import BatchReport, _apply_one, expiry_bounds
+from worker.service.ports import Changes, Dead, Decoded, EventKey, InputRecord
 
 ACCOUNTS = ("acc-a", "acc-b")
 RULES = oracle.Rules()
 MICRO = timedelta(microseconds=1)
-# The determinism branch gives ChargeUsage the record's Kafka timestamp; whatever it calls it,
-# the driver passes `arrived_at` to the first of these names the command has.
-ARRIVAL_FIELDS = ("arrived_at", "record_timestamp", "recorded_at", "received_at", "timestamp")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def test_the_oracle_imports_nothing_from_the_worker() -> None:
@@ -62,10 +58,9 @@ def test_the_oracle_imports_nothing_from_the_worker() -> None:
 
 def charge_command(event: Event) -> ChargeUsage:
     rated = Rated(event.country, event.unit_price_jpy, event.segments)
-    names = {f.name for f in dataclasses.fields(ChargeUsage)}
-    extra = {n: event.arrived_at for n in ARRIVAL_FIELDS if n in names}
-    kwargs: dict[str, Any] = dict(list(extra.items())[:1])
-    return ChargeUsage(event.event_id, event.account_id, event.occurred_at, rated, **kwargs)
+    return ChargeUsage(
+        event.event_id, event.account_id, event.occurred_at, rated, arrived_at=event.arrived_at
+    )
 
 
 def command_of(event: Event) -> Command:
@@ -85,19 +80,27 @@ def command_of(event: Event) -> Command:
     return PayInvoice(*common, event.invoice_id, event.amount_jpy)
 
 
+def wire_identity(event: Event) -> bytes:
+    """What the decoder's fingerprint stands for: the payload, not when it reached Kafka."""
+    return repr(dataclasses.replace(event, arrived_at=event.occurred_at, key=None)).encode()
+
+
 class Domain:
-    """Account.apply with the service's de-duplication, the expiry sweep and the month close."""
+    """The domain driven the way the service drives it: each record through `_apply_one` (its
+    de-duplication, the expiry due before the record arrived, Account.apply), the expiry
+    sweep on timer ticks and the month close."""
 
     def __init__(self) -> None:
         self.accounts: dict[str, Account] = {}
-        self.effects = Effects()
-        self.seen: dict[tuple[str, str], Event] = {}
+        self.changes = Changes()
+        self.effects = self.changes.effects
+        self.seen: dict[EventKey, bytes] = {}
         self.dead: dict[str, str] = {}
         self.invoiced: set[str] = set()
         self.invoices: dict[str, Any] = {}
 
     def run(self, steps: list[Step]) -> Domain:
-        for step in steps:
+        for n, step in enumerate(steps):
             if isinstance(step, Tick):
                 for account_id in sorted(self.accounts):
                     sweep(self.accounts[account_id], step.now, POLICY, self.effects)
@@ -105,22 +108,28 @@ class Domain:
                 for account_id in sorted(self.accounts):
                     self.close(self.accounts[account_id], step.period)
             else:
-                self.apply(step)
+                self.apply(step, n)
         return self
 
-    def apply(self, event: Event) -> None:
-        prior = self.seen.get((event.source, event.event_id))
-        if prior is not None:
-            if prior != event:
-                self.dead[event.event_id] = "conflicting_duplicate"
-            return
+    def apply(self, event: Event, offset: int) -> None:
+        ms = (event.arrived_at - EPOCH) // timedelta(milliseconds=1)
+        record = InputRecord(
+            "usage" if event.source == "usage" else "account",
+            event.source,
+            0,
+            offset,
+            event.account_id.encode(),
+            b"",
+            ms,
+        )
+        item = Decoded(record, command_of(event), wire_identity(event))
+        # A one-record batch with nothing pending: the bound is the record's own arrival.
+        (bound,) = expiry_bounds([item], None)
         account = self.accounts.setdefault(event.account_id, Account(event.account_id))
-        try:
-            account.apply(command_of(event), POLICY, self.effects)
-        except Rejected as exc:
-            self.dead[event.event_id] = exc.code
-            return
-        self.seen[(event.source, event.event_id)] = event
+        report = BatchReport()
+        _apply_one(item, bound, account, self.seen, POLICY, self.changes, report)
+        for dead in report.dead:
+            self.dead[event.event_id] = dead.code
 
     def close(self, account: Account, period: str) -> None:
         for month in closing_window(period):
@@ -148,7 +157,10 @@ def domain_view(d: Domain) -> dict[str, Any]:
             for e in d.effects.ledger
         ],
         "reminders": [
-            (r.reminder_id, r.kind, r.balance_jpy, r.threshold_jpy, r.lot_id, r.amount_jpy)
+            (
+                *(r.reminder_id, r.account_id, r.kind, r.balance_jpy, r.threshold_jpy),
+                *(r.lot_id, r.amount_jpy, r.email),
+            )
             for r in d.effects.reminders
         ],
         "invoices": {
@@ -184,7 +196,10 @@ def oracle_view(o: oracle.Outcome) -> dict[str, Any]:
             for e in o.ledger
         ],
         "reminders": [
-            (r.reminder_id, r.kind, r.balance_jpy, r.threshold_jpy, r.lot_id, r.amount_jpy)
+            (
+                *(r.reminder_id, r.account_id, r.kind, r.balance_jpy, r.threshold_jpy),
+                *(r.lot_id, r.amount_jpy, r.email),
+            )
             for r in o.reminders
         ],
         "invoices": {i.invoice_id: (i.total_jpy, i.due_date, i.lines) for i in o.invoices.values()},
@@ -258,12 +273,11 @@ def raw_step(draw: st.DrawFn) -> tuple[Any, ...]:
 
 
 def build(raw: list[tuple[Any, ...]], wind_down: bool, gated: bool) -> list[Step]:
-    """Steps in log order; `gated` puts a timer tick before every record, as the forfeit gate
-    does in effect (no record arrives past a lot's cutoff before the lot is forfeited), and
-    leaves out reminder settings that change nothing."""
+    """Steps in log order. `gated` puts a timer tick just before every record (the timer gets
+    to each expiry first); without it the expiry due before a record comes in front of it
+    from the record's own arrival (the stream gets there first): both must bill the same."""
     steps: list[Step] = []
     events: list[Event] = []
-    config: dict[str, tuple[bool, int]] = {}
     arrived = T0
     for n, (account_id, gap_s, delay_s, (kind, arg)) in enumerate(raw):
         arrived += timedelta(seconds=gap_s)
@@ -275,27 +289,31 @@ def build(raw: list[tuple[Any, ...]], wind_down: bool, gated: bool) -> list[Step
             closed = oracle.period_of(arrived, RULES.zone)
             steps.append(Close(previous(closed)))
             continue
-        if kind == "again":
-            if events:
-                steps.append(events[cast(int, arg) % len(events)])
+        if kind != "again":
+            event = new_event(n, account_id, arrived, delay_s, kind, arg)
+            events.append(event)
+        elif events:
+            # A re-send: the same payload, reaching Kafka again now.
+            event = dataclasses.replace(events[cast(int, arg) % len(events)], arrived_at=arrived)
+        else:
             continue
-        if kind == "reminder_configured":
-            if gated and config.get(account_id) == arg:
-                continue
-            config[account_id] = arg
-        base = {"event_id": f"e{n}", "account_id": account_id, "arrived_at": arrived}
-        occurred = arrived - timedelta(seconds=delay_s) if kind == "usage" else arrived
-        fields = fields_of(kind, arg, account_id, arrived)
-        source = "usage" if kind == "usage" else "account"
-        event = Event(source, kind, occurred_at=occurred, **base, **fields)
         if gated:
             steps.append(Tick(arrived - MICRO))
         steps.append(event)
-        events.append(event)
     if wind_down:
         steps += [Tick(arrived + timedelta(days=84)), Tick(arrived + timedelta(days=92))]
         steps.append(Close(oracle.period_of(arrived + timedelta(days=92), RULES.zone)))
     return steps
+
+
+def new_event(
+    n: int, account_id: str, arrived: datetime, delay_s: int, kind: str, arg: Any
+) -> Event:
+    """The n-th record of a history; usage may have occurred `delay_s` before it arrived."""
+    occurred = arrived - timedelta(seconds=delay_s) if kind == "usage" else arrived
+    source = "usage" if kind == "usage" else "account"
+    fields = fields_of(kind, arg, account_id, arrived)
+    return Event(source, kind, f"e{n}", account_id, occurred, arrived, **fields)
 
 
 def fields_of(kind: str, arg: Any, account_id: str, arrived: datetime) -> dict[str, Any]:
@@ -333,19 +351,13 @@ def histories(gated: bool) -> st.SearchStrategy[list[Step]]:
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="since main's determinism merge the domain sends a credits_expiring notice even "
-    "after expiry and orders notices before forfeits within a sweep; chaos/oracle.py still "
-    "models SPEC's 'will expire within N days' literally: the oracle must learn the landed rule",
-)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(histories(gated=True))
 def test_the_domain_agrees_with_the_reference_model(steps: list[Step]) -> None:
     assert_agree(steps)
 
 
-# -- where the domain does not follow SPEC yet ------------------------------------------------
+# -- hand-picked histories at the edges of the rules -------------------------------------------
 
 LOT_EXPIRES = T0 + timedelta(days=90)
 
@@ -376,11 +388,6 @@ UNCHANGED_SETTING: list[Step] = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SPEC §2 arrival-time lateness: a record reaching Kafka after expires_at + lateness "
-    "is not paid by that lot (branch determinism)",
-)
 def test_a_lot_does_not_pay_for_usage_that_reached_kafka_after_its_allowance() -> None:
     assert_agree(LATE_PAST_ALLOWANCE)
 
@@ -389,12 +396,7 @@ def test_a_reminder_setting_that_changes_nothing_sends_nothing() -> None:
     assert_agree(UNCHANGED_SETTING)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SPEC §2 arrival-time lateness on ungated histories: the driver applies commands "
-    "through Account.apply, without the service's in-line expiry before each record",
-)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(histories(gated=False))
 @example(LATE_PAST_ALLOWANCE)
 @example(UNCHANGED_SETTING)
@@ -423,15 +425,50 @@ def test_the_model_itself_on_a_hand_worked_history() -> None:
         ("charge:x4", -50, 900, (("lot:x2", 50),)),
         ("forfeit:lot:x2", -900, 0, ()),
     ]
-    assert [r.reminder_id for r in out.reminders] == [
-        "acc-a:credits_expiring:lot:x2",
-        "acc-a:credits_expired:lot:x2",
-        "acc-a:balance_depleted:forfeit:lot:x2",
+    # lot x2's notice (due on day 93) goes in front of x4, which arrived on day 95; lot x1 is
+    # empty by then, so it gets none, and its forfeit loses nothing
+    assert [(r.reminder_id, r.balance_jpy, r.amount_jpy) for r in out.reminders] == [
+        ("acc-a:credits_expiring:lot:x2", 950, 950),
+        ("acc-a:credits_expired:lot:x2", 0, 900),
+        ("acc-a:balance_depleted:forfeit:lot:x2", 0, None),
     ]
+    assert_agree(steps)
+
+
+def test_a_notice_the_timer_reaches_only_after_expiry_is_sent_before_the_forfeit() -> None:
+    """By hand: after day 6 the timer next runs on day 100. Lot x1 (JPY 200 left, expires
+    day 90) and lot x3 (JPY 1,000, expires day 95) each still get their notice, and all four
+    go in the order of their moments: x1's notice (day 83), x3's (day 88), x1's forfeit
+    (day 90 + 1 h), x3's (day 95 + 1 h)."""
+    steps: list[Step] = [
+        ev("account_opened", 1, T0, test_credits_jpy=300),
+        ev("reminder_configured", 2, T0 + MICRO, enabled=True, threshold_jpy=100, email="a@x.jp"),
+        ev("credits_purchased", 3, T0 + timedelta(days=5), amount_jpy=1_000),
+        ev("usage", 4, T0 + timedelta(days=6), amount_jpy=100, segments=10),
+        Tick(T0 + timedelta(days=100)),
+    ]
+    out = oracle.run(steps)
+    assert [(e.entry_id, e.amount_jpy, e.balance_after_jpy, e.allocations) for e in out.ledger] == [
+        ("grant:x1", 300, 300, ()),
+        ("grant:x3", 1_000, 1_300, ()),
+        ("charge:x4", -100, 1_200, (("lot:x1", 100),)),
+        ("forfeit:lot:x1", -200, 1_000, ()),
+        ("forfeit:lot:x3", -1_000, 0, ()),
+    ]
+    assert [(r.reminder_id, r.balance_jpy, r.amount_jpy) for r in out.reminders] == [
+        ("acc-a:credits_expiring:lot:x1", 1_200, 200),
+        ("acc-a:credits_expiring:lot:x3", 1_200, 1_000),
+        ("acc-a:credits_expired:lot:x1", 1_000, 200),
+        ("acc-a:credits_expired:lot:x3", 0, 1_000),
+        ("acc-a:low_balance:forfeit:lot:x3", 0, None),
+        ("acc-a:balance_depleted:forfeit:lot:x3", 0, None),
+    ]
+    assert_agree(steps)
 
 
 # -- rules the wire decoder applies --------------------------------------------------------------
 
+FAR = datetime(9000, 1, 1, 1, tzinfo=UTC)
 WIRE_CASES = [
     # key, occurred_at, arrived_at
     (b"acc-a", "2026-01-05T03:00:00+00:00", T0),
@@ -442,6 +479,9 @@ WIRE_CASES = [
     (b"acc-a", "2026-01-06T03:00:01+00:00", T0),
     (b"acc-a", "2026-01-06T03:00:00+00:00", T0),
     (b"acc-a", "9999-10-02T23:30:00+00:00", T0),
+    # from year 9000 on, whatever the record timestamp says
+    (b"acc-a", "8999-12-31T23:59:59+00:00", FAR),
+    (b"acc-a", "9000-01-01T00:00:00+00:00", FAR),
 ]
 
 
@@ -483,14 +523,18 @@ def test_the_decoder_refuses_keys_and_times_the_reference_model_refuses() -> Non
         got.append(decoded.code if isinstance(decoded, Dead) else None)
         want.append(oracle_code(key, occurred, arrived))
     mismatch, implausible = "key_mismatch", "implausible_time"
-    assert want == [None, mismatch, mismatch, mismatch, implausible, implausible, None, implausible]
+    assert want == [
+        *(None, mismatch, mismatch, mismatch),
+        *(implausible, implausible, None, implausible),
+        *(None, implausible),
+    ]
     assert got == want
 
 
 # -- invariants of what the domain produced, stated on their own --------------------------------
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     st.builds(build, st.lists(raw_step(), min_size=5, max_size=60), st.just(True), st.just(True))
 )

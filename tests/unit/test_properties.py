@@ -13,7 +13,7 @@ from typing import cast
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.builders import POLICY, T0
+from tests.unit.builders import POLICY, T0, examples
 from worker.domain.account import Account
 from worker.domain.commands import (
     ChargeUsage,
@@ -203,7 +203,7 @@ def expected_reminders(
     return due
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(sequences)
 def test_money_is_conserved_and_reminders_follow_balance_edges(items: list[Item]) -> None:
     world = World()
@@ -253,7 +253,7 @@ def redeliver(items: list[Item], picks: list[tuple[int, int]]) -> list[Item]:
     return out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(sequences, st.lists(st.tuples(st.integers(0, 99), st.integers(0, 99)), max_size=10))
 def test_applying_an_event_again_changes_nothing(
     items: list[Item], picks: list[tuple[int, int]]
@@ -268,7 +268,7 @@ def test_applying_an_event_again_changes_nothing(
     assert again.reminders == once.reminders
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(sequences, st.lists(st.integers(0, 40), max_size=8))
 def test_final_state_does_not_depend_on_how_the_sequence_is_batched(
     items: list[Item], cuts: list[int]

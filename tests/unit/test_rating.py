@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.builders import T0
+from tests.unit.builders import T0, examples
 from worker.domain.errors import Rejected
-from worker.domain.rating import Rate, RateTable, destination_country, rate_usage
+from worker.domain.rating import Rate, Rated, RateTable, destination_country, rate_usage
 
 CHANGE = T0 + timedelta(days=10)
 TABLE = RateTable(
@@ -34,6 +34,17 @@ def test_japan_costs_ten_yen_even_when_the_configured_table_omits_it() -> None:
     rated = rate_usage(RateTable([Rate("US", 12, T0)]), None, "+819012345678", 2, T0)
 
     assert rated.amount_jpy == 20
+
+
+def test_a_fresh_table_rates_the_country_of_the_number_and_again_the_same() -> None:
+    # A table of its own: the module's TABLE remembers what earlier tests rated.
+    table = RateTable([Rate("US", 12, T0)])
+
+    first = rate_usage(table, None, "+12127365000", 2, T0)
+    again = rate_usage(table, None, "+12127365000", 2, T0)
+
+    assert first == Rated("US", 12, 2)
+    assert again is first  # one shared Rated per country, price and segments
 
 
 def test_country_field_wins_over_the_number() -> None:
@@ -103,7 +114,7 @@ def test_negative_price_is_a_configuration_error() -> None:
         RateTable([Rate("US", -1, T0)])
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(segments=st.integers(1, 255), offset_s=st.integers(-86_400 * 30, 86_400 * 30))
 def test_amount_is_unit_price_in_force_times_segments(segments: int, offset_s: int) -> None:
     when = CHANGE + timedelta(seconds=offset_s)

@@ -119,6 +119,19 @@ def test_changing_the_setting_while_at_or_below_sends_one_at_once() -> None:
     )
 
 
+def test_enabling_with_the_balance_exactly_at_the_threshold_sends_one() -> None:
+    book = funded(1_000, None)
+
+    book.configure(at(1), 1_000)  # at the threshold counts as at or below
+
+    [reminder] = book.take_reminders()
+    assert (reminder.kind, reminder.balance_jpy, reminder.threshold_jpy) == (
+        "low_balance",
+        1_000,
+        1_000,
+    )
+
+
 def test_enabling_above_the_threshold_sends_nothing() -> None:
     book = funded(1_000, None)
 
@@ -169,6 +182,16 @@ def test_balance_depleted_rearms_after_the_balance_rises_above_zero() -> None:
     book.take_reminders()
 
     book.charge(600, at(3))
+
+    assert kinds(book) == ["balance_depleted"]
+
+
+def test_balance_depleted_from_jpy_1_to_zero_and_not_at_jpy_1() -> None:
+    book = funded(1_000, None)
+
+    book.charge(999, at(1))  # 1,000 -> 1: still above zero
+    assert kinds(book) == []
+    book.charge(1, at(2))  # 1 -> 0
 
     assert kinds(book) == ["balance_depleted"]
 

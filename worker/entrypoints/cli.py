@@ -51,7 +51,8 @@ _log_preferences: tuple[str, bool] | None = None
 def _settings(*, one_shot: bool = True) -> Settings:
     global _log_preferences
     settings = load_settings()
-    logs.configure(settings.log_level, settings.log_json, quiet_libraries=one_shot)
+    traced = frozenset(name.strip() for name in settings.log_debug.split(",") if name.strip())
+    logs.configure(settings.log_level, settings.log_json, quiet_libraries=one_shot, debug=traced)
     _log_preferences = (settings.log_level, settings.log_json)
     return settings
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,13 +35,29 @@ from worker.service.inputs import input_problem, timestamp_problem
 from worker.service.ports import Dead, Decoded, Encoder, InputRecord, Source, Store
 
 log = logs.get("worker.stream")
-# (assignment generation, records decoded, fetch position per side just after they came,
-# when they came by the wall clock and by the monotonic one)
-_Fetched = tuple[int, list[Decoded | Dead], dict[tuple[Source, int], int], float, float]
+Side = tuple[Source, int]
+# The generation of a fetch during which a partition it read was revoked: never current.
+_STALE = -1
+# How long a discarded fetch waits for a partition's position before leaving it as it is.
+_POSITION_WAIT_S = 1.0
 # Records decoded between two yields to the event loop while a batch is in the database.
 _DECODE_SLICE = 100
 # How often the input topics' partition counts are checked, waiting or consuming.
 INPUT_CHECK_INTERVAL_S = 5.0
+
+
+@dataclass
+class _Fetched:
+    """One fetch: its records decoded, and where every assigned side stood around it."""
+
+    started: int  # assignment generation when the fetch began
+    generation: int  # ... and just after its records were returned (_STALE: revoked meanwhile)
+    rebalancing: bool  # a rebalance was under way just after they were returned
+    decoded: list[Decoded | Dead]
+    before: dict[Side, int]  # fetch position per side before the records were returned
+    positions: dict[Side, int]  # ... and just after
+    wall: float  # when they came, by the wall clock
+    mono: float  # ... and by the monotonic one
 
 
 class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -62,14 +78,25 @@ class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
         self.generation += 1
         async with self.lock:
             # Buffered records were never committed; whoever owns them next reads them again.
-            self.aligner.drop({tp.partition for tp in revoked})
-            log.info("partitions_revoked", partitions=sorted(str(tp) for tp in revoked))
+            partitions = {tp.partition for tp in revoked}
+            dropped = self.aligner.spans(partitions)
+            self.aligner.drop(partitions)
+            log.info(
+                "partitions_revoked",
+                partitions=sorted(str(tp) for tp in revoked),
+                generation=self.generation,
+                dropped=dropped,
+            )
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.rebalancing = False
         self.assigned_at = time.monotonic()
         self.metrics.assigned.set(len(assigned))
-        log.info("partitions_assigned", partitions=sorted(str(tp) for tp in assigned))
+        log.info(
+            "partitions_assigned",
+            partitions=sorted(str(tp) for tp in assigned),
+            generation=self.generation,
+        )
 
 
 class StreamProcessor:
@@ -239,14 +266,20 @@ class StreamProcessor:
         try:
             while not stop.is_set() and not await self._inputs_changed():
                 fetched = await (ahead or self._fetch(consumer))
-                generation, decoded, positions, fetched_wall, fetched_mono = fetched
                 ahead = None
                 async with self.lock:
-                    if generation == self.listener.generation:
-                        self.aligner.add(decoded)
-                        self.aligner.fetched(positions)
-                        self.trace.added(decoded, fetched_wall, fetched_mono)
-                    # else: read before a rebalance; whoever owns the partitions reads them again
+                    if self._current(fetched):
+                        self._accept(consumer, fetched)
+                    else:
+                        # Read across a rebalance: whoever owns the partitions reads them again.
+                        log.info(
+                            "fetch_discarded",
+                            generation=fetched.generation,
+                            current=self.listener.generation,
+                            rebalancing=fetched.rebalancing,
+                            records=_spans(fetched.decoded),
+                        )
+                        await self._read_again(consumer, fetched)
                     caught_up, behind = await self._other_sides(consumer)
                     ready = self.aligner.release(
                         caught_up, time.monotonic(), self.settings.batch_max_records, behind
@@ -265,19 +298,90 @@ class StreamProcessor:
                 ahead.cancel()
                 await asyncio.gather(ahead, return_exceptions=True)
 
+    def _current(self, fetched: _Fetched) -> bool:
+        """Were the fetch's records and positions read under the current assignment?
+
+        Not if a rebalance began or was under way when they were returned: aiokafka's
+        getmany holds records back during a reassignment but returns {} when its wait times
+        out, and the positions read then are the old assignment's, past records the
+        revocation drops unapplied (that made them settled commits: a lost range)."""
+        return fetched.generation == self.listener.generation and not fetched.rebalancing
+
+    async def _read_again(self, consumer: AIOKafkaConsumer, fetched: _Fetched) -> None:
+        """A fetch not handed on: where its partition is still assigned and its position past
+        the fetch's first record, seek back to that record. Never forward (a seek back only
+        reads again what event ids make harmless), so it is right whatever the assignment."""
+        first: dict[TopicPartition, int] = {}
+        for item in fetched.decoded:
+            tp = TopicPartition(item.record.topic, item.record.partition)
+            first[tp] = min(first.get(tp, item.record.offset), item.record.offset)
+        for tp, offset in first.items():
+            if tp not in consumer.assignment():
+                continue
+            try:
+                # A position not known at once is being reset to the committed offset, which
+                # is where reading must start again anyway: no need to wait for it.
+                position = await asyncio.wait_for(consumer.position(tp), _POSITION_WAIT_S)
+                if position > offset:
+                    consumer.seek(tp, offset)
+            except (IllegalStateError, TimeoutError):
+                continue  # revoked, or being reset: reading starts again from the committed offset
+
+    def _accept(self, consumer: AIOKafkaConsumer, fetched: _Fetched) -> None:
+        """Hand a current fetch to the aligner. A side whose position moved past what the
+        aligner was handed (records read and never added) is sought back and its part of this
+        fetch left out: a settled commit must never pass records nobody applied."""
+        gaps: dict[Side, int] = {}
+        if fetched.started == fetched.generation:
+            for side, before in fetched.before.items():
+                known = self.aligner.fetched_through.get(side)
+                if known is not None and before > known:
+                    gaps[side] = known
+        for (source, partition), known in gaps.items():
+            tp = TopicPartition(self.topics[source], partition)
+            log.warning(
+                "position_gap",
+                partition=str(tp),
+                handed_through=known,
+                position=fetched.before[(source, partition)],
+                generation=fetched.generation,
+            )
+            with contextlib.suppress(IllegalStateError):  # revoked: read again from committed
+                consumer.seek(tp, known)
+        decoded = fetched.decoded
+        positions = fetched.positions
+        if gaps:
+            decoded = [d for d in decoded if (d.record.source, d.record.partition) not in gaps]
+            positions = {side: p for side, p in positions.items() if side not in gaps}
+        self.aligner.add(decoded)
+        self.aligner.fetched(positions)
+        self.trace.added(decoded, fetched.wall, fetched.mono)
+
+    async def _positions(self, consumer: AIOKafkaConsumer) -> dict[Side, int] | None:
+        """Fetch position of every assigned side; None if one was revoked while asked."""
+        positions: dict[Side, int] = {}
+        for tp in consumer.assignment():
+            try:
+                positions[(self.sources[tp.topic], tp.partition)] = await consumer.position(tp)
+            except IllegalStateError:
+                return None
+        return positions
+
     async def _fetch(self, consumer: AIOKafkaConsumer) -> _Fetched:
         """Records read and decoded, with the assignment generation they were returned under
         (a revocation resets every position, so records returned before it are read again)
-        and the fetch position of every assigned partition just after they were returned."""
+        and the fetch position of every assigned partition before and just after."""
+        started = self.listener.generation
+        before = await self._positions(consumer)
         fetched = await consumer.getmany(
             timeout_ms=self.settings.batch_timeout_ms, max_records=self.settings.batch_max_records
         )
         fetched_wall, fetched_mono = time.time(), time.monotonic()
-        generation = self.listener.generation
-        positions = {
-            (self.sources[tp.topic], tp.partition): await consumer.position(tp)
-            for tp in consumer.assignment()
-        }
+        generation, rebalancing = self.listener.generation, self.listener.rebalancing
+        positions = await self._positions(consumer)
+        if positions is None or before is None:
+            # A partition was revoked meanwhile: the whole fetch belongs to the old assignment.
+            generation, positions = _STALE, {}
         decoded: list[Decoded | Dead] = []
         for tp, messages in fetched.items():
             source = self.sources[tp.topic]
@@ -285,7 +389,16 @@ class StreamProcessor:
                 decoded.append(self.decoder(to_input(source, m)))
                 if len(decoded) % _DECODE_SLICE == 0:
                     await asyncio.sleep(0)  # let the batch in the database take its next step
-        return generation, decoded, positions, fetched_wall, fetched_mono
+        return _Fetched(
+            started,
+            generation,
+            rebalancing,
+            decoded,
+            before or {},
+            positions,
+            fetched_wall,
+            fetched_mono,
+        )
 
     async def _other_sides(
         self, consumer: AIOKafkaConsumer
@@ -293,12 +406,12 @@ class StreamProcessor:
         """Of the sides the aligner waits on: those with nothing more to fetch right now, and
         those known to have unread records. A side that is not assigned (both checks assert
         it is) or whose high watermark is not known yet is in neither."""
-        assigned = consumer.assignment()
         done: set[tuple[Source, int]] = set()
         unread: set[tuple[Source, int]] = set()
         for source, partition in self.aligner.waiting_on():
             tp = TopicPartition(self.topics[source], partition)
-            if tp not in assigned:
+            # Asked afresh for each side: a position asked for before may have let a rebalance in.
+            if tp not in consumer.assignment():
                 continue
             # read_committed: the end that can be read is the last stable offset; records of a
             # transaction still open lie beyond it and cannot be waited for.
@@ -307,7 +420,11 @@ class StreamProcessor:
                 end = consumer.highwater(tp)
             if end is None:
                 continue
-            if await consumer.position(tp) >= end:
+            try:
+                position = await consumer.position(tp)
+            except IllegalStateError:
+                continue  # revoked while asked: the rebalance drops its buffers
+            if position >= end:
                 done.add((source, partition))
             else:
                 unread.add((source, partition))
@@ -345,7 +462,9 @@ class StreamProcessor:
         for item in ready:
             tp = TopicPartition(item.record.topic, item.record.partition)
             next_offsets[tp] = max(next_offsets.get(tp, 0), item.record.offset + 1)
-        await self._commit(consumer, self._with_settled(next_offsets), stop)
+        await self._commit(
+            consumer, self._with_settled(next_offsets), stop, len(ready), _spans(ready)
+        )
         done = time.perf_counter()
         self.metrics.stage_seconds.labels("transaction").observe(applied - started)
         self.metrics.stage_seconds.labels("offset_commit").observe(done - applied)
@@ -356,6 +475,8 @@ class StreamProcessor:
         past a transaction's commit marker, which no record ever covers, so that a
         read_committed group reaches the log end and its lag can be zero."""
         merged = dict(offsets)
+        if self.listener.rebalancing:
+            return merged  # positions belong to an assignment being replaced
         for (source, partition), position in self.aligner.settled().items():
             tp = TopicPartition(self.topics[source], partition)
             if position > max(merged.get(tp, 0), self.committed.get(tp, 0)):
@@ -366,7 +487,7 @@ class StreamProcessor:
         """With nothing to apply, still commit positions that moved past markers alone."""
         offsets = self._with_settled({})
         if offsets:
-            await self._commit(consumer, offsets, stop)
+            await self._commit(consumer, offsets, stop, 0, {})
 
     async def _apply(
         self,
@@ -392,6 +513,8 @@ class StreamProcessor:
         except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition
             if len(decoded) == 1:
                 item = decoded[0]
+                if _is_bare(item):
+                    return await self._write_bare(item, pending, stop, exc)
                 log.error(
                     "record_failed",
                     topic=item.record.topic,
@@ -413,12 +536,46 @@ class StreamProcessor:
             first.reminders += second.reminders
             return first
 
+    async def _write_bare(
+        self,
+        item: Decoded | Dead,
+        pending: dict[int, datetime | None],
+        stop: asyncio.Event,
+        exc: Exception,
+    ) -> BatchReport:
+        """A dead letter holding nothing of its record failed: not the record's doing, so it is
+        written again, with backoff, until it is stored or the worker stops (never skipped)."""
+        delay_s = 0.1
+        while True:
+            log.error(
+                "dead_letter_failed",
+                topic=item.record.topic,
+                partition=item.record.partition,
+                offset=item.record.offset,
+                error=repr(exc),
+            )
+            if stop.is_set():
+                raise ShuttingDown("dead_letter") from exc
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay_s)
+            delay_s = min(delay_s * 2, self.settings.retry_max_backoff_s)
+            try:
+                return await apply_batch(
+                    self.store, [item], self.policy, self.encoder, datetime.now(UTC), pending
+                )
+            except Exception as again:  # noqa: BLE001 - logged above on the next round
+                exc = again
+
     async def _commit(
         self,
         consumer: AIOKafkaConsumer,
         next_offsets: dict[TopicPartition, int],
         stop: asyncio.Event,
+        batch: int,
+        released: dict[str, list[int]],
     ) -> None:
+        """Commit `next_offsets`; `batch` records were applied just before, `released` their
+        first and last offset per partition (both for the log line that traces each commit)."""
         offsets = {tp: OffsetAndMetadata(offset, "") for tp, offset in next_offsets.items()}
 
         async def attempt() -> None:
@@ -429,12 +586,21 @@ class StreamProcessor:
         except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
             # The database already holds the batch; whoever owns the partitions now re-reads
             # it and skips every event as a duplicate.
-            log.warning("commit_lost_to_rebalance", error=str(exc))
+            log.warning(
+                "commit_lost_to_rebalance", error=str(exc), offsets=_by_partition(next_offsets)
+            )
             return
         now = time.monotonic()
         for tp, offset in next_offsets.items():
             self.last_commit[tp] = now
             self.committed[tp] = offset
+        log.debug(
+            "offsets_committed",
+            offsets=_by_partition(next_offsets),
+            generation=self.listener.generation,
+            batch=batch,
+            released=released,
+        )
 
     def _observe(self, report: BatchReport, size: int, seconds: float) -> None:
         m = self.metrics
@@ -471,8 +637,6 @@ def _dead_letter_of(item: Decoded | Dead, exc: Exception) -> Dead:
     record = item.record
     if isinstance(item, Decoded):
         return Dead(record, "processing_error", f"could not be applied: {exc!r}")
-    if record.key is None and not record.value:
-        raise exc  # a bare dead letter failed: not the record's doing, so not retried here
     bare = replace(record, key=None, value=None)
     reason = (
         f"{item.code}: {item.reason} (key and value left out: the dead letter with them could "
@@ -480,6 +644,29 @@ def _dead_letter_of(item: Decoded | Dead, exc: Exception) -> Dead:
         f"{record.offset})"
     )
     return Dead(bare, item.code, reason)
+
+
+def _is_bare(item: Decoded | Dead) -> bool:
+    """A dead letter that carries nothing taken from its record."""
+    return isinstance(item, Dead) and item.record.key is None and not item.record.value
+
+
+def _spans(items: Iterable[Decoded | Dead]) -> dict[str, list[int]]:
+    """First and last offset per topic-partition among `items` (for logs)."""
+    out: dict[str, list[int]] = {}
+    for item in items:
+        r = item.record
+        key = f"{r.topic}:{r.partition}"
+        span = out.get(key)
+        if span is None:
+            out[key] = [r.offset, r.offset]
+        else:
+            span[0], span[1] = min(span[0], r.offset), max(span[1], r.offset)
+    return out
+
+
+def _by_partition(offsets: dict[TopicPartition, int]) -> dict[str, int]:
+    return {f"{tp.topic}:{tp.partition}": offset for tp, offset in sorted(offsets.items())}
 
 
 def to_input(source: Source, message: ConsumerRecord[bytes, bytes]) -> InputRecord:

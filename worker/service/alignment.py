@@ -119,15 +119,31 @@ class Aligner:
         """Up to `limit` records in event-time order per partition pair; `caught_up` and
         `behind` say which empty sides are known to have nothing more, or more, to read."""
         out: list[Item] = []
-        for partition in sorted({p for _, p in self.buffers}):
-            usage = self.buffers.setdefault(("usage", partition), deque())
-            account = self.buffers.setdefault(("account", partition), deque())
-            while len(out) < limit:
-                side = self._next(usage, account, partition, caught_up, behind, now_s)
-                if side is None:
+        # One record per partition in turn: a backlog on a low partition number must not fill
+        # every batch while the others wait (each partition pair keeps its own order).
+        active = sorted({p for _, p in self.buffers})
+        while active and len(out) < limit:
+            still: list[int] = []
+            for partition in active:
+                if len(out) >= limit:
                     break
-                out.append(side.popleft())
+                usage = self.buffers.setdefault(("usage", partition), deque())
+                account = self.buffers.setdefault(("account", partition), deque())
+                side = self._next(usage, account, partition, caught_up, behind, now_s)
+                if side is not None:
+                    out.append(side.popleft())
+                    still.append(partition)
+            active = still
         return out
+
+    def spans(self, partitions: Iterable[int]) -> dict[str, list[int]]:
+        """First and last buffered offset per side of `partitions` (for logs)."""
+        wanted = set(partitions)
+        return {
+            f"{source}/{partition}": [buffer[0].record.offset, buffer[-1].record.offset]
+            for (source, partition), buffer in sorted(self.buffers.items())
+            if partition in wanted and buffer
+        }
 
     def _next(
         self,
