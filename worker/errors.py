@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     BROKER_UNREACHABLE = 3
     DATABASE_UNREACHABLE = 4
     SCHEMA_MISMATCH = 5
+    OUTPUT_LOG_MISMATCH = 6  # the output topics hold what this database never published
     ACCESS_REFUSED = 77  # EX_NOPERM: credentials or certificates refused
     BAD_SETTING = 78  # EX_CONFIG of sysexits.h
     INTERRUPTED = 130
@@ -86,6 +87,13 @@ class SchemaMismatch(Failure):
 
     exit_code = ExitCode.SCHEMA_MISMATCH
     error_code = "schema_mismatch"
+
+
+class OutputLogMismatch(Failure):
+    """The output topics hold messages this database never numbered: a restore, or another one."""
+
+    exit_code = ExitCode.OUTPUT_LOG_MISMATCH
+    error_code = "output_log_mismatch"
 
 
 class AccountNotLocked(WorkerError):
