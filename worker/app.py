@@ -100,7 +100,9 @@ class Worker:
             relay_stop.set()
             # Let a send in flight be acked and marked, so the next relay does not repeat it.
             await asyncio.wait([tasks[1]], timeout=5)
-            for task in tasks[1:]:
+            # A stream still running here is stuck in a call that never checks `stop` (e.g.
+            # a commit to an unreachable broker): cancelled, its batch is redelivered.
+            for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await web.cleanup()

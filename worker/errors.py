@@ -116,6 +116,9 @@ _RETRIABLE_PG = (
     # What asyncpg raises instead of a connection error when the server ends a session that
     # is mid-operation (e.g. PostgreSQL shutting down); the next connection is fine.
     asyncpg.exceptions.InternalClientError,
+    # A failover can hand the pool a server that is still (or again) a read-only standby:
+    # the write waits for a primary instead of sending the batch's records to the DLQ.
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
 )
 
 
