@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.ceilings import Ceiling
-from benchmarks.workers import BacklogRun, LatencyRun, Steady
+from benchmarks.workers import NOT_COMPUTED, BacklogRun, LatencyRun, Steady, compared_digests
 
 TARGET_RATE = 20_000.0
 TARGET_RATIO = 0.5
@@ -259,9 +259,11 @@ def _ab_details(r: Results) -> list[str]:
             f"CPU µs per event worker {w:.1f}, PostgreSQL {p:.1f}, Kafka {k:.1f}; in cores: "
             f"{_cpu(run)}; digest `{run.digest[:16]}…`"
         )
-    digests = {run.digest for _, run in r.ab}
+    digests = compared_digests(run.digest for _, run in r.ab)
     if r.ab:
         same = "equal" if len(digests) == 1 else "DIFFERENT"
+        if any(run.digest == NOT_COMPUTED for _, run in r.ab):
+            same += " where computed (an older schema has none)"
         out.append(f"- A/B state digests of every round, base and this: {same}")
     return out
 

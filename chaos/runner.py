@@ -349,7 +349,9 @@ class Run:
     async def hold_transaction(self) -> bool:
         """A relay stops with its transaction open (messages sent, not committed)."""
         (self.faults / HOLD_FILE).write_text("")
-        give_up = time.monotonic() + 30
+        # After the group's outage the next relay round waits for a restarted worker to catch
+        # up: on a loaded machine that can take well over half a minute.
+        give_up = time.monotonic() + 120
         while not (self.faults / HOLDING_FILE).exists():
             if time.monotonic() > give_up and claim(self.faults / HOLD_FILE):
                 return False

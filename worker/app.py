@@ -10,12 +10,11 @@ from datetime import UTC, datetime
 import asyncpg
 
 from worker import logs
-from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.migrate import prepare_schema
 from worker.adapters.postgres import PgStore
 from worker.adapters.reach import database_unreachable
 from worker.adapters.relay import OutboxRelay, drain
-from worker.builders import create_pool, decoder_from, encoder_from, policy_from
+from worker.builders import create_pool, decoder_from, encoder_from, policy_from, relay_from
 from worker.config import Settings
 from worker.entrypoints.expiry_sweep import ExpirySweep
 from worker.entrypoints.monitor import Monitor
@@ -63,14 +62,7 @@ class Worker:
             log.info("worker_stopped", note="stopped before the database answered")
             return
         store = PgStore(self.pool)
-        relay = OutboxRelay(
-            s.database_url,
-            kafka_client_args(s),
-            s.client_id,
-            self.metrics,
-            s.outbox_batch_size,
-            s.outbox_poll_interval_ms / 1000,
-        )
+        relay = relay_from(s, self.metrics)
         self.relay = relay
         self.stream = StreamProcessor(
             s,
@@ -103,12 +95,14 @@ class Worker:
         clean = False
         try:
             failure = await self._until_stopped(tasks)
-            clean = await self._shut_down(tasks[0], relay)
+            clean = await self._shut_down(tasks[0], relay, tasks[1])
         finally:
             relay_stop.set()
             # Let a send in flight be acked and marked, so the next relay does not repeat it.
             await asyncio.wait([tasks[1]], timeout=5)
-            for task in tasks[1:]:
+            # A stream still running here is stuck in a call that never checks `stop` (e.g.
+            # a commit to an unreachable broker): cancelled, its batch is redelivered.
+            for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await web.cleanup()
@@ -180,7 +174,9 @@ class Worker:
                 return error or WorkerError(f"task {task.get_name()} ended by itself")
         return None
 
-    async def _shut_down(self, stream_task: asyncio.Task[None], relay: OutboxRelay) -> bool:
+    async def _shut_down(
+        self, stream_task: asyncio.Task[None], relay: OutboxRelay, relay_task: asyncio.Task[None]
+    ) -> bool:
         """Finish and commit the batch in hand (the consumer then leaves the group), then let
         the relay publish what was committed; False when `shutdown_timeout_s` ran out first."""
         timeout_s = self.settings.shutdown_timeout_s
@@ -190,6 +186,10 @@ class Worker:
             log.error("shutdown_incomplete", step="stream", timeout_s=timeout_s)
             return False
         log.info("stream_stopped", note="batch in hand committed, group left")
+        if relay_task.done():
+            # The relay ended by itself (it refused the output log): nothing would drain.
+            log.error("shutdown_incomplete", step="outbox", note="the relay has stopped")
+            return False
         remaining_s = max(deadline - asyncio.get_running_loop().time(), 0.1)
         try:
             drained = await asyncio.wait_for(

@@ -7,11 +7,14 @@ from datetime import timedelta
 import asyncpg
 from pydantic import ValidationError
 
+from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.rates import load_rate_table
+from worker.adapters.relay import OutboxRelay
 from worker.adapters.wire import Decoder, Encoder
 from worker.config import Settings, SettingsError
 from worker.domain.account import Policy
 from worker.domain.rating import RateTable
+from worker.metrics import Metrics
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -50,3 +53,16 @@ async def create_pool(settings: Settings, size: int = 4) -> asyncpg.Pool:
     )
     assert pool is not None
     return pool
+
+
+def relay_from(settings: Settings, metrics: Metrics) -> OutboxRelay:
+    """The outbox relay, checking every output topic's log when it starts."""
+    return OutboxRelay(
+        settings.database_url,
+        kafka_client_args(settings),
+        settings.client_id,
+        metrics,
+        settings.outbox_batch_size,
+        settings.outbox_poll_interval_ms / 1000,
+        topics=settings.output_topics,
+    )

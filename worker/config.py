@@ -159,6 +159,11 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def output_topics(self) -> tuple[str, ...]:
+        """The topics the outbox relay publishes to."""
+        return (self.topic_reminders, self.topic_invoices, self.topic_dlq, self.topic_balances)
+
+    @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.business_timezone)
 

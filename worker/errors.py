@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     BROKER_UNREACHABLE = 3
     DATABASE_UNREACHABLE = 4
     SCHEMA_MISMATCH = 5
+    OUTPUT_LOG_MISMATCH = 6  # the output topics hold what this database never published
     ACCESS_REFUSED = 77  # EX_NOPERM: credentials or certificates refused
     BAD_SETTING = 78  # EX_CONFIG of sysexits.h
     INTERRUPTED = 130
@@ -88,6 +89,13 @@ class SchemaMismatch(Failure):
     error_code = "schema_mismatch"
 
 
+class OutputLogMismatch(Failure):
+    """The output topics hold messages this database never numbered: a restore, or another one."""
+
+    exit_code = ExitCode.OUTPUT_LOG_MISMATCH
+    error_code = "output_log_mismatch"
+
+
 class AccountNotLocked(WorkerError):
     """A unit of work was asked to write a row for an account it has not locked."""
 
@@ -108,6 +116,9 @@ _RETRIABLE_PG = (
     # What asyncpg raises instead of a connection error when the server ends a session that
     # is mid-operation (e.g. PostgreSQL shutting down); the next connection is fine.
     asyncpg.exceptions.InternalClientError,
+    # A failover can hand the pool a server that is still (or again) a read-only standby:
+    # the write waits for a primary instead of sending the batch's records to the DLQ.
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
 )
 
 

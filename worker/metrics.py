@@ -72,11 +72,16 @@ class Metrics:
             registry=r,
         )
         self.outbox_backlog = Gauge(
-            "billing_outbox_backlog", "Outbox rows not yet sent", registry=r
+            "billing_outbox_backlog", "Outbox rows not yet sent (parked ones apart)", registry=r
         )
         self.outbox_oldest_s = Gauge(
             "billing_outbox_oldest_unsent_seconds",
-            "Age of the oldest unsent outbox row",
+            "Age of the oldest unsent outbox row (parked ones apart)",
+            registry=r,
+        )
+        self.outbox_parked_rows = Gauge(
+            "billing_outbox_parked_rows",
+            "Outbox rows the broker refused, parked until released (billing-worker outbox)",
             registry=r,
         )
         self.lag = Gauge(
@@ -115,6 +120,12 @@ class Metrics:
         self.assigned = Gauge(
             "billing_assigned_partitions", "Partitions assigned to this process", registry=r
         )
+
+    def set_outbox(self, backlog: int, oldest_s: float, parked: int) -> None:
+        """The outbox gauges, from one reading (the relay's or the monitor's)."""
+        self.outbox_backlog.set(backlog)
+        self.outbox_oldest_s.set(oldest_s)
+        self.outbox_parked_rows.set(parked)
 
     def set_lag(self, group: str, rows: Iterable[Mapping[str, Any]]) -> None:
         """Replace the lag series with one reading (partitions that vanished disappear; a time

@@ -104,6 +104,7 @@ async def test_metrics_show_lag_rising_during_a_burst_and_falling_to_zero_after(
     assert len(since) == 6
     assert ("billing_outbox_backlog", frozenset()) in samples
     assert ("billing_outbox_oldest_unsent_seconds", frozenset()) in samples
+    assert ("billing_outbox_parked_rows", frozenset()) in samples
     assert not [name for (name, _) in samples if name.endswith("_created")]
 
 
@@ -279,7 +280,14 @@ async def test_ready_turns_false_when_postgres_stops_and_true_after_it_restarts(
                 "inputs",
                 "assignment",
                 "progress",
+                "outbox",
             }
+
+            async def outbox_read() -> bool:
+                _, body = await ready(worker)
+                return bool(body["checks"]["outbox"] == {"ok": True, "detail": "no message parked"})
+
+            await wait_until(outbox_read, what="/ready to report the outbox's parked rows")
             assert total(await scrape(worker), "billing_ready") == 1
 
             # A fresh database has nothing to invoice: every ended month closes at once and the

@@ -266,3 +266,15 @@ def test_a_full_batch_takes_partitions_in_turn_so_none_starves() -> None:
         (0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2),
     ]  # fmt: skip
     assert aligner.spans([0, 1]) == {"usage/0": [3, 9], "usage/1": [3, 3]}
+
+
+def test_leaving_the_group_forgets_every_position_not_only_those_with_records() -> None:
+    # A side that never held a record still has a fetch position; after the consumer leaves
+    # the group, a settled commit from it would name an offset from the old assignment.
+    aligner = Aligner(0.0)
+    aligner.add([usage(0, 10, T0, T0)])
+    aligner.fetched({("usage", 0): 1, ("account", 0): 5, ("usage", 2): 7, ("account", 2): 3})
+    aligner.clear()
+    assert aligner.settled() == {}
+    assert aligner.buffered() == 0
+    assert aligner.pending() == {}

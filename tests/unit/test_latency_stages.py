@@ -81,8 +81,8 @@ class _Conn:
         self.relay.wake()
         return []
 
-    async def fetchrow(self, *_: Any) -> dict[str, Any]:
-        return {"n": 0, "oldest": None}
+    async def fetchrow(self, *_: Any, **__: Any) -> dict[str, Any]:
+        return {"n": 0, "oldest_s": 0.0, "parked": 0}
 
 
 async def test_a_wake_up_during_a_round_starts_the_next_round_at_once() -> None:

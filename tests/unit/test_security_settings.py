@@ -134,6 +134,8 @@ def test_sasl_ssl_reads_the_password_file_and_builds_a_verifying_context(
 ) -> None:
     secret = tmp_path / "password"
     secret.write_text("Zq-7-file-secret\n")
+    # Named here: the environment of a run (e.g. services on other ports) must not leak in.
+    monkeypatch.setenv("BILLING_KAFKA_BOOTSTRAP_SERVERS", "kafka-1.internal:9093")
     monkeypatch.setenv("BILLING_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
     monkeypatch.setenv("BILLING_KAFKA_SASL_USERNAME", "billing-worker")
     monkeypatch.setenv("BILLING_KAFKA_SASL_PASSWORD_FILE", str(secret))
@@ -142,7 +144,7 @@ def test_sasl_ssl_reads_the_password_file_and_builds_a_verifying_context(
     args = kafka_client_args(settings)
     context = args.pop("ssl_context")
     assert args == {
-        "bootstrap_servers": "127.0.0.1:19092",
+        "bootstrap_servers": "kafka-1.internal:9093",
         "security_protocol": "SASL_SSL",
         "sasl_mechanism": "SCRAM-SHA-512",
         "sasl_plain_username": "billing-worker",

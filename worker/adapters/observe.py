@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
+# Rows waiting for the relay; parked ones wait for a person and are counted apart. Two
+# counts, so that each reads its own partial index.
 _BACKLOG = """
-SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest_s
-FROM outbox WHERE sent_at IS NULL
+SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest_s,
+       (SELECT count(*) FROM outbox WHERE sent_at IS NULL AND failed_at IS NOT NULL) AS parked
+FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL
 """
 _BALANCES = """
 SELECT account_id, plan, balance_jpy, overdraft_jpy, postpay_due_jpy FROM accounts
@@ -22,11 +27,21 @@ async def ping(pool: asyncpg.Pool, timeout_s: float) -> None:
         await conn.fetchval("SELECT 1", timeout=timeout_s)
 
 
-async def outbox_backlog(pool: asyncpg.Pool, timeout_s: float = 5.0) -> tuple[int, float]:
-    """Unsent outbox rows and the age in seconds of the oldest one (0 when none)."""
-    row = await pool.fetchrow(_BACKLOG, timeout=timeout_s)
+class Backlog(NamedTuple):
+    """Outbox rows the relay has still to publish, and those parked."""
+
+    unsent: int
+    oldest_s: float  # age of the oldest of `unsent`; 0 when none
+    parked: int
+
+
+async def outbox_backlog(
+    db: asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy, timeout_s: float = 5.0
+) -> Backlog:
+    """Unsent outbox rows not parked, the age in seconds of the oldest one, parked rows."""
+    row = await db.fetchrow(_BACKLOG, timeout=timeout_s)
     assert row is not None
-    return int(row["n"]), float(row["oldest_s"])
+    return Backlog(int(row["n"]), float(row["oldest_s"]), int(row["parked"]))
 
 
 async def balances(

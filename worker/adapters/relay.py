@@ -7,24 +7,39 @@ transaction with the number in a header, and marks them sent after the commit. A
 died between the two leaves rows that are published but not marked: the next one (its
 producer has the database's transactional id, so starting it fences the old one and aborts
 whatever it left open) reads the highest number committed to the log and marks every row up
-to it sent before it publishes anything.
+to it sent before it publishes anything, once it has checked that the log is this database's
+own (its stamp on the last messages, no number this database has not given out yet).
+
+A message the broker refuses for good (too large for the topic) is parked with its reason,
+not retried forever: the rows behind it flow on (see `_publish`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import MessageSizeTooLargeError, ProducerFenced, RecordTooLargeError
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    MessageSizeTooLargeError,
+    ProducerFenced,
+    RecordListTooLargeError,
+)
 
 from worker import logs
 from worker.adapters.kafka_connection import close_client
-from worker.adapters.relay_log import SEQ_HEADER, highest_committed_seq
-from worker.errors import is_retriable
+from worker.adapters.observe import outbox_backlog
+from worker.adapters.relay_log import (
+    SEQ_HEADER,
+    STAMP_HEADER,
+    committed_tail,
+    mismatch,
+    partitions_of,
+)
+from worker.errors import OutputLogMismatch, WorkerError, is_retriable
 from worker.metrics import Metrics
 
 log = logs.get("worker.relay")
@@ -59,15 +74,24 @@ _ANY_UNSENT = "SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL AND fai
 _PARK = "UPDATE outbox SET failed_at = now(), failure = $2, relay_seq = NULL WHERE id = $1"
 # The backlog gauges are read at most this often: one more query per round is latency.
 _BACKLOG_EVERY_S = 1.0
-# Errors that no retry can cure for this one message: it is parked, the rest flows.
-_UNSENDABLE = (MessageSizeTooLargeError, RecordTooLargeError)
-_BACKLOG = """
-SELECT count(*) AS n, min(created_at) AS oldest FROM outbox WHERE sent_at IS NULL
-"""
+# What the broker (or the client, for its own request limit) answers about one message that
+# no retry can cure: larger than the topic's max.message.bytes or its segment. Errors about a
+# whole topic (authorization, a missing topic) or the host (a timestamp out of bounds: the
+# relay sets none, so its clock is wrong) are retried instead, with the rows kept in order.
+_REFUSALS = (MessageSizeTooLargeError, RecordListTooLargeError)
+_STAMP = "SELECT stamp::text FROM database_stamp"
+# The highest number this database has given out (0: none yet).
+_NUMBERED = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_relay_seq"
 _IDENTITY = """
 SELECT (SELECT system_identifier FROM pg_control_system()) AS cluster, oid AS db
 FROM pg_database WHERE datname = current_database()
 """
+
+
+class RoundRefused(WorkerError):
+    """The broker refused a message of the round; the producer cannot go on with it."""
+
+    retriable = True
 
 
 def build_producer(connection: dict[str, Any], client_id: str) -> AIOKafkaProducer:
@@ -124,6 +148,7 @@ class OutboxRelay:
         metrics: Metrics,
         batch_size: int = 1000,
         poll_interval_s: float = 0.2,
+        topics: Sequence[str] = (),
     ) -> None:
         self.database_url = database_url
         self.connection = connection  # kafka_client_args(settings)
@@ -131,6 +156,11 @@ class OutboxRelay:
         self.metrics = metrics
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
+        # The output topics whose log is checked at every start, besides those of rows in doubt.
+        self.topics = tuple(topics)
+        self._stamp = b""  # this database's stamp, read when a producer starts
+        # After a refused round: send the next one a message at a time, to find the refused one.
+        self._isolating = False
         self._wakeup = asyncio.Event()
         # When the first wake-up not yet served by a round came (for the relay_wake stage).
         self._woken_at: float | None = None
@@ -159,6 +189,10 @@ class OutboxRelay:
             try:
                 await self._lead(stop)
                 return
+            except OutputLogMismatch as exc:
+                # Publishing would lose messages silently: the worker stops and says why.
+                log.error("relay_refused", error=str(exc))
+                raise
             except Exception as exc:  # noqa: BLE001 - the relay must outlive any one failure
                 # The open transaction, if any, is aborted by the next producer's start; what
                 # it may have committed is found in the log by the recovery that follows.
@@ -190,7 +224,14 @@ class OutboxRelay:
             await conn.add_listener(NOTIFY_CHANNEL, self._notified)
             self.leader = True
             while not stop.is_set():
-                sent = await self.relay_once(conn, producer)
+                try:
+                    sent = await self.relay_once(conn, producer)
+                except RoundRefused:
+                    # Its open transaction is aborted by the next producer's start.
+                    await close_client(producer)
+                    producer = None
+                    producer = await self._start(conn)
+                    continue
                 self._recovered()
                 if sent < self.batch_size:
                     await self._idle(stop)
@@ -216,22 +257,29 @@ class OutboxRelay:
         return producer
 
     async def recover(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
-        """Mark sent every numbered row the log holds committed; how many were."""
-        topics = sorted(r["topic"] for r in await conn.fetch(_IN_DOUBT_TOPICS))
-        if not topics:
+        """Check that the output log is this database's, then mark sent every numbered row
+        the log holds committed; how many were. Raises OutputLogMismatch when it is not."""
+        stamp = await conn.fetchval(_STAMP)
+        self._stamp = stamp.encode()
+        in_doubt = {r["topic"] for r in await conn.fetch(_IN_DOUBT_TOPICS)}
+        # A row in doubt sits in a partition of its topic; the configured topics are read
+        # too, so that a log ahead of this database is seen before anything is numbered.
+        tps = await partitions_of(producer.client, in_doubt | set(self.topics))
+        if not tps:
             return 0
-        # Only the topics of numbered unsent rows: a row in doubt sits in one of their
-        # partitions, and the last commit cannot have reached any other topic unmarked.
-        tps = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(await producer.partitions_for(topic))
-        ]
-        highest = await highest_committed_seq(
-            self.connection, self.client_id + "-relay-recovery", tps
+        tail = await committed_tail(self.connection, self.client_id + "-relay-recovery", tps)
+        problem = mismatch(tail, stamp, await conn.fetchval(_NUMBERED))
+        if problem is not None:
+            raise OutputLogMismatch(problem)
+        if not in_doubt:
+            return 0
+        marked = int((await conn.execute(_MARK_UP_TO, tail.highest_seq)).split()[-1])
+        log.info(
+            "relay_recovered",
+            highest_seq=tail.highest_seq,
+            marked_sent=marked,
+            topics=sorted(in_doubt),
         )
-        marked = int((await conn.execute(_MARK_UP_TO, highest)).split()[-1])
-        log.info("relay_recovered", highest_seq=highest, marked_sent=marked, topics=topics)
         return marked
 
     async def publish_pending(self) -> bool:
@@ -240,13 +288,20 @@ class OutboxRelay:
         try:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
                 return False
-            producer = await self._start(conn)
+            producer: AIOKafkaProducer | None = await self._start(conn)
             try:
-                while await self.relay_once(conn, producer) == self.batch_size:
-                    pass
+                while True:
+                    assert producer is not None
+                    try:
+                        if await self.relay_once(conn, producer) < self.batch_size:
+                            return True
+                    except RoundRefused:
+                        await close_client(producer)
+                        producer = None
+                        producer = await self._start(conn)
             finally:
-                await close_client(producer)
-            return True
+                if producer is not None:
+                    await close_client(producer)
         finally:
             await conn.close()  # ending the session releases the advisory lock
 
@@ -263,7 +318,8 @@ class OutboxRelay:
     async def _send(
         self, producer: AIOKafkaProducer, row: asyncpg.Record, seq: int
     ) -> asyncio.Future[Any]:
-        """The broker's ack to come, or at once the error a too large message raises."""
+        """The broker's ack to come, or at once the error a message too large for the client
+        raises."""
         try:
             future: asyncio.Future[Any] = await producer.send(
                 row["topic"],
@@ -272,15 +328,19 @@ class OutboxRelay:
                 headers=[
                     ("message_id", row["message_id"].encode()),
                     (SEQ_HEADER, str(seq).encode()),
+                    (STAMP_HEADER, self._stamp),
                 ],
             )
-        except _UNSENDABLE as exc:
+        except _REFUSALS as exc:
             future = asyncio.get_running_loop().create_future()
             future.set_exception(exc)
         return future
 
     async def _park(self, conn: asyncpg.Connection, row: asyncpg.Record, exc: Exception) -> None:
-        reason = f"{type(exc).__name__}: {exc}"
+        size = len(row["payload"]) + len(row["key"] or b"")
+        # The broker's answer is a bare code: its meaning and the message's size go with it.
+        what = str(exc) if exc.args else str(getattr(exc, "description", "")) or str(exc)
+        reason = f"{type(exc).__name__}: {what} (key and value {size} bytes)"
         await conn.execute(_PARK, row["id"], reason)
         self.metrics.outbox_parked.labels(row["topic"]).inc()
         log.error(
@@ -316,13 +376,7 @@ class OutboxRelay:
         if rows and time.monotonic() - self._backlog_read_at < _BACKLOG_EVERY_S:
             return len(rows)
         self._backlog_read_at = time.monotonic()
-        backlog = await conn.fetchrow(_BACKLOG)
-        assert backlog is not None  # an aggregate always returns one row
-        self.metrics.outbox_backlog.set(backlog["n"])
-        oldest = backlog["oldest"]
-        self.metrics.outbox_oldest_s.set(
-            0.0 if oldest is None else (datetime.now(UTC) - oldest).total_seconds()
-        )
+        self.metrics.set_outbox(*await outbox_backlog(conn))
         return len(rows)
 
     async def _publish(
@@ -339,33 +393,49 @@ class OutboxRelay:
         await producer.begin_transaction()
         # Any exception from here leaves the transaction open: run() starts a new producer,
         # which aborts it, and recovers from the log before sending again.
-        pairs = zip(rows, seqs, strict=True)
-        futures = [await self._send(producer, row, seq) for row, seq in pairs]
-        outcomes = await asyncio.gather(*futures, return_exceptions=True)
-        unsendable = [
-            (row, o) for row, o in zip(rows, outcomes, strict=True) if isinstance(o, _UNSENDABLE)
-        ]
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException) and not isinstance(outcome, _UNSENDABLE):
-                raise outcome
+        if self._isolating:
+            await self._send_one_by_one(conn, producer, rows, seqs)
+        else:
+            pairs = zip(rows, seqs, strict=True)
+            futures = [await self._send(producer, row, seq) for row, seq in pairs]
+            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            if any(isinstance(o, _REFUSALS) for o in outcomes):
+                # The broker refuses a whole record batch, which may hold other rows too, and
+                # this producer's sequence numbers for the partition are spent: the next round,
+                # with a new producer, sends one message at a time to find the refused row.
+                self._isolating = True
+                log.warning("relay_round_refused", rows=len(rows), note="finding the refused row")
+                raise RoundRefused(f"{len(rows)} rows, one or more refused")
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
         acked = time.monotonic()
         stage.labels("relay_produce").observe(acked - numbered)
-        # Parked before the commit: a crash after it must not find a numbered row that the
-        # log does not hold below the log's highest number.
-        for row, outcome in unsendable:
-            await self._park(conn, row, outcome)
-        if any(isinstance(o, RecordTooLargeError) for _, o in unsendable):
-            # The broker refused a whole batch: commit nothing of the page; the rest goes
-            # in the next round's transaction.
-            await producer.abort_transaction()
-            return
         await producer.commit_transaction()
         stage.labels("relay_commit").observe(time.monotonic() - acked)
-        parked = {row["id"] for row, _ in unsendable}
-        sent = [row for row in rows if row["id"] not in parked]
-        await conn.execute(_MARK, [row["id"] for row in sent])
-        for row in sent:
+        await conn.execute(_MARK, [row["id"] for row in rows])
+        for row in rows:
             self.metrics.outbox_sent.labels(row["topic"]).inc()
+
+    async def _send_one_by_one(
+        self,
+        conn: asyncpg.Connection,
+        producer: AIOKafkaProducer,
+        rows: list[asyncpg.Record],
+        seqs: list[int],
+    ) -> None:
+        """Each message acked before the next is sent, so each is a record batch of its own
+        and a refusal names its row: that row is parked, and the round ends uncommitted."""
+        for row, seq in zip(rows, seqs, strict=True):
+            try:
+                await (await self._send(producer, row, seq))
+            except _REFUSALS as exc:
+                # Parked (and un-numbered) before any later round commits: a number at or
+                # below the log's highest then always means "published".
+                await self._park(conn, row, exc)
+                self._isolating = False
+                raise RoundRefused(f"row {row['id']} refused and parked") from exc
+        self._isolating = False
 
 
 async def drain(relay: OutboxRelay, database_url: str, timeout_s: float) -> bool:

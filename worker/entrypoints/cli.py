@@ -38,6 +38,8 @@ app = typer.Typer(
 )
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead-letter topic tools.")
 app.add_typer(dlq_app, name="dlq")
+outbox_app = typer.Typer(no_args_is_help=True, help="Outbox tools: parked rows, the output log.")
+app.add_typer(outbox_app, name="outbox")
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -276,6 +278,54 @@ def dlq_replay(
         typer.echo(line, err=line.startswith("refused"))
     if report.refused:
         raise typer.Exit(1)
+
+
+@outbox_app.command("parked")
+@_guarded("outbox parked")
+def outbox_parked(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array on stdout.")] = False,
+) -> None:
+    """List the outbox rows the broker refused (parked), oldest first, with the reason."""
+    from worker.entrypoints.outbox import list_parked, parked_table
+
+    settings = _settings()
+    _preflight(settings, kafka=False)
+    rows = _run(list_parked(settings))
+    if as_json:
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        typer.echo(parked_table(rows))
+
+
+@outbox_app.command("release")
+@_guarded("outbox release")
+def outbox_release(
+    ids: Annotated[list[int] | None, typer.Argument(help="Outbox ids (see `parked`).")] = None,
+    release_all: Annotated[bool, typer.Option("--all", help="Release every parked row.")] = False,
+) -> None:
+    """Send parked rows again (after raising the topic's limit): the relay numbers them anew."""
+    from worker.entrypoints.outbox import release_parked
+
+    if bool(ids) == release_all:
+        raise BadArgument("give the outbox ids to release, or --all")
+    settings = _settings()
+    _preflight(settings, kafka=False)
+    done = _run(release_parked(settings, None if release_all else ids))
+    typer.echo(f"released {len(done.released)}" + "".join(f" {m}" for m in done.released))
+    for message_id, newer in done.superseded:
+        typer.echo(f"not sent {message_id}: superseded by {newer}")
+
+
+@outbox_app.command("adopt-log")
+@_guarded("outbox adopt-log")
+def outbox_adopt_log() -> None:
+    """After restoring the database from a backup: number on after the output log's highest
+    outbox_seq, so that recovery stays exact. Run it with every worker stopped."""
+    from worker.entrypoints.outbox import adopt_log
+
+    settings = _settings()
+    _preflight(settings)
+    typer.echo(_run(adopt_log(settings)))
 
 
 def _log_format() -> tuple[str, bool]:

@@ -40,6 +40,7 @@ class Monitor:
         self.topics = [settings.topic_usage, settings.topic_account_events]
         self.lag: dict[TopicPartition, int] = {}
         self.lag_at: float | None = None  # monotonic time of the last good lag reading
+        self.parked: int | None = None  # outbox rows parked, at the last good reading
         self._failing: dict[str, str] = {}
 
     async def tick(self, _: datetime) -> None:
@@ -73,15 +74,15 @@ class Monitor:
         """The relay sets these too, but only while it leads and can reach the broker;
         a stuck relay is exactly when the backlog must still be visible."""
         try:
-            count, oldest_s = await outbox_backlog(self.pool)
+            backlog = await outbox_backlog(self.pool)
         except Exception as exc:
             if not _tolerated(exc):
                 raise
             self._failed("outbox_backlog", exc)
             return
         self._recovered("outbox_backlog")
-        self.metrics.outbox_backlog.set(count)
-        self.metrics.outbox_oldest_s.set(oldest_s)
+        self.metrics.set_outbox(backlog.unsent, backlog.oldest_s, backlog.parked)
+        self.parked = backlog.parked
 
     def _failed(self, what: str, exc: Exception) -> None:
         cause = type(exc).__name__

@@ -15,9 +15,8 @@ from worker.adapters.kafka_connection import kafka_client_args
 from worker.adapters.migrate import check_schema
 from worker.adapters.postgres import PgStore
 from worker.adapters.reach import cause_of, reach_database
-from worker.adapters.relay import OutboxRelay
 from worker.adapters.wire import Encoder
-from worker.builders import create_pool, encoder_from
+from worker.builders import create_pool, encoder_from, relay_from
 from worker.config import Settings
 from worker.domain.invoicing import Invoice, period_bounds, period_of, previous_period
 from worker.entrypoints.timer import every
@@ -132,9 +131,7 @@ async def close_by_hand(settings: Settings, period: str, wait_s: float) -> tuple
         await pool.close()
     if invoices is None:
         return 0, f"{period} was already closed; nothing published"
-    relay = OutboxRelay(
-        settings.database_url, kafka_client_args(settings), settings.client_id, Metrics()
-    )
+    relay = relay_from(settings, Metrics())
     try:
         published = await relay.publish_pending()
     except (KafkaError, OSError, TimeoutError) as exc:

@@ -192,7 +192,7 @@ class StreamProcessor:
                     # The inputs went wrong while running: leave the group until they are fixed.
                     consumer.unsubscribe()
                     async with self.lock:
-                        self.aligner.drop({p for _, p in list(self.aligner.buffers)})
+                        self.aligner.clear()
         except ShuttingDown:
             log.warning("stopped_with_batch_uncommitted", note="it will be redelivered")
         finally:

@@ -91,7 +91,24 @@ async def readiness(worker: Worker) -> dict[str, Check]:
         "inputs": _inputs(worker),
         "assignment": _assignment(worker),
         "progress": _progress(worker),
+        "outbox": _outbox(worker),
     }
+
+
+def _outbox(worker: Worker) -> Check:
+    # Parked rows wait for a person, not for this process: they are shown, never "not ready"
+    # (an orchestrator restarting the process would not publish them either).
+    parked = None if worker.monitor is None else worker.monitor.parked
+    if parked is None:
+        return _check(True, "outbox not read yet", "")
+    if parked == 0:
+        return _check(True, "no message parked", "")
+    return _check(
+        True,
+        f"{parked} message(s) parked, refused by the broker; the rest flows:"
+        " `billing-worker outbox parked` lists them",
+        "",
+    )
 
 
 def _check(ok: bool, good: str, bad: str) -> Check:

@@ -113,6 +113,11 @@ class Aligner:
                 self.last_arrival.pop((source, partition), None)
             self.blocked_since.pop(partition, None)
 
+    def clear(self) -> None:
+        """Forget every partition: the consumer left the group."""
+        sides = set(self.buffers) | set(self.fetched_through) | set(self.last_arrival)
+        self.drop({partition for _, partition in sides} | set(self.blocked_since))
+
     def release(
         self, caught_up: set[Side], now_s: float, limit: int, behind: frozenset[Side] = frozenset()
     ) -> list[Item]:
