@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -47,6 +48,13 @@ def _reachable(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """Collect after every test, so an unclosed client warns in the test that leaked it."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
@@ -119,8 +127,8 @@ async def settings(
 
 async def _delete_topics(settings: Settings) -> None:
     admin = AIOKafkaAdminClient(**kafka_client_args(settings))
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         mine = [
             t

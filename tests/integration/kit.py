@@ -33,8 +33,8 @@ async def create_topics(settings: Settings, *, producer_stamped: bool = False) -
     (CreateTime: a test can date a record's arrival; a worker on them needs
     `allow_create_time_inputs`)."""
     admin = AIOKafkaAdminClient(**kafka_client_args(settings))
-    await admin.start()
     try:
+        await admin.start()
         inputs = [settings.topic_usage, settings.topic_account_events]
         outputs = [settings.topic_reminders, settings.topic_invoices, settings.topic_dlq]
         compacted = {"cleanup.policy": "compact"}

@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, KafkaTimeoutError, for_code
 
-from worker.adapters.kafka_connection import kafka_client_args
+from worker.adapters.kafka_connection import close_client, kafka_client_args
 from worker.config import Settings
 from worker.errors import is_retriable
 
@@ -66,20 +66,21 @@ class OffsetReader:
         await self.close()
 
     async def close(self) -> None:
+        """Close every client, each one even when closing another fails or is cancelled."""
         admin, consumer, heads = self._admin, self._consumer, self._heads
         self._admin = self._consumer = self._heads = None
-        if heads is not None:
-            # Bounded: see _read_heads on aiokafka's fetch task; a stop that hangs must not
-            # hold up the worker's shutdown.
+        try:
+            if heads is not None:
+                # Bounded: see _read_heads on aiokafka's fetch task; a stop that hangs must not
+                # hold up the worker's shutdown.
+                await close_client(heads, self.timeout_s)
+        finally:
             try:
-                await asyncio.wait_for(heads.stop(), self.timeout_s)
-            except TimeoutError:
-                # The stop hung and was cancelled: close its connections, or they stay open.
-                await heads._client.close()
-        if consumer is not None:
-            await consumer.stop()
-        if admin is not None:
-            await admin.close()
+                if consumer is not None:
+                    await close_client(consumer)
+            finally:
+                if admin is not None:
+                    await close_client(admin)
 
     def _connection(self) -> dict[str, Any]:
         """Connection arguments shared by every client this reader builds: the one builder's
@@ -112,8 +113,10 @@ class OffsetReader:
                 await admin.start()
                 await consumer.start()
             except BaseException:
-                await consumer.stop()
-                await admin.close()
+                try:
+                    await close_client(consumer)
+                finally:
+                    await close_client(admin)
                 raise
             self._admin, self._consumer = admin, consumer
         return self._admin, self._consumer
@@ -131,7 +134,7 @@ class OffsetReader:
                 try:
                     await heads.start()
                 except BaseException:
-                    await heads.stop()
+                    await close_client(heads)
                     raise
                 self._heads = heads
             return self._heads
@@ -211,7 +214,7 @@ class OffsetReader:
                     consumer.end_offsets(partitions)
                 )
             finally:
-                await consumer.stop()
+                await close_client(consumer)
             return highs
         _, consumer = await self._bounded(self._clients())
         ends: dict[TopicPartition, int] = await self._bounded(consumer.end_offsets(partitions))

@@ -1,9 +1,14 @@
-"""The one place that turns settings into the connection arguments of every Kafka client."""
+"""The one place that turns settings into the connection arguments of every Kafka client, and
+the one way to close such a client."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.helpers import create_ssl_context
 
 from worker.config import Settings
@@ -28,3 +33,24 @@ def kafka_client_args(settings: Settings) -> dict[str, Any]:
         args["sasl_plain_username"] = settings.kafka_sasl_username
         args["sasl_plain_password"] = settings.kafka_sasl_password_value()
     return args
+
+
+async def close_client(
+    client: AIOKafkaConsumer | AIOKafkaProducer | AIOKafkaAdminClient,
+    timeout_s: float | None = None,
+) -> None:
+    """Stop a Kafka client; its connections close even when the stop fails, hangs past
+    `timeout_s` or is cancelled.
+
+    aiokafka's stop() closes the connections last, after leaving the group and stopping the
+    fetcher and sender: an error or a cancellation in between left them open until the
+    garbage collector found them. A stop that hangs is given up (no error): the connections
+    are closed all the same.
+    """
+    network = client.client if isinstance(client, AIOKafkaProducer) else client._client
+    stop = client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop()
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop, timeout_s)
+    finally:
+        await network.close()

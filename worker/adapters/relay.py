@@ -30,6 +30,7 @@ from aiokafka.errors import (
 )
 
 from worker import logs
+from worker.adapters.kafka_connection import close_client
 from worker.adapters.observe import outbox_backlog
 from worker.adapters.relay_log import (
     SEQ_HEADER,
@@ -227,7 +228,7 @@ class OutboxRelay:
                     sent = await self.relay_once(conn, producer)
                 except RoundRefused:
                     # Its open transaction is aborted by the next producer's start.
-                    await producer.stop()
+                    await close_client(producer)
                     producer = None
                     producer = await self._start(conn)
                     continue
@@ -236,9 +237,11 @@ class OutboxRelay:
                     await self._idle(stop)
         finally:
             self.leader = False
-            if producer is not None:
-                await producer.stop()
-            await conn.close()
+            try:
+                if producer is not None:
+                    await close_client(producer)
+            finally:
+                await conn.close()
 
     async def _start(self, conn: asyncpg.Connection) -> AIOKafkaProducer:
         """A producer that fenced every earlier relay, after the log's account is taken."""
@@ -249,7 +252,7 @@ class OutboxRelay:
             await producer.start()
             await self.recover(conn, producer)
         except BaseException:
-            await producer.stop()
+            await close_client(producer)
             raise
         return producer
 
@@ -293,12 +296,12 @@ class OutboxRelay:
                         if await self.relay_once(conn, producer) < self.batch_size:
                             return True
                     except RoundRefused:
-                        await producer.stop()
+                        await close_client(producer)
                         producer = None
                         producer = await self._start(conn)
             finally:
                 if producer is not None:
-                    await producer.stop()
+                    await close_client(producer)
         finally:
             await conn.close()  # ending the session releases the advisory lock
 

@@ -12,6 +12,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.client import AIOKafkaClient
 
+from worker.adapters.kafka_connection import close_client
+
 SEQ_HEADER = "outbox_seq"
 # The publishing database's stamp (migration 0010); messages from before it carry none.
 STAMP_HEADER = "outbox_db"
@@ -97,7 +99,11 @@ async def _consumer(connection: dict[str, Any], client_id: str) -> AIOKafkaConsu
         enable_auto_commit=False,
         isolation_level="read_committed",
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        await close_client(consumer)
+        raise
     # aiokafka 0.14: stop() right after start() re-raises the cancellation of a background
     # task that never ran; one turn of the loop lets it start.
     await asyncio.sleep(0)
@@ -126,7 +132,7 @@ async def committed_tail(
         stable = await probe.end_offsets(tps)  # read_committed: the last stable offsets
         starts = await probe.beginning_offsets(tps)
     finally:
-        await probe.stop()
+        await close_client(probe)
     todo = [tp for tp in tps if stable[tp] > starts[tp]]
     if not todo:
         return Tail()
@@ -145,7 +151,7 @@ async def committed_tail(
             window *= 8
         return Tail(highest, stamps)
     finally:
-        await reader.stop()
+        await close_client(reader)
 
 
 async def _last_seqs(

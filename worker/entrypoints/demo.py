@@ -23,7 +23,7 @@ from rich.live import Live
 from rich.table import Table
 
 from worker.adapters.kafka_admin import OffsetReader
-from worker.adapters.kafka_connection import kafka_client_args
+from worker.adapters.kafka_connection import close_client, kafka_client_args
 from worker.adapters.migrate import check_schema
 from worker.adapters.observe import balances
 from worker.adapters.postgres import load_account
@@ -94,9 +94,9 @@ async def run_demo(
             enable_idempotence=True,
             linger_ms=5,
         )
-        await producer.start()
         view = _View(settings, reader, traffic.account_ids[:SHOWN_ACCOUNTS], options, totals)
         try:
+            await producer.start()
             with Live(
                 view.render(), console=console, refresh_per_second=4, transient=False
             ) as live:
@@ -111,8 +111,10 @@ async def run_demo(
                 pacing.result()
                 live.update(view.render(await view.read()))
         finally:
-            await producer.stop()
-            await view.close()
+            try:
+                await close_client(producer)
+            finally:
+                await view.close()
     return totals
 
 

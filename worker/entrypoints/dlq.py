@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from schemas import DeadLetter
 from worker import logs
-from worker.adapters.kafka_connection import kafka_client_args
+from worker.adapters.kafka_connection import close_client, kafka_client_args
 from worker.adapters.reach import reach_kafka
 from worker.adapters.relay import build_producer
 from worker.config import Settings
@@ -62,13 +62,9 @@ async def replay(
     )
     producer = build_producer(kafka_client_args(settings), settings.client_id + "-replay")
     report = ReplayReport()
-    await reach_kafka(settings, consumer.start)
     try:
+        await reach_kafka(settings, consumer.start)
         await reach_kafka(settings, producer.start)
-    except BaseException:
-        await consumer.stop()
-        raise
-    try:
         partitions = await _partitions(consumer, settings.topic_dlq)
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
@@ -92,8 +88,10 @@ async def replay(
             left = {tp for tp in left if await consumer.position(tp) < ends[tp]}
         return report
     finally:
-        await producer.stop()
-        await consumer.stop()
+        try:
+            await close_client(producer)
+        finally:
+            await close_client(consumer)
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
@@ -152,8 +150,8 @@ async def _refetch(settings: Settings, letter: DeadLetter, timeout_s: float = 10
         max_partition_fetch_bytes=_FETCH_BYTES,
         fetch_max_bytes=_FETCH_BYTES,
     )
-    await consumer.start()
     try:
+        await consumer.start()
         tp = TopicPartition(letter.source_topic, letter.source_partition)
         consumer.assign([tp])
         consumer.seek(tp, letter.source_offset)
@@ -170,4 +168,4 @@ async def _refetch(settings: Settings, letter: DeadLetter, timeout_s: float = 10
                 return value if same else None
         return None
     finally:
-        await consumer.stop()
+        await close_client(consumer)

@@ -22,7 +22,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from worker import logs
 from worker.adapters.kafka_admin import OffsetReader
-from worker.adapters.kafka_connection import kafka_client_args
+from worker.adapters.kafka_connection import close_client, kafka_client_args
 from worker.config import Settings
 from worker.domain.account import Policy
 from worker.entrypoints.stages import StageTrace
@@ -176,8 +176,10 @@ class StreamProcessor:
         except ShuttingDown:
             # Stopped before the broker answered: nothing was read, so nothing to commit.
             self.consumer = None
-            await consumer.stop()
-            await self.inputs.close()
+            try:
+                await close_client(consumer)
+            finally:
+                await self.inputs.close()
             log.info("stream_stopped", note="stopped before the broker answered")
             return
         try:
@@ -195,8 +197,10 @@ class StreamProcessor:
             log.warning("stopped_with_batch_uncommitted", note="it will be redelivered")
         finally:
             self.consumer = None
-            await consumer.stop()
-            await self.inputs.close()
+            try:
+                await close_client(consumer)
+            finally:
+                await self.inputs.close()
 
     async def _check_inputs(self) -> str | None:
         """Ask the broker about the input topics; sets and returns `input_problem`."""
