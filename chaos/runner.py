@@ -291,7 +291,7 @@ class Run:
         return sorted(actions)
 
     async def progress(self) -> float | None:
-        applied = await self.probe.value("SELECT count(*) FROM processed_events")
+        applied = await self.probe.value("SELECT count(*) FROM applied_events")
         return None if applied is None else applied / self.expected_applied
 
     async def chaos(self) -> None:
@@ -690,7 +690,7 @@ async def _verify(run: Run) -> dict[str, Any]:
     }
     conn = await asyncpg.connect(s.database_url)
     try:
-        await check.read_database(conn, actual)
+        await check.read_database(conn, actual, s.topic_usage)
         run.figures["digest"] = await state_digest(conn, roles)
     finally:
         await conn.close()
