@@ -196,6 +196,7 @@ class PrivateKafka:
             "BILLING_SERVICES_DIR": str(self.root),
             "BILLING_SERVICES_KAFKA_PORT": str(self.port),
             "BILLING_SERVICES_KAFKA_CONTROLLER_PORT": str(self.port + 1),
+            "BILLING_SERVICES_TOPICS": "0",  # the test creates its own
         }
         log = self.root / "services.log"
         with log.open("ab") as out:
