@@ -97,10 +97,43 @@ ON CONFLICT (account_id, day, partition)
     DO UPDATE SET amount_jpy = usage_daily.amount_jpy + EXCLUDED.amount_jpy
 """
 _SAVE_OUTBOX = """
-INSERT INTO outbox (message_id, topic, key, payload)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[])
+INSERT INTO outbox (message_id, topic, key, payload, supersedes)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::boolean[])
 ON CONFLICT (message_id) DO NOTHING
 """
+# Conflation (docs/adr/0003): the unpublished snapshots of the same topic and key that no
+# relay has numbered are dropped before the new ones are written. A row the relay is numbering
+# is skipped, never waited for (the relay may be waiting for a row this batch holds: no
+# deadlock), and `relay_seq IS NULL` is checked again on the row's newest version when it is
+# locked: a numbered row, which may be in the output log already, is never deleted. The relay
+# numbers only rows still there, so a deleted one is never published.
+_CONFLATE = """
+DELETE FROM outbox WHERE id IN (
+    SELECT o.id FROM outbox o
+    JOIN unnest($1::text[], $2::bytea[]) AS n(topic, key) ON o.topic = n.topic AND o.key = n.key
+    WHERE o.supersedes AND o.sent_at IS NULL AND o.failed_at IS NULL AND o.relay_seq IS NULL
+    FOR UPDATE OF o SKIP LOCKED
+)
+"""
+
+
+async def write_outbox(
+    conn: asyncpg.Connection | PoolConnectionProxy, messages: Sequence[OutboxMessage]
+) -> None:
+    """Queue `messages` for the relay, dropping the unpublished snapshots they supersede."""
+    if not messages:
+        return
+    newer = sorted({(m.topic, m.key) for m in messages if m.supersedes and m.key is not None})
+    if newer:
+        await conn.execute(_CONFLATE, [t for t, _ in newer], [k for _, k in newer])
+    await conn.execute(
+        _SAVE_OUTBOX,
+        [m.message_id for m in messages],
+        [m.topic for m in messages],
+        [m.key for m in messages],
+        [m.payload for m in messages],
+        [m.supersedes for m in messages],
+    )
 
 
 def _account(row: asyncpg.Record) -> Account:
@@ -296,14 +329,7 @@ class PgUnitOfWork:
                     for d in changes.processed
                 ],
             )
-        if changes.outbox:
-            await self.conn.execute(
-                _SAVE_OUTBOX,
-                [m.message_id for m in changes.outbox],
-                [m.topic for m in changes.outbox],
-                [m.key for m in changes.outbox],
-                [m.payload for m in changes.outbox],
-            )
+        await write_outbox(self.conn, changes.outbox)
 
     async def _save_accounts(self, accounts: list[Account]) -> None:
         if not accounts:
@@ -535,14 +561,7 @@ class PgCloseUnitOfWork(PgUnitOfWork):
         await self.conn.execute(
             "UPDATE month_closes SET invoices = $2 WHERE period = $1", period, len(invoices)
         )
-        if outbox:
-            await self.conn.execute(
-                _SAVE_OUTBOX,
-                [m.message_id for m in outbox],
-                [m.topic for m in outbox],
-                [m.key for m in outbox],
-                [m.payload for m in outbox],
-            )
+        await write_outbox(self.conn, outbox)
 
 
 class PgStore:

@@ -260,6 +260,7 @@ class Encoder:
             self.balances_topic,
             state.account_id.encode(),
             wire_balance(state).to_json_bytes(),
+            supersedes=True,
         )
 
     def reminder(self, reminder: ReminderDue) -> OutboxMessage:

@@ -72,6 +72,9 @@ class OutboxMessage:
     key: bytes | None
     """The Kafka key exactly as it will be sent (a dead letter keeps its record's key)."""
     payload: bytes
+    supersedes: bool = False
+    """True for a snapshot (a balance): it makes every unpublished earlier message of its topic
+    and key redundant, so the store may drop those instead of publishing them (ADR 0003)."""
 
 
 @dataclass
