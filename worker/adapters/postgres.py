@@ -102,17 +102,24 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::boole
 ON CONFLICT (message_id) DO NOTHING
 """
 # Conflation (docs/adr/0003): the unpublished snapshots of the same topic and key that no
-# relay has numbered are dropped before the new ones are written. A row the relay is numbering
-# is skipped, never waited for (the relay may be waiting for a row this batch holds: no
-# deadlock), and `relay_seq IS NULL` is checked again on the row's newest version when it is
+# relay has numbered are dropped before the new ones are written. The candidates are found
+# first (an InitPlan, run once); only then are they locked, by id: a row the relay numbered
+# meanwhile has its WHERE re-checked alone, not the whole join again. A row the relay is
+# numbering is skipped, never waited for (the relay may be waiting for a row this batch holds:
+# no deadlock), and `relay_seq IS NULL` is checked again on the row's newest version when it is
 # locked: a numbered row, which may be in the output log already, is never deleted. The relay
 # numbers only rows still there, so a deleted one is never published.
 _CONFLATE = """
 DELETE FROM outbox WHERE id IN (
-    SELECT o.id FROM outbox o
-    JOIN unnest($1::text[], $2::bytea[]) AS n(topic, key) ON o.topic = n.topic AND o.key = n.key
-    WHERE o.supersedes AND o.sent_at IS NULL AND o.failed_at IS NULL AND o.relay_seq IS NULL
-    FOR UPDATE OF o SKIP LOCKED
+    SELECT id FROM outbox
+    WHERE id = ANY(ARRAY(
+        SELECT o.id FROM outbox o
+        JOIN unnest($1::text[], $2::bytea[]) AS n(topic, key)
+            ON o.topic = n.topic AND o.key = n.key
+        WHERE o.supersedes AND o.sent_at IS NULL AND o.failed_at IS NULL AND o.relay_seq IS NULL
+    ))
+    AND supersedes AND sent_at IS NULL AND failed_at IS NULL AND relay_seq IS NULL
+    FOR UPDATE SKIP LOCKED
 )
 """
 
