@@ -84,13 +84,14 @@ def _relay(settings: Settings, url: str) -> OutboxRelay:
 
 
 def snapshot(settings: Settings, account: str, version: int) -> OutboxMessage:
-    """A balance snapshot as the encoder marks it: it supersedes older ones of its key."""
+    """A balance snapshot as the encoder writes it: it replaces the one of the version before."""
     return OutboxMessage(
         f"{account}:balance:{version}",
         settings.topic_balances,
         account.encode(),
         orjson.dumps({"account_id": account, "version": version}),
-        supersedes=True,
+        conflatable=True,
+        replaces=f"{account}:balance:{version - 1}" if version > 1 else None,
     )
 
 
@@ -177,8 +178,8 @@ async def _dead_lettered(conn: asyncpg.Connection, settings: Settings) -> bool:
 async def test_only_unnumbered_unparked_snapshots_are_conflated(
     settings: Settings, own_db: str
 ) -> None:
-    """Reminders, dead letters, invoices with the same key, a numbered snapshot and a parked
-    one all stay; only the older unnumbered snapshot of the key is dropped."""
+    """Reminders, dead letters, invoices with the same key, a numbered snapshot, a parked one
+    and a row not written as a snapshot all stay; only replaced unnumbered snapshots go."""
     conn = await asyncpg.connect(own_db)
     try:
         key = b"acct-1"
@@ -205,8 +206,10 @@ async def test_only_unnumbered_unparked_snapshots_are_conflated(
             "UPDATE outbox SET failed_at = now(), failure = 'refused'"
             " WHERE message_id = 'acct-1:balance:4'"
         )
-        # A message with the same key on another topic is never superseded by a snapshot.
         await write_outbox(conn, [snapshot(settings, "acct-1", 5)])
+        # A row not written as a snapshot is never deleted, even under a replaced id.
+        await write_outbox(conn, [other(settings.topic_balances, "acct-3:balance:1")])
+        await write_outbox(conn, [snapshot(settings, "acct-3", 2)])
 
         left = {r["message_id"] for r in await conn.fetch("SELECT message_id FROM outbox")}
     finally:
@@ -219,6 +222,8 @@ async def test_only_unnumbered_unparked_snapshots_are_conflated(
         "acct-1:balance:3",  # numbered: it may be in the log already
         "acct-1:balance:4",  # parked: ops decide
         "acct-1:balance:5",
+        "acct-3:balance:1",
+        "acct-3:balance:2",
     }
 
 

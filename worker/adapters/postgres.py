@@ -97,28 +97,23 @@ ON CONFLICT (account_id, day, partition)
     DO UPDATE SET amount_jpy = usage_daily.amount_jpy + EXCLUDED.amount_jpy
 """
 _SAVE_OUTBOX = """
-INSERT INTO outbox (message_id, topic, key, payload, supersedes)
+INSERT INTO outbox (message_id, topic, key, payload, conflatable)
 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::boolean[])
 ON CONFLICT (message_id) DO NOTHING
 """
-# Conflation (docs/adr/0003): the unpublished snapshots of the same topic and key that no
-# relay has numbered are dropped before the new ones are written. The candidates are found
-# first (an InitPlan, run once); only then are they locked, by id: a row the relay numbered
-# meanwhile has its WHERE re-checked alone, not the whole join again. A row the relay is
-# numbering is skipped, never waited for (the relay may be waiting for a row this batch holds:
-# no deadlock), and `relay_seq IS NULL` is checked again on the row's newest version when it is
-# locked: a numbered row, which may be in the output log already, is never deleted. The relay
-# numbers only rows still there, so a deleted one is never published.
+# Conflation (docs/adr/0003): the snapshot a new one replaces (the account's snapshot of its
+# version before the batch) is dropped if no relay has numbered it yet, looked up by its
+# message id (unique index), so the cost follows the batch, never the backlog. A row the relay
+# is numbering is skipped, never waited for (the relay may be waiting for a row this batch
+# holds: no deadlock), and `relay_seq IS NULL` is checked again on the row's newest version
+# when it is locked: a numbered row, which may be in the output log already, is never
+# deleted. Only rows written as conflatable (snapshots) qualify. The relay numbers only rows
+# still there, so a deleted one is never published.
 _CONFLATE = """
 DELETE FROM outbox WHERE id IN (
     SELECT id FROM outbox
-    WHERE id = ANY(ARRAY(
-        SELECT o.id FROM outbox o
-        JOIN unnest($1::text[], $2::bytea[]) AS n(topic, key)
-            ON o.topic = n.topic AND o.key = n.key
-        WHERE o.supersedes AND o.sent_at IS NULL AND o.failed_at IS NULL AND o.relay_seq IS NULL
-    ))
-    AND supersedes AND sent_at IS NULL AND failed_at IS NULL AND relay_seq IS NULL
+    WHERE message_id = ANY($1::text[])
+      AND conflatable AND sent_at IS NULL AND failed_at IS NULL AND relay_seq IS NULL
     FOR UPDATE SKIP LOCKED
 )
 """
@@ -130,16 +125,16 @@ async def write_outbox(
     """Queue `messages` for the relay, dropping the unpublished snapshots they supersede."""
     if not messages:
         return
-    newer = sorted({(m.topic, m.key) for m in messages if m.supersedes and m.key is not None})
-    if newer:
-        await conn.execute(_CONFLATE, [t for t, _ in newer], [k for _, k in newer])
+    replaced = sorted({m.replaces for m in messages if m.replaces is not None})
+    if replaced:
+        await conn.execute(_CONFLATE, replaced)
     await conn.execute(
         _SAVE_OUTBOX,
         [m.message_id for m in messages],
         [m.topic for m in messages],
         [m.key for m in messages],
         [m.payload for m in messages],
-        [m.supersedes for m in messages],
+        [m.conflatable for m in messages],
     )
 
 
