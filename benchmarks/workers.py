@@ -251,6 +251,19 @@ async def drained(
     return not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL)")
 
 
+# Read alike from an A/B base's database and this revision's: every release writes one charge
+# entry per applied usage event and a processed_events row per applied account event (usage
+# rows there only before migration 0011), all stamped with their batch's transaction time.
+_APPLIED = """
+SELECT recorded_at AS at FROM ledger_entries WHERE kind = 'charge'
+UNION ALL
+SELECT processed_at FROM processed_events WHERE source = 'account'
+"""
+_FIRST_BATCH = f"SELECT min(at) FROM ({_APPLIED}) a"
+_APPLIED_SINCE = f"SELECT count(*) FROM ({_APPLIED}) a WHERE at >= to_timestamp($1)"
+_BATCHES = f"SELECT count(DISTINCT at) FROM ({_APPLIED}) a WHERE at >= to_timestamp($1)"
+
+
 async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> BacklogRun:
     """Start the workers on topics already filled with `work`; follow them to the end."""
     services = procs.services
@@ -273,7 +286,7 @@ async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> Bac
             if time.monotonic() > deadline:
                 raise BenchError(f"not done within {timeout_s:.0f} s; see {procs.log_dir}")
             if first is None:
-                at = await conn.fetchval("SELECT min(processed_at) FROM processed_events")
+                at = await conn.fetchval(_FIRST_BATCH)
                 if at is not None:
                     first = at.timestamp()
                     cpu_first, each_first = snapshot()
@@ -286,9 +299,7 @@ async def run_backlog(procs: Processes, work: Workload, timeout_s: float) -> Bac
             await asyncio.sleep(0.05)
         rss = [peak_rss_mb(pid) for pid in procs.pids]
         counts = await verify(conn, work, procs.topics)
-        counts["batches"] = await conn.fetchval(
-            "SELECT count(DISTINCT processed_at) FROM processed_events"
-        )
+        counts["batches"] = await conn.fetchval(_BATCHES, 0.0)
         steady = await _steady(
             conn, procs.last_assignment(), first, end, samples, (cpu_end, each_end)
         )
@@ -338,16 +349,13 @@ async def _steady(
     if start is None:
         return None
     at, cpu, each = start
-    row = await conn.fetchrow(
-        "SELECT count(*) AS applied, count(DISTINCT processed_at) AS batches"
-        " FROM processed_events WHERE processed_at >= to_timestamp($1)",
-        at,
-    )
+    applied = await conn.fetchval(_APPLIED_SINCE, at)
+    batches = await conn.fetchval(_BATCHES, at)
     return Steady(
         at - first,
         end - at,
-        row["applied"],
-        row["batches"],
+        applied,
+        batches,
         last[0].minus(cpu),
         [b - a for a, b in zip(each, last[1], strict=True)],
     )
@@ -361,10 +369,10 @@ def compared_digests(digests: Iterable[str]) -> set[str]:
 async def verify(conn: asyncpg.Connection, work: Workload, topics: Topics) -> dict[str, int]:
     """The database holds exactly what the workload must produce; else the run is void."""
     processed = {
-        r["source"]: r["n"]
-        for r in await conn.fetch(
-            "SELECT source, count(*) AS n FROM processed_events GROUP BY source"
-        )
+        "usage": await conn.fetchval("SELECT count(*) FROM ledger_entries WHERE kind = 'charge'"),
+        "account": await conn.fetchval(
+            "SELECT count(*) FROM processed_events WHERE source = 'account'"
+        ),
     }
     outbox = {
         r["topic"]: r["n"]

@@ -94,7 +94,9 @@ class Actual:
     """Rows per table that name no account of their partition (worker.adapters.strays)."""
 
 
-async def read_database(conn: asyncpg.Connection, out: Actual) -> None:
+async def read_database(conn: asyncpg.Connection, out: Actual, usage_topic: str) -> None:
+    """Everything the checks compare; `usage_topic` names where usage records came from (a
+    charge entry, their record since migration 0011, keeps the partition and offset only)."""
     out.strays = await stray_rows(conn)
     for r in await conn.fetch("SELECT * FROM accounts"):
         out.views[r["account_id"]] = {
@@ -136,9 +138,13 @@ async def read_database(conn: asyncpg.Connection, out: Actual) -> None:
         if r["kind"] == "forfeit":
             first = out.first_forfeit_at.get(r["account_id"], r["recorded_at"])
             out.first_forfeit_at[r["account_id"]] = min(first, r["recorded_at"])
-    for r in await conn.fetch("SELECT * FROM processed_events"):
+    for r in await conn.fetch("SELECT * FROM applied_events"):
         key = (r["source"], r["event_id"])
-        out.processed[key] = (r["topic"], r["partition"], r["offset"])
+        if key in out.processed:
+            # The same event recorded twice (two partitions, or both records): never expected.
+            out.processed[key] = ("recorded twice", -1, -1)
+            continue
+        out.processed[key] = (r["topic"] or usage_topic, r["partition"], r["offset"])
         out.processed_at[key] = r["processed_at"]
         out.processed_account[key] = r["account_id"]
         last = out.last_processed_at.get(r["account_id"], r["processed_at"])
@@ -324,7 +330,7 @@ def _inputs(
     report: Report,
     keys: dict[Position, bytes | None] | None = None,
 ) -> None:
-    """Each record applied exactly once (processed_events) or dead-lettered with its reason."""
+    """Each record applied exactly once (`applied_events`) or dead-lettered with its reason."""
     for key in sorted(set(expected.processed) | set(actual.processed)):
         want, got = expected.processed.get(key), actual.processed.get(key)
         if want != got:

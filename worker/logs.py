@@ -89,6 +89,17 @@ def _below_level_unless_traced(level: str, traced: frozenset[str]) -> Any:
     return processor
 
 
+# What configure() last chose: DEBUG lines from every logger, or only from these.
+_debug_everywhere = False
+_traced: frozenset[str] = frozenset()
+
+
+def traces(name: str) -> bool:
+    """Whether logger `name` writes DEBUG lines, so that a caller on the hot path builds a
+    costly field only for a line that is written (unconfigured, structlog writes them all)."""
+    return not structlog.is_configured() or _debug_everywhere or name in _traced
+
+
 def configure(
     level: str = "INFO",
     json: bool = True,
@@ -103,6 +114,8 @@ def configure(
     loggers (e.g. `worker.stream`, every offset commit) that write DEBUG lines at any level,
     without turning on the libraries' DEBUG output.
     """
+    global _debug_everywhere, _traced
+    _debug_everywhere, _traced = level == "DEBUG", debug
     renderer: Any = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )

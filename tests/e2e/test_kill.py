@@ -223,7 +223,7 @@ async def test_sigkill_mid_stream_then_restart_matches_the_model(
         async def applied_count() -> int:
             return int(
                 await conn.fetchval(
-                    "SELECT count(*) FROM processed_events WHERE account_id LIKE $1", prefix + "-%"
+                    "SELECT count(*) FROM applied_events WHERE account_id LIKE $1", prefix + "-%"
                 )
             )
 

@@ -117,9 +117,10 @@ async def test_sigterm_mid_burst_exits_0_and_applies_every_event_exactly_once(
     async with database(settings) as conn:
         applied = dict(
             await conn.fetch(
-                "SELECT partition, count(*) FROM processed_events WHERE topic = $1"
-                " GROUP BY partition",
-                settings.topic_usage,
+                # A usage event's record is its charge entry (migration 0011).
+                "SELECT partition, count(*) FROM ledger_entries"
+                " WHERE kind = 'charge' AND account_id LIKE $1 GROUP BY partition",
+                f"acc-{unique}-%",
             )
         )
         unsent = await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")

@@ -245,12 +245,12 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
 async def wait_applied(
     conn: asyncpg.Connection, event_ids: Sequence[str], timeout_s: float = 30.0
 ) -> None:
-    """Until every one of `event_ids` is in processed_events (either source)."""
+    """Until every one of `event_ids` is applied (`applied_events`, either source)."""
     wanted = set(event_ids)
 
     async def done() -> bool:
         rows = await conn.fetch(
-            "SELECT DISTINCT event_id FROM processed_events WHERE event_id = ANY($1::text[])",
+            "SELECT DISTINCT event_id FROM applied_events WHERE event_id = ANY($1::text[])",
             list(wanted),
         )
         return len(rows) == len(wanted)

@@ -146,7 +146,7 @@ async def test_bad_input_is_dead_lettered_and_the_rest_keeps_flowing(
         sent = await wait_outbox_sent(conn, account, at_least=6)
         row = await account_row(conn, account)
         applied = await conn.fetchval(
-            "SELECT count(*) FROM processed_events WHERE account_id = $1", account
+            "SELECT count(*) FROM applied_events WHERE account_id = $1", account
         )
         dlq_metric = worker.metrics.registry.get_sample_value(
             "billing_dlq_messages_total", {"error_code": "no_rate"}

@@ -84,9 +84,13 @@ async def applied(settings: Settings, count: int) -> None:
     try:
 
         async def done() -> bool:
+            # Account events of this test's topic, and the charges (usage since migration
+            # 0011 is recorded by its charge entry) of the accounts they opened.
             n = await conn.fetchval(
-                "SELECT count(*) FROM processed_events WHERE topic = ANY($1::text[])",
-                [settings.topic_usage, settings.topic_account_events],
+                "SELECT (SELECT count(*) FROM processed_events WHERE topic = $1)"
+                " + (SELECT count(*) FROM ledger_entries WHERE kind = 'charge' AND account_id IN"
+                " (SELECT account_id FROM processed_events WHERE topic = $1))",
+                settings.topic_account_events,
             )
             return bool(n >= count)
 

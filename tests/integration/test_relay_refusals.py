@@ -69,6 +69,22 @@ async def small_topic(settings: Settings) -> AsyncIterator[str]:
         await admin.close()
 
 
+@pytest.fixture
+async def compacted_topic(settings: Settings) -> AsyncIterator[str]:
+    """One compacted partition, as the balance feed is: the broker refuses a message without
+    a key there (INVALID_RECORD)."""
+    name = f"{settings.topic_balances}.compacted"
+    admin = AIOKafkaAdminClient(**kafka_client_args(settings))
+    await admin.start()
+    try:
+        config = {"cleanup.policy": "compact"}
+        await admin.create_topics([NewTopic(name, 1, 1, topic_configs=config)])
+        yield name
+        await admin.delete_topics([name])
+    finally:
+        await admin.close()
+
+
 def _relay(settings: Settings, url: str) -> OutboxRelay:
     return OutboxRelay(url, kafka_client_args(settings), settings.client_id, Metrics())
 
@@ -167,6 +183,42 @@ async def test_a_message_too_large_for_its_topic_is_parked_and_the_rest_flows(
     assert [m for m, _, _ in small] == ["a0", "a1"]  # each once, in order, without the big one
     assert [m for m, _, _ in await _read(settings, other)] == ["o0", "o1"]
     assert small[0][1] < small[1][1]
+
+
+async def test_a_message_without_a_key_on_a_compacted_topic_is_parked_and_the_rest_flows(
+    settings: Settings, own_db: str, compacted_topic: str
+) -> None:
+    await create_topics(settings)
+    other = settings.topic_reminders
+    conn = await asyncpg.connect(own_db)
+    try:
+        await conn.executemany(
+            "INSERT INTO outbox (message_id, topic, key, payload) VALUES ($1, $2, $3, $4)",
+            [
+                ("b0", compacted_topic, b"acct-1", b"{}"),
+                ("o0", other, b"acct-1", b"{}"),
+                ("nokey", compacted_topic, None, b"{}"),
+                ("b1", compacted_topic, b"acct-1", b"{}"),
+                ("o1", other, b"acct-1", b"{}"),
+            ],
+        )
+        relay = _relay(settings, own_db)
+
+        assert await relay.publish_pending()
+
+        row = await conn.fetchrow("SELECT * FROM outbox WHERE message_id = 'nokey'")
+        assert row["sent_at"] is None
+        assert row["relay_seq"] is None
+        assert row["failed_at"] is not None
+        assert row["failure"].startswith("InvalidRecordError: The broker refused a record")
+        assert row["failure"].endswith("(key and value 2 bytes)")
+        unsent = await conn.fetch("SELECT message_id FROM outbox WHERE sent_at IS NULL")
+        assert [r["message_id"] for r in unsent] == ["nokey"]
+        assert relay.metrics.outbox_parked.labels(compacted_topic)._value.get() == 1
+    finally:
+        await conn.close()
+    assert [m for m, _, _ in await _read(settings, compacted_topic)] == ["b0", "b1"]
+    assert [m for m, _, _ in await _read(settings, other)] == ["o0", "o1"]
 
 
 async def test_a_parked_row_released_gets_a_new_number_and_a_crash_never_marks_it_sent(

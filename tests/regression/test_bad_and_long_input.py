@@ -83,7 +83,7 @@ async def test_a_usage_event_with_a_128_char_event_id_that_depletes_the_balance_
             "the 128-char event to be applied or dead-lettered",
         )
         applied = await conn.fetchval(
-            "SELECT count(*) FROM processed_events WHERE event_id = $1", long_id
+            "SELECT count(*) FROM applied_events WHERE event_id = $1", long_id
         )
         dead = await conn.fetch(
             "SELECT payload FROM outbox WHERE key = convert_to($1, 'UTF8') AND topic = $2",
@@ -158,7 +158,7 @@ async def test_a_usage_event_with_a_timestamp_out_of_utc_range_is_dead_lettered_
         )
         status = _alive(task)
         applied = await conn.fetchval(
-            "SELECT count(*) FROM processed_events WHERE event_id = $1", f"g-{unique}"
+            "SELECT count(*) FROM applied_events WHERE event_id = $1", f"g-{unique}"
         )
         letter = await wait_until(
             lambda: _dead_letter_at(conn, settings.topic_usage, partition, offset),
@@ -166,7 +166,7 @@ async def test_a_usage_event_with_a_timestamp_out_of_utc_range_is_dead_lettered_
             "the dead letter of the out-of-range record",
         )
         bad_applied = await conn.fetchval(
-            "SELECT count(*) FROM processed_events WHERE event_id = $1", f"bad-{unique}"
+            "SELECT count(*) FROM applied_events WHERE event_id = $1", f"bad-{unique}"
         )
     assert status == "alive"
     assert applied == 1
@@ -191,7 +191,7 @@ async def _applied_or_dead_lettered(
     if task.done():
         return True
     n = await conn.fetchval(
-        "SELECT (SELECT count(*) FROM processed_events WHERE event_id = $1)"
+        "SELECT (SELECT count(*) FROM applied_events WHERE event_id = $1)"
         " + (SELECT count(*) FROM outbox WHERE key = convert_to($2, 'UTF8') AND topic = $3)",
         event_id,
         key,
@@ -203,7 +203,7 @@ async def _applied_or_dead_lettered(
 async def _processed_or_dead(task: asyncio.Task[None], conn: Any, event_id: str) -> bool:
     if task.done():
         return True
-    n = await conn.fetchval("SELECT count(*) FROM processed_events WHERE event_id = $1", event_id)
+    n = await conn.fetchval("SELECT count(*) FROM applied_events WHERE event_id = $1", event_id)
     return bool(n)
 
 

@@ -110,7 +110,7 @@ async def test_a_rebalance_with_a_batch_in_the_database_and_records_buffered_los
         async with database(settings) as conn:
             first_task = asyncio.create_task(first.run(first_stop))
             await wait_until(
-                lambda: conn.fetchval("SELECT count(*) > 0 FROM processed_events"),
+                lambda: conn.fetchval("SELECT count(*) > 0 FROM applied_events"),
                 30,
                 "the first batches to be applied",
             )
@@ -136,7 +136,7 @@ async def test_a_rebalance_with_a_batch_in_the_database_and_records_buffered_los
             second_stop.set()
             await asyncio.wait_for(second_task, 60)
             applied = await conn.fetchval(
-                "SELECT count(*) FROM processed_events WHERE event_id = ANY($1::text[])",
+                "SELECT count(*) FROM applied_events WHERE event_id = ANY($1::text[])",
                 event_ids,
             )
             assert applied == ACCOUNTS * (USAGE_PER_ACCOUNT + 1)

@@ -83,6 +83,9 @@ class FakeUnitOfWork:
     async def save(self, changes: Changes) -> None:
         for account in changes.accounts:
             self.db.accounts[account.account_id] = copy.deepcopy(account)
+        # As the PostgreSQL store: a usage event is recorded by its charge entry (refused
+        # without one), an account event by itself; both land in one map here.
+        changes.usage_by_charge()
         for item in changes.processed:
             self.db.processed[item.key] = item.fingerprint
         self.db.ledger.extend(changes.effects.ledger)

@@ -86,3 +86,15 @@ def test_a_traced_logger_writes_its_debug_lines_at_info_and_no_other_does(
         ("offsets_committed", "debug"),
         ("relay_recovered", "info"),
     ]
+
+
+def test_the_stream_is_told_whether_its_debug_lines_are_written(stderr: io.StringIO) -> None:
+    logs.configure("INFO", json=True)
+    assert not logs.traces("worker.stream")
+    logs.configure("INFO", json=True, debug=frozenset({"worker.stream"}))
+    assert logs.traces("worker.stream")
+    assert not logs.traces("worker.relay")
+    logs.configure("DEBUG", json=True)
+    assert logs.traces("worker.relay")
+    structlog.reset_defaults()  # unconfigured, structlog writes every level
+    assert logs.traces("worker.relay")

@@ -16,7 +16,7 @@ from worker.domain.events import PostpayCharge
 from worker.domain.invoicing import Invoice
 from worker.domain.lots import Lot
 from worker.errors import AccountNotLocked
-from worker.service.ports import Changes, EventKey, OutboxMessage
+from worker.service.ports import CHARGE_PREFIX, Changes, Decoded, EventKey, OutboxMessage
 
 MONTH_CLOSE_LOCK_KEY = 0x5B111_0003
 # An account stored before migration 0009 with no applied event yet: its next record tells.
@@ -33,11 +33,21 @@ _LOAD_INVOICES = """
 SELECT invoice_id, account_id, total_jpy, paid_jpy FROM invoices
 WHERE account_id = ANY($1::text[])
 """
+# A usage event's charge entry is its de-duplication record (migration 0011); account events
+# keep theirs in processed_events. One round trip for both.
 _SEEN = """
+SELECT 'usage' AS source, l.entry_id AS event_id, l.fingerprint
+FROM ledger_entries l
+WHERE l.entry_id = ANY($1::text[])
+UNION ALL
 SELECT p.source, p.event_id, p.fingerprint
 FROM processed_events p
-JOIN unnest($1::text[], $2::text[]) AS k(source, event_id)
-  ON p.source = k.source AND p.event_id = k.event_id
+JOIN unnest($2::text[]) AS k(event_id) ON p.source = 'account' AND p.event_id = k.event_id
+"""
+# Charges written before migration 0011 carry no fingerprint: their event's is here.
+_SEEN_BEFORE_0011 = """
+SELECT event_id, fingerprint FROM processed_events
+WHERE source = 'usage' AND event_id = ANY($1::text[])
 """
 _DUE = """
 SELECT DISTINCT account_id FROM lots
@@ -286,8 +296,22 @@ class PgUnitOfWork:
     async def seen(self, keys: Sequence[EventKey]) -> dict[EventKey, bytes]:
         if not keys:
             return {}
-        rows = await self.conn.fetch(_SEEN, [k[0] for k in keys], [k[1] for k in keys])
-        return {(row["source"], row["event_id"]): bytes(row["fingerprint"]) for row in rows}
+        charges = [CHARGE_PREFIX + event_id for source, event_id in keys if source == "usage"]
+        accounts = [event_id for source, event_id in keys if source == "account"]
+        found: dict[EventKey, bytes] = {}
+        before: list[str] = []
+        start = len(CHARGE_PREFIX)
+        for row in await self.conn.fetch(_SEEN, charges, accounts):
+            if row["source"] == "account":
+                found[("account", row["event_id"])] = bytes(row["fingerprint"])
+            elif row["fingerprint"] is None:
+                before.append(row["event_id"][start:])
+            else:
+                found[("usage", row["event_id"][start:])] = bytes(row["fingerprint"])
+        if before:
+            for row in await self.conn.fetch(_SEEN_BEFORE_0011, before):
+                found[("usage", row["event_id"])] = bytes(row["fingerprint"])
+        return found
 
     async def load_usage(self, since: Mapping[str, date]) -> dict[str, dict[date, int]]:
         if not since:
@@ -305,8 +329,9 @@ class PgUnitOfWork:
 
     async def save(self, changes: Changes) -> None:
         await self._save_accounts(changes.accounts)
-        await self._save_ledger(changes)
-        if changes.processed:
+        await self._save_ledger(changes, changes.usage_by_charge())
+        processed = [d for d in changes.processed if d.record.source != "usage"]
+        if processed:
             await self.conn.copy_records_to_table(
                 "processed_events",
                 columns=[
@@ -328,7 +353,7 @@ class PgUnitOfWork:
                         d.record.partition,
                         d.record.offset,
                     )
-                    for d in changes.processed
+                    for d in processed
                 ],
             )
         await write_outbox(self.conn, changes.outbox)
@@ -405,9 +430,31 @@ class PgUnitOfWork:
                     )
                 )
 
-    async def _save_ledger(self, changes: Changes) -> None:
+    async def _save_ledger(self, changes: Changes, usage: Mapping[str, Decoded]) -> None:
+        """The ledger entries; a charge carries its usage event's fingerprint and offset, which
+        make it the event's de-duplication record (migration 0011)."""
         effects = changes.effects
-        if effects.ledger:
+        records = []
+        for e in effects.ledger:
+            event = usage.get(e.entry_id) if e.kind == "charge" else None
+            records.append(
+                (
+                    e.entry_id,
+                    e.account_id,
+                    e.kind,
+                    e.amount_jpy,
+                    e.balance_after_jpy,
+                    e.occurred_at,
+                    e.ref,
+                    orjson.dumps(
+                        [{"lot_id": lot, "amount_jpy": n} for lot, n in e.allocations]
+                    ).decode(),
+                    self._partition(e.account_id),
+                    None if event is None else event.fingerprint,
+                    None if event is None else event.record.offset,
+                )
+            )
+        if records:
             await self.conn.copy_records_to_table(
                 "ledger_entries",
                 columns=[
@@ -420,23 +467,10 @@ class PgUnitOfWork:
                     "ref",
                     "allocations",
                     "partition",
+                    "fingerprint",
+                    "input_offset",
                 ],
-                records=[
-                    (
-                        e.entry_id,
-                        e.account_id,
-                        e.kind,
-                        e.amount_jpy,
-                        e.balance_after_jpy,
-                        e.occurred_at,
-                        e.ref,
-                        orjson.dumps(
-                            [{"lot_id": lot, "amount_jpy": n} for lot, n in e.allocations]
-                        ).decode(),
-                        self._partition(e.account_id),
-                    )
-                    for e in effects.ledger
-                ],
+                records=records,
             )
         if effects.usage:
             rows = sorted(effects.usage.items())

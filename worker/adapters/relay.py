@@ -10,8 +10,9 @@ whatever it left open) reads the highest number committed to the log and marks e
 to it sent before it publishes anything, once it has checked that the log is this database's
 own (its stamp on the last messages, no number this database has not given out yet).
 
-A message the broker refuses for good (too large for the topic) is parked with its reason,
-not retried forever: the rows behind it flow on (see `_publish`).
+A message the broker refuses for good (too large for the topic, or invalid for it: no key on
+a compacted topic) is parked with its reason, not retried forever: the rows behind it flow on
+(see `_publish`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka import errors as kafka_errors
 from aiokafka.errors import (
+    BrokerResponseError,
     MessageSizeTooLargeError,
     ProducerFenced,
     RecordListTooLargeError,
@@ -80,11 +83,32 @@ _ANY_UNSENT = "SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL AND fai
 _PARK = "UPDATE outbox SET failed_at = now(), failure = $2, relay_seq = NULL WHERE id = $1"
 # The backlog gauges are read at most this often: one more query per round is latency.
 _BACKLOG_EVERY_S = 1.0
+
+
+class InvalidRecordError(BrokerResponseError):  # type: ignore[misc]
+    """INVALID_RECORD (87): the broker's validation refused a record of the batch."""
+
+    errno = 87
+    message = "INVALID_RECORD"
+    description = (
+        "The broker refused a record of the batch (e.g. one without a key on a compacted topic)."
+    )
+
+
+# aiokafka 0.14 has no class for code 87: the producer would fail the batch with a bare
+# UnknownError, which says nothing of the record and could be anything. Registered, the code
+# fails it with InvalidRecordError; a later aiokafka that has its own class keeps it.
+kafka_errors.kafka_errors.setdefault(InvalidRecordError.errno, InvalidRecordError)
 # What the broker (or the client, for its own request limit) answers about one message that
-# no retry can cure: larger than the topic's max.message.bytes or its segment. Errors about a
-# whole topic (authorization, a missing topic) or the host (a timestamp out of bounds: the
-# relay sets none, so its clock is wrong) are retried instead, with the rows kept in order.
-_REFUSALS = (MessageSizeTooLargeError, RecordListTooLargeError)
+# no retry can cure: larger than the topic's max.message.bytes or its segment, or invalid for
+# the topic. Errors about a whole topic (authorization, a missing topic) or the host (a
+# timestamp out of bounds: the relay sets none, so its clock is wrong) are retried instead,
+# with the rows kept in order, as is an error code aiokafka does not know (UnknownError).
+_REFUSALS = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    kafka_errors.for_code(InvalidRecordError.errno),
+)
 _STAMP = "SELECT stamp::text FROM database_stamp"
 # The highest number this database has given out (0: none yet).
 _NUMBERED = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_relay_seq"

@@ -12,17 +12,18 @@ import random
 import signal
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from worker.adapters.kafka_admin import OffsetReader
+from worker.adapters.kafka_admin import OffsetReader, retrying
 from worker.adapters.kafka_connection import close_client, kafka_client_args
 from worker.adapters.migrate import check_schema
 from worker.adapters.observe import balances
@@ -35,6 +36,9 @@ from worker.entrypoints.traffic import Event, Traffic
 from worker.errors import is_retriable
 
 SHOWN_ACCOUNTS = 6
+# How long the view asks again for the output topics' end offsets it counts from: a freshly
+# formatted broker may not answer the first reads (metadata, leaders) yet.
+BASELINE_RETRY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,6 @@ class Snapshot:
     balances: list[asyncpg.Record] = field(default_factory=list)
     forecasts: dict[str, tuple[Status, Forecast]] = field(default_factory=dict)
     error: str | None = None
-
-
-_FORECASTS_SHOWN = 5
 
 
 class DemoError(Exception):
@@ -204,23 +205,60 @@ class _View:
         if self.conn is not None:
             await self.conn.close()
 
-    async def baseline(self) -> None:
-        self.first = await self.read()
+    async def baseline(
+        self,
+        retry_s: float = BASELINE_RETRY_S,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """The output topics' end offsets before any traffic, which the view counts from.
+
+        Asked again, with backoff, until every output topic answers or `retry_s` is up: a
+        single failed read would leave the counts at "–" for the whole run.
+        """
+        snap = Snapshot(at=time.monotonic())
+        try:
+            snap.published = await retrying(self._published, retry_s, sleep)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            snap.error = f"broker: {type(exc).__name__}"
+        await self._read_group(snap)
+        self.first = self.last = snap
 
     async def read(self) -> Snapshot:
         snap = Snapshot(at=time.monotonic())
+        await self._read_group(snap)
+        try:
+            snap.published = await self._published()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            snap.error = _joined(snap.error, f"broker: {type(exc).__name__}")
+        await self._read_database(snap)
+        self.previous, self.last = self.last, snap
+        return snap
+
+    async def _read_group(self, snap: Snapshot) -> None:
+        """The group's committed offsets and lag; apart from the outputs' ends, because a
+        fresh broker answers group requests only once its offsets topic exists."""
         try:
             offsets = await self.reader.committed_and_end(
                 self.settings.consumer_group,
                 [self.settings.topic_usage, self.settings.topic_account_events],
             )
-            snap.consumed = sum(c or 0 for c, _ in offsets.values())
-            snap.lag = sum(max(end - (c or 0), 0) for c, end in offsets.values())
-            ends = await self.reader.end_offsets(self.outputs)
-            for tp, end in ends.items():
-                snap.published[tp.topic] = snap.published.get(tp.topic, 0) + end
         except (KafkaError, OSError, TimeoutError) as exc:
-            snap.error = f"broker: {type(exc).__name__}"
+            snap.error = _joined(snap.error, f"broker: {type(exc).__name__}")
+            return
+        snap.consumed = sum(c or 0 for c, _ in offsets.values())
+        snap.lag = sum(max(end - (c or 0), 0) for c, end in offsets.values())
+
+    async def _published(self) -> dict[str, int]:
+        """Sum of the end offsets per output topic; raises unless every one answered."""
+        published: dict[str, int] = {}
+        for tp, end in (await self.reader.end_offsets(self.outputs)).items():
+            published[tp.topic] = published.get(tp.topic, 0) + end
+        missing = [t for t in self.outputs if t not in published]
+        if missing:
+            raise UnknownTopicOrPartitionError(", ".join(missing))  # retriable
+        return published
+
+    async def _read_database(self, snap: Snapshot) -> None:
         try:
             if self.conn is None or self.conn.is_closed():
                 self.conn = await asyncpg.connect(self.settings.database_url, timeout=2)
@@ -231,17 +269,15 @@ class _View:
             if not is_retriable(exc) and not isinstance(exc, asyncpg.PostgresError):
                 raise
             self.conn = None
-            snap.error = (snap.error + ", " if snap.error else "") + f"database: {exc!r}"
-        self.previous, self.last = self.last, snap
-        return snap
+            snap.error = _joined(snap.error, f"database: {exc!r}")
 
     async def _forecasts(self, conn: asyncpg.Connection) -> dict[str, tuple[Status, Forecast]]:
-        """Status and forecast of the first few accounts shown, as of now."""
+        """Status and forecast of every account shown, as of now."""
         now = datetime.now(UTC)
         policy = policy_from(self.settings)
         since = window_days(now, policy.zone)[-1]
         forecasts = {}
-        for account_id in self.shown[:_FORECASTS_SHOWN]:
+        for account_id in self.shown:
             account = await load_account(conn, account_id, since)
             if account is not None:
                 forecasts[account_id] = (status_of(account), account.forecast_at(now, policy))
@@ -327,6 +363,10 @@ class _View:
         if t.failed:
             parts.append(f"[red]{t.failed} events could not be produced[/red]")
         return Group(*parts)
+
+
+def _joined(error: str | None, more: str) -> str:
+    return more if error is None else f"{error}, {more}"
 
 
 def main(settings: Settings, options: Options) -> int:

@@ -12,11 +12,18 @@ from typing import Literal, Protocol
 from worker.domain.account import Account
 from worker.domain.balance import BalanceState
 from worker.domain.commands import Command
+from worker.domain.errors import BillingError
 from worker.domain.events import Effects, PostpayCharge, ReminderDue
 from worker.domain.invoicing import Invoice
 
 Source = Literal["usage", "account"]
 EventKey = tuple[Source, str]
+CHARGE_PREFIX = "charge:"
+"""A usage event's charge entry is `charge:<event_id>`: its de-duplication record."""
+
+
+class UnrecordedUsage(BillingError):
+    """An applied usage event has no charge entry, the record that de-duplicates it."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,22 @@ class Changes:
     processed: list[Decoded] = field(default_factory=list)
     outbox: list[OutboxMessage] = field(default_factory=list)
 
+    def usage_by_charge(self) -> dict[str, Decoded]:
+        """The applied usage events by the id of their charge entry, which records them.
+
+        Raises UnrecordedUsage when one has no charge entry: nothing would find it on replay,
+        and it would be charged again; the unit of work rolls back instead."""
+        usage = {
+            CHARGE_PREFIX + d.command.event_id: d
+            for d in self.processed
+            if d.record.source == "usage"
+        }
+        charges = {e.entry_id for e in self.effects.ledger if e.kind == "charge"}
+        missing = sorted(set(usage) - charges)
+        if missing:
+            raise UnrecordedUsage(f"applied usage without a charge entry: {missing[:5]}")
+        return usage
+
 
 class UnitOfWork(Protocol):
     created: set[str]
@@ -110,7 +133,8 @@ class UnitOfWork(Protocol):
         """Accounts with a lot to forfeit or to announce by `cutoff`."""
 
     async def save(self, changes: Changes) -> None:
-        """Write accounts, lots, ledger, processed events and outbox."""
+        """Write accounts, lots, ledger, processed events and outbox; a usage event is recorded
+        by its charge entry (`Changes.usage_by_charge`), an account event in processed events."""
 
 
 class CloseUnitOfWork(Protocol):
