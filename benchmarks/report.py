@@ -257,7 +257,8 @@ def _ab_details(r: Results) -> list[str]:
         out.append(
             f"- A/B round {rounds[side]}, {side}: {run.rate:,.0f} ev/s ({run.seconds:.1f} s); "
             f"CPU µs per event worker {w:.1f}, PostgreSQL {p:.1f}, Kafka {k:.1f}; in cores: "
-            f"{_cpu(run)}; digest `{run.digest[:16]}…`"
+            f"{_cpu(run)}; {run.counts.get('balances', 0):,} balance snapshots published; "
+            f"digest `{run.digest[:16]}…`"
         )
     digests = compared_digests(run.digest for _, run in r.ab)
     if r.ab:

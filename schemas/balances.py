@@ -51,8 +51,9 @@ class Balance(OutputModel):
         strict=True,
         ge=0,
         description=(
-            "Strictly increasing per account (one per change applied): drop a message whose "
-            "version is not above the last one kept."
+            "Strictly increasing per account (one per change applied; versions may skip: a "
+            "snapshot superseded before it was published is never sent): drop a message "
+            "whose version is not above the last one kept."
         ),
     )
     as_of: Timestamp | None = Field(

@@ -171,7 +171,7 @@ class FakeEncoder:
         message_id = f"dlq:{record.topic}:{record.partition}:{record.offset}"
         return OutboxMessage(message_id, "dlq", dead.code, b"")
 
-    def balance(self, state: BalanceState) -> OutboxMessage:
+    def balance(self, state: BalanceState, previous_version: int) -> OutboxMessage:
         message_id = f"{state.account_id}:balance:{state.version}"
         return OutboxMessage(message_id, "balances", state.account_id, orjson.dumps(state))
 

@@ -107,10 +107,45 @@ ON CONFLICT (account_id, day, partition)
     DO UPDATE SET amount_jpy = usage_daily.amount_jpy + EXCLUDED.amount_jpy
 """
 _SAVE_OUTBOX = """
-INSERT INTO outbox (message_id, topic, key, payload)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[])
+INSERT INTO outbox (message_id, topic, key, payload, conflatable)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::boolean[])
 ON CONFLICT (message_id) DO NOTHING
 """
+# Conflation (docs/adr/0003): the snapshot a new one replaces (the account's snapshot of its
+# version before the batch) is dropped if no relay has numbered it yet, looked up by its
+# message id (unique index), so the cost follows the batch, never the backlog. A row the relay
+# is numbering is skipped, never waited for (the relay may be waiting for a row this batch
+# holds: no deadlock), and `relay_seq IS NULL` is checked again on the row's newest version
+# when it is locked: a numbered row, which may be in the output log already, is never
+# deleted. Only rows written as conflatable (snapshots) qualify. The relay numbers only rows
+# still there, so a deleted one is never published.
+_CONFLATE = """
+DELETE FROM outbox WHERE id IN (
+    SELECT id FROM outbox
+    WHERE message_id = ANY($1::text[])
+      AND conflatable AND sent_at IS NULL AND failed_at IS NULL AND relay_seq IS NULL
+    FOR UPDATE SKIP LOCKED
+)
+"""
+
+
+async def write_outbox(
+    conn: asyncpg.Connection | PoolConnectionProxy, messages: Sequence[OutboxMessage]
+) -> None:
+    """Queue `messages` for the relay, dropping the unpublished snapshots they supersede."""
+    if not messages:
+        return
+    replaced = sorted({m.replaces for m in messages if m.replaces is not None})
+    if replaced:
+        await conn.execute(_CONFLATE, replaced)
+    await conn.execute(
+        _SAVE_OUTBOX,
+        [m.message_id for m in messages],
+        [m.topic for m in messages],
+        [m.key for m in messages],
+        [m.payload for m in messages],
+        [m.conflatable for m in messages],
+    )
 
 
 def _account(row: asyncpg.Record) -> Account:
@@ -321,14 +356,7 @@ class PgUnitOfWork:
                     for d in processed
                 ],
             )
-        if changes.outbox:
-            await self.conn.execute(
-                _SAVE_OUTBOX,
-                [m.message_id for m in changes.outbox],
-                [m.topic for m in changes.outbox],
-                [m.key for m in changes.outbox],
-                [m.payload for m in changes.outbox],
-            )
+        await write_outbox(self.conn, changes.outbox)
 
     async def _save_accounts(self, accounts: list[Account]) -> None:
         if not accounts:
@@ -569,14 +597,7 @@ class PgCloseUnitOfWork(PgUnitOfWork):
         await self.conn.execute(
             "UPDATE month_closes SET invoices = $2 WHERE period = $1", period, len(invoices)
         )
-        if outbox:
-            await self.conn.execute(
-                _SAVE_OUTBOX,
-                [m.message_id for m in outbox],
-                [m.topic for m in outbox],
-                [m.key for m in outbox],
-                [m.payload for m in outbox],
-            )
+        await write_outbox(self.conn, outbox)
 
 
 class PgStore:

@@ -58,9 +58,15 @@ SELECT id, message_id, topic, key, payload, relay_seq FROM outbox
 WHERE sent_at IS NULL AND failed_at IS NULL ORDER BY relay_seq NULLS LAST, id LIMIT $1
 """
 _NUMBERS = "SELECT nextval('outbox_relay_seq') AS n FROM generate_series(1, $1)"
+# A row a batch has conflated away (docs/adr/0003) since the page was read is not found here
+# (its DELETE holds the row until it commits, then this UPDATE skips it); only the rows it
+# numbers are published, so a superseded snapshot never goes out and a number, once given to
+# a row, belongs to a row that stays until it is marked sent.
 _NUMBER = """
 UPDATE outbox o SET relay_seq = u.seq
-FROM unnest($1::bigint[], $2::bigint[]) AS u(id, seq) WHERE o.id = u.id
+FROM unnest($1::bigint[], $2::bigint[]) AS u(id, seq)
+WHERE o.id = u.id AND o.relay_seq IS NULL AND o.sent_at IS NULL AND o.failed_at IS NULL
+RETURNING o.id
 """
 _IN_DOUBT_TOPICS = """
 SELECT DISTINCT topic FROM outbox
@@ -329,15 +335,20 @@ class OutboxRelay:
         finally:
             await conn.close()  # ending the session releases the advisory lock
 
-    async def _number(self, conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[int]:
-        """Each row's sequence number, new ones committed before any of them is sent."""
+    async def _number(
+        self, conn: asyncpg.Connection, rows: list[asyncpg.Record]
+    ) -> tuple[list[asyncpg.Record], list[int]]:
+        """The rows still to publish and their sequence numbers, new ones committed before any
+        of them is sent; rows conflated away since the page was read are left out."""
         new = [row["id"] for row in rows if row["relay_seq"] is None]
         numbers: list[int] = []
+        kept: set[int] = set()
         if new:
             numbers = sorted(r["n"] for r in await conn.fetch(_NUMBERS, len(new)))
-            await conn.execute(_NUMBER, new, numbers)
+            kept = {r["id"] for r in await conn.fetch(_NUMBER, new, numbers)}
         given = dict(zip(new, numbers, strict=True))
-        return [row["relay_seq"] or given[row["id"]] for row in rows]
+        live = [row for row in rows if row["relay_seq"] is not None or row["id"] in kept]
+        return live, [row["relay_seq"] or given[row["id"]] for row in live]
 
     async def _send(
         self, producer: AIOKafkaProducer, row: asyncpg.Record, seq: int
@@ -411,9 +422,11 @@ class OutboxRelay:
         started: float,
     ) -> None:
         stage = self.metrics.stage_seconds
-        seqs = await self._number(conn, rows)
+        rows, seqs = await self._number(conn, rows)
         numbered = time.monotonic()
         stage.labels("relay_read").observe(numbered - started)
+        if not rows:
+            return
         await producer.begin_transaction()
         # Any exception from here leaves the transaction open: run() starts a new producer,
         # which aborts it, and recovers from the log before sending again.

@@ -253,13 +253,17 @@ class Encoder:
         self.dlq_topic = dlq_topic
         self.balances_topic = balances_topic
 
-    def balance(self, state: BalanceState) -> OutboxMessage:
-        """The account's snapshot, keyed by account: compaction keeps the newest."""
+    def balance(self, state: BalanceState, previous_version: int) -> OutboxMessage:
+        """The account's snapshot, keyed by account: compaction keeps the newest. It replaces
+        the snapshot of `previous_version`, the account's version before the change (0: none)."""
+        previous = f"{state.account_id}:balance:{previous_version}"
         return OutboxMessage(
             f"{state.account_id}:balance:{state.version}",
             self.balances_topic,
             state.account_id.encode(),
             wire_balance(state).to_json_bytes(),
+            conflatable=True,
+            replaces=previous if 0 < previous_version < state.version else None,
         )
 
     def reminder(self, reminder: ReminderDue) -> OutboxMessage:

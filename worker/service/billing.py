@@ -143,7 +143,7 @@ def _balances(
 ) -> list[OutboxMessage]:
     """One balance snapshot per account that changed: its state after the batch."""
     return [
-        encoder.balance(balance_state(account))
+        encoder.balance(balance_state(account), versions[account_id])
         for account_id, account in sorted(accounts.items())
         if account.version != versions[account_id]
     ]

@@ -79,6 +79,10 @@ class OutboxMessage:
     key: bytes | None
     """The Kafka key exactly as it will be sent (a dead letter keeps its record's key)."""
     payload: bytes
+    conflatable: bool = False
+    """A snapshot (a balance): a newer one may drop it while no relay has numbered it."""
+    replaces: str | None = None
+    """The message id of the earlier snapshot this one makes redundant (ADR 0003)."""
 
 
 @dataclass
@@ -176,4 +180,4 @@ class Encoder(Protocol):
 
     def dead_letter(self, dead: Dead, failed_at: datetime) -> OutboxMessage: ...
 
-    def balance(self, state: BalanceState) -> OutboxMessage: ...
+    def balance(self, state: BalanceState, previous_version: int) -> OutboxMessage: ...
