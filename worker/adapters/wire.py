@@ -238,6 +238,11 @@ def wire_balance(state: BalanceState) -> WireBalance:
     )
 
 
+def balance_message_id(account_id: str, version: int) -> str:
+    """The outbox message id of an account's snapshot at `version`: one per version."""
+    return f"{account_id}:balance:{version}"
+
+
 class Encoder:
     """Builds outbox messages with deterministic ids."""
 
@@ -256,14 +261,14 @@ class Encoder:
     def balance(self, state: BalanceState, previous_version: int) -> OutboxMessage:
         """The account's snapshot, keyed by account: compaction keeps the newest. It replaces
         the snapshot of `previous_version`, the account's version before the change (0: none)."""
-        previous = f"{state.account_id}:balance:{previous_version}"
+        replaced = 0 < previous_version < state.version
         return OutboxMessage(
-            f"{state.account_id}:balance:{state.version}",
+            balance_message_id(state.account_id, state.version),
             self.balances_topic,
             state.account_id.encode(),
             wire_balance(state).to_json_bytes(),
             conflatable=True,
-            replaces=previous if 0 < previous_version < state.version else None,
+            replaces=balance_message_id(state.account_id, previous_version) if replaced else None,
         )
 
     def reminder(self, reminder: ReminderDue) -> OutboxMessage:
