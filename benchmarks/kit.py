@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 from aiokafka.partitioner import murmur2
 
 from worker.adapters.kafka_admin import OffsetReader
@@ -182,7 +183,11 @@ async def produce(
 
 async def caught_up(reader: OffsetReader, group: str, topics: list[str]) -> bool:
     """The group's committed offsets have reached the end of every partition."""
-    offsets = await reader.committed_and_end(group, topics)
+    try:
+        offsets = await reader.committed_and_end(group, topics)
+    except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+        # A fresh broker answers the first group request so while it makes the offsets topic.
+        return False
     return bool(offsets) and all((c or 0) >= end for c, end in offsets.values())
 
 

@@ -8,6 +8,7 @@ import asyncpg
 from pydantic import ValidationError
 
 from worker.adapters.kafka_connection import kafka_client_args
+from worker.adapters.postgres import SESSION_SETTINGS
 from worker.adapters.rates import load_rate_table
 from worker.adapters.relay import OutboxRelay
 from worker.adapters.wire import Decoder, Encoder
@@ -49,7 +50,11 @@ def encoder_from(settings: Settings) -> Encoder:
 
 async def create_pool(settings: Settings, size: int = 4) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
-        settings.database_url, min_size=1, max_size=size, command_timeout=60
+        settings.database_url,
+        min_size=1,
+        max_size=size,
+        command_timeout=60,
+        server_settings=SESSION_SETTINGS,
     )
     assert pool is not None
     return pool

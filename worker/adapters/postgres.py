@@ -19,6 +19,12 @@ from worker.errors import AccountNotLocked
 from worker.service.ports import CHARGE_PREFIX, Changes, Decoded, EventKey, OutboxMessage
 
 MONTH_CLOSE_LOCK_KEY = 0x5B111_0003
+# The worker's sessions plan every statement for the keys it is given. Its statements look up
+# an array of keys as long as the batch; a generic plan is made once per connection from the
+# table sizes of that moment, so one made on a fresh database scans `ledger_entries` or
+# `outbox` whole and keeps doing so as they grow: each batch slower than the one before, and
+# batches grow while they wait. Planning costs tens of microseconds per statement.
+SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 # An account stored before migration 0009 with no applied event yet: its next record tells.
 UNKNOWN_PARTITION = -1
 

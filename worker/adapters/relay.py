@@ -35,6 +35,7 @@ from aiokafka.errors import (
 from worker import logs
 from worker.adapters.kafka_connection import close_client
 from worker.adapters.observe import outbox_backlog
+from worker.adapters.postgres import SESSION_SETTINGS
 from worker.adapters.relay_log import (
     SEQ_HEADER,
     STAMP_HEADER,
@@ -239,7 +240,7 @@ class OutboxRelay:
                 delay = min(delay * 2, 10.0)
 
     async def _lead(self, stop: asyncio.Event) -> None:
-        conn = await asyncpg.connect(self.database_url)
+        conn = await asyncpg.connect(self.database_url, server_settings=SESSION_SETTINGS)
         producer: AIOKafkaProducer | None = None
         try:
             while not stop.is_set():
@@ -314,7 +315,7 @@ class OutboxRelay:
 
     async def publish_pending(self) -> bool:
         """Publish what is committed now unless another relay leads (then it will: False)."""
-        conn = await asyncpg.connect(self.database_url)
+        conn = await asyncpg.connect(self.database_url, server_settings=SESSION_SETTINGS)
         try:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
                 return False

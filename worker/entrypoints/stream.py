@@ -64,10 +64,17 @@ class _Fetched:
 class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
     """Lets a rebalance wait until the batch in hand is applied and committed."""
 
-    def __init__(self, lock: asyncio.Lock, metrics: Metrics, aligner: Aligner) -> None:
+    def __init__(
+        self,
+        lock: asyncio.Lock,
+        metrics: Metrics,
+        aligner: Aligner,
+        committing: Callable[[], asyncio.Task[None] | None],
+    ) -> None:
         self.lock = lock
         self.metrics = metrics
         self.aligner = aligner
+        self.committing = committing
         # For /ready: a rebalance is under way until the next assignment arrives.
         self.rebalancing = True
         self.assigned_at = time.monotonic()
@@ -78,6 +85,11 @@ class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
         self.rebalancing = True
         self.generation += 1
         async with self.lock:
+            # The last batch applied has its offsets committed before its partitions go. Its
+            # outcome is left to the stream, which awaits the commit before the next one.
+            commit = self.committing()
+            if commit is not None:
+                await asyncio.wait([commit])
             # Buffered records were never committed; whoever owns them next reads them again.
             partitions = {tp.partition for tp in revoked}
             dropped = self.aligner.spans(partitions)
@@ -127,7 +139,9 @@ class StreamProcessor:
         }
         self.lock = asyncio.Lock()
         self.aligner = Aligner(settings.align_max_wait_ms / 1000)
-        self.listener = _Revocation(self.lock, metrics, self.aligner)
+        # The offset commit of the last batch applied, in flight while the next one applies.
+        self.commit_task: asyncio.Task[None] | None = None
+        self.listener = _Revocation(self.lock, metrics, self.aligner, lambda: self.commit_task)
         self.consumer: AIOKafkaConsumer | None = None
         self.last_commit: dict[TopicPartition, float] = {}
         self.committed: dict[TopicPartition, int] = {}
@@ -270,13 +284,23 @@ class StreamProcessor:
         ahead: asyncio.Task[_Fetched] | None = None
         try:
             while not stop.is_set() and not await self._inputs_changed():
-                fetched = await (ahead or self._fetch(consumer))
+                fetches = [await (ahead or self._fetch(consumer))]
+                room = self.settings.batch_max_records - len(fetches[0].decoded)
+                if ahead is not None and room > 0:
+                    # The fetch ahead returned with the first records that came while the batch
+                    # before was in the database; what came after it waits in the consumer's
+                    # buffer. Take it now, or it would wait for one more batch.
+                    fetches.append(await self._fetch(consumer, timeout_ms=0, max_records=room))
                 ahead = None
                 async with self.lock:
-                    if self._current(fetched):
-                        self._accept(consumer, fetched)
-                    else:
+                    discarded = False
+                    for fetched in fetches:
+                        if not discarded and self._current(fetched):
+                            self._accept(consumer, fetched)
+                            continue
                         # Read across a rebalance: whoever owns the partitions reads them again.
+                        # What was read after a discarded fetch is read again with it.
+                        discarded = True
                         log.info(
                             "fetch_discarded",
                             generation=fetched.generation,
@@ -298,10 +322,16 @@ class StreamProcessor:
                         await self._handle(consumer, ready, self.aligner.pending(), stop)
                     else:
                         await self._commit_settled(consumer, stop)
+            async with self.lock:
+                await self._committed()
         finally:
             if ahead is not None:
                 ahead.cancel()
                 await asyncio.gather(ahead, return_exceptions=True)
+            if self.commit_task is not None:
+                # Leaving on an error: the commit in flight still ends; its outcome is moot.
+                await asyncio.gather(self.commit_task, return_exceptions=True)
+                self.commit_task = None
 
     def _current(self, fetched: _Fetched) -> bool:
         """Were the fetch's records and positions read under the current assignment?
@@ -372,14 +402,18 @@ class StreamProcessor:
                 return None
         return positions
 
-    async def _fetch(self, consumer: AIOKafkaConsumer) -> _Fetched:
+    async def _fetch(
+        self, consumer: AIOKafkaConsumer, timeout_ms: int | None = None, max_records: int = 0
+    ) -> _Fetched:
         """Records read and decoded, with the assignment generation they were returned under
         (a revocation resets every position, so records returned before it are read again)
-        and the fetch position of every assigned partition before and just after."""
+        and the fetch position of every assigned partition before and just after. By default
+        it waits `batch_timeout_ms` for records and takes up to `batch_max_records`."""
         started = self.listener.generation
         before = await self._positions(consumer)
         fetched = await consumer.getmany(
-            timeout_ms=self.settings.batch_timeout_ms, max_records=self.settings.batch_max_records
+            timeout_ms=self.settings.batch_timeout_ms if timeout_ms is None else timeout_ms,
+            max_records=max_records or self.settings.batch_max_records,
         )
         fetched_wall, fetched_mono = time.time(), time.monotonic()
         generation, rebalancing = self.listener.generation, self.listener.rebalancing
@@ -463,17 +497,33 @@ class StreamProcessor:
         applied = time.perf_counter()
         # The outputs are committed: the relay may publish them while the offsets commit.
         self.on_applied(report)
+        self.metrics.stage_seconds.labels("transaction").observe(applied - started)
+        self._observe(report, len(ready))
         next_offsets: dict[TopicPartition, int] = {}
         for item in ready:
             tp = TopicPartition(item.record.topic, item.record.partition)
             next_offsets[tp] = max(next_offsets.get(tp, 0), item.record.offset + 1)
         # The spans go only into the DEBUG commit trace: not built per batch when it is off.
         released = _spans(ready) if logs.traces(_LOGGER) else {}
-        await self._commit(consumer, self._with_settled(next_offsets), stop, len(ready), released)
-        done = time.perf_counter()
-        self.metrics.stage_seconds.labels("transaction").observe(applied - started)
-        self.metrics.stage_seconds.labels("offset_commit").observe(done - applied)
-        self._observe(report, len(ready), done - started)
+        # Offsets are committed in batch order: the batch before's commit ran while this one
+        # was applied, and this one's runs while the next is fetched and applied. A rebalance
+        # waits for it (`_Revocation`), and so does the end of the stream.
+        await self._committed()
+        offsets = self._with_settled(next_offsets)
+
+        async def commit() -> None:
+            await self._commit(consumer, offsets, stop, len(ready), released)
+            done = time.perf_counter()
+            self.metrics.stage_seconds.labels("offset_commit").observe(done - applied)
+            self.metrics.batch_seconds.observe(done - started)
+
+        self.commit_task = asyncio.create_task(commit())
+
+    async def _committed(self) -> None:
+        """Wait for the offset commit in flight, if any; what it raised is raised here."""
+        task, self.commit_task = self.commit_task, None
+        if task is not None:
+            await task
 
     def _with_settled(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """Move a partition's commit to its fetch position when nothing of it waits unreleased:
@@ -490,6 +540,7 @@ class StreamProcessor:
 
     async def _commit_settled(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         """With nothing to apply, still commit positions that moved past markers alone."""
+        await self._committed()
         offsets = self._with_settled({})
         if offsets:
             await self._commit(consumer, offsets, stop, 0, {})
@@ -607,10 +658,9 @@ class StreamProcessor:
             released=released,
         )
 
-    def _observe(self, report: BatchReport, size: int, seconds: float) -> None:
+    def _observe(self, report: BatchReport, size: int) -> None:
         m = self.metrics
         m.batch_size.observe(size)
-        m.batch_seconds.observe(seconds)
         for source, n in report.applied.items():
             m.events.labels(self._topic(source), "applied").inc(n)
         for source, n in report.duplicates.items():
