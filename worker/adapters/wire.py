@@ -238,6 +238,36 @@ def wire_balance(state: BalanceState) -> WireBalance:
     )
 
 
+def _utc(at: datetime | None) -> datetime | None:
+    return at if at is None or at.tzinfo is UTC else at.astimezone(UTC)
+
+
+def balance_json(state: BalanceState) -> bytes:
+    """`billing.balances.v1` bytes built straight from the state: the same bytes as
+    `wire_balance(state).to_json_bytes()` (a property test holds them equal) at a third of the
+    cost, paid once per changed account and batch, on the path of every usage event."""
+    expiry = state.next_expiry
+    return orjson.dumps(
+        {
+            "account_id": state.account_id,
+            "plan": state.plan,
+            "balance": state.balance_jpy,
+            "overdraft": state.overdraft_jpy,
+            "postpay_due": state.postpay_due_jpy,
+            "credit": state.credit_jpy,
+            "next_expiry": (
+                None
+                if expiry is None
+                else {"expires_at": _utc(expiry.expires_at), "amount": expiry.amount_jpy}
+            ),
+            "status": state.status,
+            "version": state.version,
+            "as_of": _utc(state.as_of),
+        },
+        option=orjson.OPT_UTC_Z,
+    )
+
+
 def balance_message_id(account_id: str, version: int) -> str:
     """The outbox message id of an account's snapshot at `version`: one per version."""
     return f"{account_id}:balance:{version}"
@@ -266,7 +296,7 @@ class Encoder:
             balance_message_id(state.account_id, state.version),
             self.balances_topic,
             state.account_id.encode(),
-            wire_balance(state).to_json_bytes(),
+            balance_json(state),
             conflatable=True,
             replaces=balance_message_id(state.account_id, previous_version) if replaced else None,
         )
