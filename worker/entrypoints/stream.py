@@ -43,6 +43,9 @@ _STALE = -1
 _POSITION_WAIT_S = 1.0
 # Records decoded between two yields to the event loop while a batch is in the database.
 _DECODE_SLICE = 100
+# Once the fetch ahead has records, how long each further fetch waits for more before it
+# looks whether the batch in the database is done: the most it delays the next batch.
+_AHEAD_POLL_MS = 5
 # How often the input topics' partition counts are checked, waiting or consuming.
 INPUT_CHECK_INTERVAL_S = 5.0
 
@@ -281,15 +284,14 @@ class StreamProcessor:
 
     async def _consume(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         """The batch loop, until `stop` is set or the inputs become unusable."""
-        ahead: asyncio.Task[_Fetched] | None = None
+        ahead: asyncio.Task[list[_Fetched]] | None = None
         try:
             while not stop.is_set() and not await self._inputs_changed():
-                fetches = [await (ahead or self._fetch(consumer))]
-                room = self.settings.batch_max_records - len(fetches[0].decoded)
+                fetches = await ahead if ahead is not None else [await self._fetch(consumer)]
+                room = self.settings.batch_max_records - sum(len(f.decoded) for f in fetches)
                 if ahead is not None and room > 0:
-                    # The fetch ahead returned with the first records that came while the batch
-                    # before was in the database; what came after it waits in the consumer's
-                    # buffer. Take it now, or it would wait for one more batch.
+                    # What reached the consumer's buffer since the last fetch ahead: taken now,
+                    # or it would wait for one more batch.
                     fetches.append(await self._fetch(consumer, timeout_ms=0, max_records=room))
                 ahead = None
                 async with self.lock:
@@ -318,8 +320,9 @@ class StreamProcessor:
                         self.trace.released(ready[0])
                         # Read and decode the next records while this batch is in the database;
                         # they reach the aligner only once it is committed.
-                        ahead = asyncio.create_task(self._fetch(consumer))
-                        await self._handle(consumer, ready, self.aligner.pending(), stop)
+                        applied = asyncio.Event()
+                        ahead = asyncio.create_task(self._fetch_ahead(consumer, applied))
+                        await self._handle(consumer, ready, self.aligner.pending(), stop, applied)
                     else:
                         await self._commit_settled(consumer, stop)
             async with self.lock:
@@ -332,6 +335,22 @@ class StreamProcessor:
                 # Leaving on an error: the commit in flight still ends; its outcome is moot.
                 await asyncio.gather(self.commit_task, return_exceptions=True)
                 self.commit_task = None
+
+    async def _fetch_ahead(
+        self, consumer: AIOKafkaConsumer, applied: asyncio.Event
+    ) -> list[_Fetched]:
+        """Fetches while a batch is in the database, until it is applied or a batch's worth is
+        in hand. Each takes what the consumer has buffered: the consumer fetches a partition
+        again only once its buffered records are taken, so records that reach the broker late
+        in the batch are read in time for the next one instead of the one after."""
+        fetches = [await self._fetch(consumer)]
+        room = self.settings.batch_max_records - len(fetches[-1].decoded)
+        while room > 0 and not applied.is_set() and self._current(fetches[-1]):
+            fetched = await self._fetch(consumer, timeout_ms=_AHEAD_POLL_MS, max_records=room)
+            if fetched.decoded or not self._current(fetched):
+                fetches.append(fetched)
+                room -= len(fetched.decoded)
+        return fetches
 
     def _current(self, fetched: _Fetched) -> bool:
         """Were the fetch's records and positions read under the current assignment?
@@ -491,9 +510,12 @@ class StreamProcessor:
         ready: list[Decoded | Dead],
         pending: dict[int, datetime | None],
         stop: asyncio.Event,
+        done: asyncio.Event,
     ) -> None:
+        """Apply `ready` in one transaction, set `done`, and start its offset commit."""
         started = time.perf_counter()
         report = await self._apply(ready, pending, stop)
+        done.set()
         applied = time.perf_counter()
         # The outputs are committed: the relay may publish them while the offsets commit.
         self.on_applied(report)
@@ -513,9 +535,9 @@ class StreamProcessor:
 
         async def commit() -> None:
             await self._commit(consumer, offsets, stop, len(ready), released)
-            done = time.perf_counter()
-            self.metrics.stage_seconds.labels("offset_commit").observe(done - applied)
-            self.metrics.batch_seconds.observe(done - started)
+            committed = time.perf_counter()
+            self.metrics.stage_seconds.labels("offset_commit").observe(committed - applied)
+            self.metrics.batch_seconds.observe(committed - started)
 
         self.commit_task = asyncio.create_task(commit())
 
